@@ -1,0 +1,15 @@
+//! extsync: a change-data-capture pipeline that keeps a billing PostgreSQL
+//! database in two-way sync with external CRMs and accounting systems.
+//!
+//! ```text
+//!  billing Postgres ─► capture ─► Kafka <prefix>.cdc.*        ─┐
+//!  external systems ─► ingest  ─► Kafka <prefix>.external.*   ─┼─► processor ─► delivery
+//!                                                               └─► <prefix>.sync-events
+//! ```
+//!
+//! Each module below is one part of that flow; `config` and `telemetry` serve all.
+
+pub mod config;
+pub mod kafka;
+pub mod shutdown;
+pub mod telemetry;

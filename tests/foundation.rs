@@ -1,0 +1,239 @@
+//! The foundation every other part stands on: the real services are reachable
+//! and configured as extsync needs, pipeline files validate with exact error
+//! locations, the committed JSON Schema is current, and metrics are served.
+
+mod support;
+
+use std::process::Command;
+use std::time::Duration;
+
+use rdkafka::Message;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use support::{TestDb, TestKafka};
+
+#[tokio::test]
+async fn postgres_has_logical_replication() {
+    let db = TestDb::create().await;
+    let client = db.client().await;
+    let wal: String = client.query_one("SHOW wal_level", &[]).await.unwrap().get(0);
+    assert_eq!(wal, "logical");
+    let slots: String = client.query_one("SHOW max_replication_slots", &[]).await.unwrap().get(0);
+    assert!(slots.parse::<u32>().unwrap() >= 32, "max_replication_slots = {slots}");
+    let can_replicate: bool = client
+        .query_one("SELECT rolreplication FROM pg_roles WHERE rolname = current_user", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(can_replicate, "the test role must be replication-capable");
+    // A logical slot can actually be created and dropped in the test database.
+    let slot = format!("{}_slot", db.name);
+    client
+        .execute("SELECT pg_create_logical_replication_slot($1, 'pgoutput')", &[&slot])
+        .await
+        .unwrap();
+    client.execute("SELECT pg_drop_replication_slot($1)", &[&slot]).await.unwrap();
+}
+
+#[tokio::test]
+async fn kafka_transactions_are_read_committed() {
+    let kafka = TestKafka::new();
+    let topic = kafka.create_topic("roundtrip", 1).await;
+
+    let producer: FutureProducer = kafka
+        .config()
+        .set("transactional.id", format!("{}-tx", kafka.prefix))
+        .set("enable.idempotence", "true")
+        .create()
+        .unwrap();
+    producer.init_transactions(Duration::from_secs(30)).unwrap();
+
+    producer.begin_transaction().unwrap();
+    for i in 0..3 {
+        let payload = format!("committed-{i}");
+        producer
+            .send(FutureRecord::to(&topic).key("k").payload(&payload), Duration::from_secs(10))
+            .await
+            .unwrap();
+    }
+    producer.commit_transaction(Duration::from_secs(30)).unwrap();
+
+    producer.begin_transaction().unwrap();
+    producer
+        .send(FutureRecord::to(&topic).key("k").payload("aborted"), Duration::from_secs(10))
+        .await
+        .unwrap();
+    producer.abort_transaction(Duration::from_secs(30)).unwrap();
+
+    producer.begin_transaction().unwrap();
+    producer
+        .send(FutureRecord::to(&topic).key("k").payload("last"), Duration::from_secs(10))
+        .await
+        .unwrap();
+    producer.commit_transaction(Duration::from_secs(30)).unwrap();
+
+    let consumer: StreamConsumer = kafka
+        .config()
+        .set("group.id", format!("{}-group", kafka.prefix))
+        .set("isolation.level", "read_committed")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[&topic]).unwrap();
+    let mut seen = Vec::new();
+    while seen.len() < 4 {
+        let msg = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
+            .await
+            .expect("committed messages arrive within 30 s")
+            .unwrap();
+        seen.push(String::from_utf8(msg.payload().unwrap().to_vec()).unwrap());
+    }
+    assert_eq!(seen, ["committed-0", "committed-1", "committed-2", "last"]);
+}
+
+fn extsync(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_extsync"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("run extsync");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn demo_pipeline_validates() {
+    let (code, stdout, stderr) = extsync(&["validate", "pipelines/demo.yaml"]);
+    assert_eq!(code, 0, "stdout: {stdout}\nstderr: {stderr}");
+    assert!(stdout.contains("ok"), "{stdout}");
+}
+
+#[test]
+fn every_pipeline_in_the_repo_validates() {
+    for entry in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/pipelines")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            extsync::config::load_file(&path).unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+}
+
+/// Writes the demo pipeline with one substitution applied and validates it.
+fn validate_broken(from: &str, to: &str) -> String {
+    let demo = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/pipelines/demo.yaml")).unwrap();
+    assert!(demo.contains(from), "demo.yaml no longer contains {from:?}");
+    let dir = std::env::temp_dir().join(support::unique("extsync-validate-"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("broken.yaml");
+    std::fs::write(&file, demo.replacen(from, to, 1)).unwrap();
+    let (code, stdout, stderr) = extsync(&["validate", file.to_str().unwrap()]);
+    assert_ne!(code, 0, "a broken pipeline must fail; stdout: {stdout}");
+    assert!(stdout.is_empty(), "errors go to stderr: {stdout}");
+    stderr.trim().replace(file.to_str().unwrap(), "FILE")
+}
+
+/// Line and column (1-based) of the first occurrence of `needle` in the demo file.
+fn demo_position(needle: &str) -> (usize, usize) {
+    let demo = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/pipelines/demo.yaml")).unwrap();
+    let at = demo.find(needle).unwrap();
+    let line = demo[..at].matches('\n').count() + 1;
+    let col = at - demo[..at].rfind('\n').map_or(0, |n| n + 1) + 1;
+    (line, col)
+}
+
+#[test]
+fn unknown_enum_variant_names_file_line_column_and_path() {
+    let from = "direction: alguna_to_external, transform: number_to_currency";
+    let (line, col) = demo_position(from);
+    let err = validate_broken(from, "direction: both, transform: number_to_currency");
+    let expected = format!(
+        "FILE:{line}:{}: integrations.salesforce.entities.accounts.mappings[3].direction: unknown variant `both`, expected one of `alguna_to_external`, `external_to_alguna`, `bidirectional`",
+        col + "direction: ".len()
+    );
+    assert_eq!(err, expected);
+}
+
+#[test]
+fn unknown_field_is_rejected_at_its_line() {
+    let (line, col) = demo_position("perField:");
+    let err = validate_broken("perField:", "perFeld:");
+    assert_eq!(
+        err,
+        format!(
+            "FILE:{line}:{col}: integrations.salesforce.entities.accounts.conflictResolution.perFeld: unknown field `perFeld`, expected `default` or `perField`"
+        )
+    );
+}
+
+#[test]
+fn literal_secret_is_rejected_and_never_printed() {
+    let err = validate_broken("clientSecret: ${SALESFORCE_CLIENT_SECRET}", "clientSecret: sup3r-s3cret");
+    assert!(err.contains("integrations.salesforce.credentials.clientSecret: credentials must be an environment variable reference"), "{err}");
+    assert!(!err.contains("sup3r-s3cret"), "secret leaked: {err}");
+}
+
+#[test]
+fn bad_cron_schedule_is_rejected() {
+    let err = validate_broken("schedule: \"*/5 * * * *\"", "schedule: \"*/5 * * *\"");
+    assert!(err.contains("integrations.salesforce.schedule: invalid schedule \"*/5 * * *\": expected 5 cron fields"), "{err}");
+    let err = validate_broken("schedule: \"*/5 * * * *\"", "schedule: \"*/5 * * * funday\"");
+    assert!(err.contains("integrations.salesforce.schedule: invalid schedule"), "{err}");
+}
+
+#[test]
+fn per_field_strategy_must_name_a_mapped_field() {
+    let err = validate_broken("email: manual", "emial: manual");
+    assert!(
+        err.contains("integrations.salesforce.entities.accounts: conflictResolution.perField names \"emial\""),
+        "{err}"
+    );
+}
+
+#[test]
+fn custom_transform_needs_a_function() {
+    let err = validate_broken("transform: custom, function:", "function:");
+    assert!(err.contains("integrations.hubspot.entities.contacts.mappings[3]: `function` is only used with `transform: custom`"), "{err}");
+}
+
+#[test]
+fn malformed_yaml_and_missing_file_are_reported() {
+    let err = validate_broken("postgres:\n", "postgres: [\n");
+    assert!(err.starts_with("FILE:"), "{err}");
+    let (code, _, stderr) = extsync(&["validate", "pipelines/does-not-exist.yaml"]);
+    assert_eq!(code, 2);
+    assert!(stderr.starts_with("pipelines/does-not-exist.yaml: cannot read file"), "{stderr}");
+}
+
+#[test]
+fn committed_schema_is_current() {
+    let committed = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/schemas/pipeline.schema.json"))
+        .expect("schemas/pipeline.schema.json exists");
+    assert!(
+        committed == extsync::config::schema_json(),
+        "schemas/pipeline.schema.json is stale: regenerate with `cargo run -- schema > schemas/pipeline.schema.json`"
+    );
+}
+
+#[tokio::test]
+async fn metrics_endpoint_serves_prometheus_text() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr = format!("127.0.0.1:{port}");
+    extsync::telemetry::init_metrics(&addr).unwrap();
+    metrics::counter!("extsync_test_events_total").increment(3);
+    let mut body = String::new();
+    for _ in 0..50 {
+        if let Ok(resp) = reqwest::get(format!("http://{addr}/metrics")).await {
+            body = resp.text().await.unwrap();
+            if body.contains("extsync_test_events_total") {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(body.contains("extsync_test_events_total 3"), "{body}");
+    assert!(body.contains("extsync_build_info"), "{body}");
+}
