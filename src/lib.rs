@@ -10,6 +10,8 @@
 //! Each module below is one part of that flow; `config` and `telemetry` serve all.
 
 pub mod config;
+pub mod connectors;
 pub mod kafka;
 pub mod shutdown;
+pub mod simulators;
 pub mod telemetry;
