@@ -11,7 +11,9 @@
 
 pub mod config;
 pub mod connectors;
+pub mod ingest;
 pub mod kafka;
 pub mod shutdown;
 pub mod simulators;
+pub mod store;
 pub mod telemetry;

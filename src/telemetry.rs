@@ -32,7 +32,9 @@ pub fn init_logging(format: LogFormat) {
         .or_else(|_| std::env::var("RUST_LOG"))
         .map(EnvFilter::new)
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
@@ -45,9 +47,9 @@ pub fn init_metrics(address: &str) -> anyhow::Result<Option<SocketAddr>> {
     if address.is_empty() {
         return Ok(None);
     }
-    let addr: SocketAddr = address
-        .parse()
-        .with_context(|| format!("telemetry.metricsAddress {address:?} is not a host:port address"))?;
+    let addr: SocketAddr = address.parse().with_context(|| {
+        format!("telemetry.metricsAddress {address:?} is not a host:port address")
+    })?;
     PrometheusBuilder::new()
         .with_http_listener(addr)
         .install()

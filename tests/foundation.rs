@@ -16,12 +16,26 @@ use support::{TestDb, TestKafka};
 async fn postgres_has_logical_replication() {
     let db = TestDb::create().await;
     let client = db.client().await;
-    let wal: String = client.query_one("SHOW wal_level", &[]).await.unwrap().get(0);
+    let wal: String = client
+        .query_one("SHOW wal_level", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(wal, "logical");
-    let slots: String = client.query_one("SHOW max_replication_slots", &[]).await.unwrap().get(0);
-    assert!(slots.parse::<u32>().unwrap() >= 32, "max_replication_slots = {slots}");
+    let slots: String = client
+        .query_one("SHOW max_replication_slots", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        slots.parse::<u32>().unwrap() >= 32,
+        "max_replication_slots = {slots}"
+    );
     let can_replicate: bool = client
-        .query_one("SELECT rolreplication FROM pg_roles WHERE rolname = current_user", &[])
+        .query_one(
+            "SELECT rolreplication FROM pg_roles WHERE rolname = current_user",
+            &[],
+        )
         .await
         .unwrap()
         .get(0);
@@ -29,10 +43,16 @@ async fn postgres_has_logical_replication() {
     // A logical slot can actually be created and dropped in the test database.
     let slot = format!("{}_slot", db.name);
     client
-        .execute("SELECT pg_create_logical_replication_slot($1, 'pgoutput')", &[&slot])
+        .execute(
+            "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
+            &[&slot],
+        )
         .await
         .unwrap();
-    client.execute("SELECT pg_drop_replication_slot($1)", &[&slot]).await.unwrap();
+    client
+        .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -52,25 +72,38 @@ async fn kafka_transactions_are_read_committed() {
     for i in 0..3 {
         let payload = format!("committed-{i}");
         producer
-            .send(FutureRecord::to(&topic).key("k").payload(&payload), Duration::from_secs(10))
+            .send(
+                FutureRecord::to(&topic).key("k").payload(&payload),
+                Duration::from_secs(10),
+            )
             .await
             .unwrap();
     }
-    producer.commit_transaction(Duration::from_secs(30)).unwrap();
+    producer
+        .commit_transaction(Duration::from_secs(30))
+        .unwrap();
 
     producer.begin_transaction().unwrap();
     producer
-        .send(FutureRecord::to(&topic).key("k").payload("aborted"), Duration::from_secs(10))
+        .send(
+            FutureRecord::to(&topic).key("k").payload("aborted"),
+            Duration::from_secs(10),
+        )
         .await
         .unwrap();
     producer.abort_transaction(Duration::from_secs(30)).unwrap();
 
     producer.begin_transaction().unwrap();
     producer
-        .send(FutureRecord::to(&topic).key("k").payload("last"), Duration::from_secs(10))
+        .send(
+            FutureRecord::to(&topic).key("k").payload("last"),
+            Duration::from_secs(10),
+        )
         .await
         .unwrap();
-    producer.commit_transaction(Duration::from_secs(30)).unwrap();
+    producer
+        .commit_transaction(Duration::from_secs(30))
+        .unwrap();
 
     let consumer: StreamConsumer = kafka
         .config()
@@ -124,7 +157,8 @@ fn every_pipeline_in_the_repo_validates() {
 
 /// Writes the demo pipeline with one substitution applied and validates it.
 fn validate_broken(from: &str, to: &str) -> String {
-    let demo = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/pipelines/demo.yaml")).unwrap();
+    let demo = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/pipelines/demo.yaml"))
+        .unwrap();
     assert!(demo.contains(from), "demo.yaml no longer contains {from:?}");
     let dir = std::env::temp_dir().join(support::unique("extsync-validate-"));
     std::fs::create_dir_all(&dir).unwrap();
@@ -138,7 +172,8 @@ fn validate_broken(from: &str, to: &str) -> String {
 
 /// Line and column (1-based) of the first occurrence of `needle` in the demo file.
 fn demo_position(needle: &str) -> (usize, usize) {
-    let demo = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/pipelines/demo.yaml")).unwrap();
+    let demo = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/pipelines/demo.yaml"))
+        .unwrap();
     let at = demo.find(needle).unwrap();
     let line = demo[..at].matches('\n').count() + 1;
     let col = at - demo[..at].rfind('\n').map_or(0, |n| n + 1) + 1;
@@ -171,7 +206,10 @@ fn unknown_field_is_rejected_at_its_line() {
 
 #[test]
 fn literal_secret_is_rejected_and_never_printed() {
-    let err = validate_broken("clientSecret: ${SALESFORCE_CLIENT_SECRET}", "clientSecret: sup3r-s3cret");
+    let err = validate_broken(
+        "clientSecret: ${SALESFORCE_CLIENT_SECRET}",
+        "clientSecret: sup3r-s3cret",
+    );
     assert!(err.contains("integrations.salesforce.credentials.clientSecret: credentials must be an environment variable reference"), "{err}");
     assert!(!err.contains("sup3r-s3cret"), "secret leaked: {err}");
 }
@@ -180,15 +218,23 @@ fn literal_secret_is_rejected_and_never_printed() {
 fn bad_cron_schedule_is_rejected() {
     let err = validate_broken("schedule: \"*/5 * * * *\"", "schedule: \"*/5 * * *\"");
     assert!(err.contains("integrations.salesforce.schedule: invalid schedule \"*/5 * * *\": expected 5 cron fields"), "{err}");
-    let err = validate_broken("schedule: \"*/5 * * * *\"", "schedule: \"*/5 * * * funday\"");
-    assert!(err.contains("integrations.salesforce.schedule: invalid schedule"), "{err}");
+    let err = validate_broken(
+        "schedule: \"*/5 * * * *\"",
+        "schedule: \"*/5 * * * funday\"",
+    );
+    assert!(
+        err.contains("integrations.salesforce.schedule: invalid schedule"),
+        "{err}"
+    );
 }
 
 #[test]
 fn per_field_strategy_must_name_a_mapped_field() {
     let err = validate_broken("email: manual", "emial: manual");
     assert!(
-        err.contains("integrations.salesforce.entities.accounts: conflictResolution.perField names \"emial\""),
+        err.contains(
+            "integrations.salesforce.entities.accounts: conflictResolution.perField names \"emial\""
+        ),
         "{err}"
     );
 }
@@ -205,22 +251,43 @@ fn malformed_yaml_and_missing_file_are_reported() {
     assert!(err.starts_with("FILE:"), "{err}");
     let (code, _, stderr) = extsync(&["validate", "pipelines/does-not-exist.yaml"]);
     assert_eq!(code, 2);
-    assert!(stderr.starts_with("pipelines/does-not-exist.yaml: cannot read file"), "{stderr}");
+    assert!(
+        stderr.starts_with("pipelines/does-not-exist.yaml: cannot read file"),
+        "{stderr}"
+    );
+}
+
+/// Compares a committed schema with the generated one; `EXTSYNC_BLESS=1`
+/// rewrites the file instead.
+fn assert_schema_current(file: &str, generated: String) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas").join(file);
+    if std::env::var_os("EXTSYNC_BLESS").is_some() {
+        std::fs::write(&path, &generated).unwrap();
+    }
+    let committed = std::fs::read_to_string(&path).unwrap_or_else(|_| panic!("schemas/{file} exists"));
+    assert!(
+        committed == generated,
+        "schemas/{file} is stale: regenerate with `EXTSYNC_BLESS=1 cargo test --test foundation schema`"
+    );
 }
 
 #[test]
-fn committed_schema_is_current() {
-    let committed = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/schemas/pipeline.schema.json"))
-        .expect("schemas/pipeline.schema.json exists");
-    assert!(
-        committed == extsync::config::schema_json(),
-        "schemas/pipeline.schema.json is stale: regenerate with `cargo run -- schema > schemas/pipeline.schema.json`"
-    );
+fn pipeline_schema_is_current() {
+    assert_schema_current("pipeline.schema.json", extsync::config::schema_json());
+}
+
+#[test]
+fn external_change_schema_is_current() {
+    assert_schema_current("external-change.schema.json", extsync::ingest::event::schema_json());
 }
 
 #[tokio::test]
 async fn metrics_endpoint_serves_prometheus_text() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let addr = format!("127.0.0.1:{port}");
     extsync::telemetry::init_metrics(&addr).unwrap();
     metrics::counter!("extsync_test_events_total").increment(3);

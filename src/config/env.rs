@@ -139,7 +139,6 @@ impl<'de> Deserialize<'de> for SecretRef {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -161,7 +160,10 @@ mod tests {
     #[test]
     fn missing_variable_is_named() {
         let s = EnvString::new("${NOPE}");
-        assert_eq!(s.resolve_with(env), Err(ResolveError::Missing("NOPE".into())));
+        assert_eq!(
+            s.resolve_with(env),
+            Err(ResolveError::Missing("NOPE".into()))
+        );
     }
 
     #[test]

@@ -28,6 +28,8 @@ pub struct Pipeline {
     pub kafka: KafkaConfig,
     #[serde(default)]
     pub telemetry: TelemetryConfig,
+    #[serde(default)]
+    pub ingest: IngestConfig,
     /// External systems, keyed by integration id.
     #[serde(default)]
     pub integrations: BTreeMap<Name, Integration>,
@@ -61,7 +63,8 @@ impl FromStr for Name {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let mut chars = s.chars();
         let first_ok = chars.next().is_some_and(|c| c.is_ascii_lowercase());
-        let rest_ok = chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+        let rest_ok =
+            chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
         if first_ok && rest_ok && s.len() <= 63 {
             Ok(Name(s.to_string()))
         } else {
@@ -74,7 +77,9 @@ impl FromStr for Name {
 
 impl<'de> Deserialize<'de> for Name {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -165,15 +170,21 @@ impl FromStr for TableName {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.split_once('.') {
-            Some((a, b)) if !a.is_empty() && !b.is_empty() && !b.contains('.') => Ok(TableName(s.into())),
-            _ => Err(format!("invalid table {s:?}: expected schema.table, e.g. public.accounts")),
+            Some((a, b)) if !a.is_empty() && !b.is_empty() && !b.contains('.') => {
+                Ok(TableName(s.into()))
+            }
+            _ => Err(format!(
+                "invalid table {s:?}: expected schema.table, e.g. public.accounts"
+            )),
         }
     }
 }
 
 impl<'de> Deserialize<'de> for TableName {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -226,12 +237,65 @@ pub struct TelemetryConfig {
 
 impl Default for TelemetryConfig {
     fn default() -> Self {
-        Self { metrics_address: default_metrics_address() }
+        Self {
+            metrics_address: default_metrics_address(),
+        }
     }
 }
 
 fn default_metrics_address() -> String {
     DEFAULT_METRICS_ADDRESS.to_string()
+}
+
+/// How external changes come in: the webhook receiver and the pollers.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct IngestConfig {
+    /// Listen address of the webhook receiver; empty disables it.
+    #[serde(default = "default_webhook_address")]
+    pub webhook_address: String,
+    /// Public base URL vendors call (signatures cover it), e.g.
+    /// `https://sync.example.com`; default: taken from each request's Host header.
+    #[serde(default)]
+    pub public_url: Option<EnvString>,
+    /// Largest webhook body accepted, in bytes.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// Seconds before the stored cursor that every poll reads again, so late
+    /// or equal timestamps never drop a record.
+    #[serde(default = "default_overlap_secs")]
+    pub poll_overlap_secs: u64,
+    /// Seconds between catch-up sweeps of integrations without a `schedule`.
+    #[serde(default = "default_sweep_secs")]
+    pub sweep_secs: u64,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self {
+            webhook_address: default_webhook_address(),
+            public_url: None,
+            max_body_bytes: default_max_body_bytes(),
+            poll_overlap_secs: default_overlap_secs(),
+            sweep_secs: default_sweep_secs(),
+        }
+    }
+}
+
+/// Default listen address of the webhook receiver.
+pub const DEFAULT_WEBHOOK_ADDRESS: &str = "127.0.0.1:8088";
+
+fn default_webhook_address() -> String {
+    DEFAULT_WEBHOOK_ADDRESS.to_string()
+}
+fn default_max_body_bytes() -> usize {
+    1024 * 1024
+}
+fn default_overlap_secs() -> u64 {
+    60
+}
+fn default_sweep_secs() -> u64 {
+    60
 }
 
 /// One connection to an external system.
@@ -321,7 +385,9 @@ impl CronSchedule {
         &self.0
     }
     pub fn cron(&self) -> croner::Cron {
-        self.0.parse().expect("validated when the pipeline was loaded")
+        self.0
+            .parse()
+            .expect("validated when the pipeline was loaded")
     }
 }
 
@@ -399,7 +465,9 @@ pub struct FieldMapping {
 /// A dotted path into a JSON object.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, JsonSchema)]
 #[serde(transparent)]
-pub struct FieldPath(#[schemars(regex(pattern = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"))] String);
+pub struct FieldPath(
+    #[schemars(regex(pattern = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"))] String,
+);
 
 impl FieldPath {
     pub fn as_str(&self) -> &str {
@@ -428,20 +496,25 @@ impl FromStr for FieldPath {
         let ok = !s.is_empty()
             && s.split('.').all(|seg| {
                 let mut c = seg.chars();
-                c.next().is_some_and(|f| f == '_' || f.is_ascii_alphabetic())
+                c.next()
+                    .is_some_and(|f| f == '_' || f.is_ascii_alphabetic())
                     && c.all(|ch| ch == '_' || ch.is_ascii_alphanumeric())
             });
         if ok {
             Ok(FieldPath(s.into()))
         } else {
-            Err(format!("invalid field path {s:?}: expected names joined by '.', e.g. billingAddress.line1"))
+            Err(format!(
+                "invalid field path {s:?}: expected names joined by '.', e.g. billingAddress.line1"
+            ))
         }
     }
 }
 
 impl<'de> Deserialize<'de> for FieldPath {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -479,7 +552,10 @@ pub struct ConflictResolution {
 
 impl ConflictResolution {
     pub fn strategy_for(&self, alguna_field: &FieldPath) -> Strategy {
-        self.per_field.get(alguna_field).copied().unwrap_or(self.default)
+        self.per_field
+            .get(alguna_field)
+            .copied()
+            .unwrap_or(self.default)
     }
 }
 
@@ -555,23 +631,36 @@ impl Check for FieldMapping {
 impl Check for Entity {
     fn check(&self) -> Result<(), String> {
         let mapped = |p: &FieldPath| self.mappings.iter().any(|m| &m.alguna == p);
-        if let Some(f) = self.conflict_resolution.per_field.keys().find(|f| !mapped(f)) {
+        if let Some(f) = self
+            .conflict_resolution
+            .per_field
+            .keys()
+            .find(|f| !mapped(f))
+        {
             return Err(format!(
                 "conflictResolution.perField names {f:?}, which no mapping's `alguna` field maps"
             ));
         }
         if let Some(m) = &self.matching {
             if let Some(f) = m.fields.iter().find(|f| !mapped(f)) {
-                return Err(format!("matching.fields names {f:?}, which no mapping's `alguna` field maps"));
+                return Err(format!(
+                    "matching.fields names {f:?}, which no mapping's `alguna` field maps"
+                ));
             }
             if !(0.0..=1.0).contains(&m.threshold) {
-                return Err(format!("matching.threshold {} must be between 0 and 1", m.threshold));
+                return Err(format!(
+                    "matching.threshold {} must be between 0 and 1",
+                    m.threshold
+                ));
             }
         }
         let mut seen = std::collections::BTreeSet::new();
         for m in self.mappings.iter() {
             if !seen.insert((&m.external, m.direction.to_external())) && m.direction.to_external() {
-                return Err(format!("external field {:?} is written by two mappings", m.external.as_str()));
+                return Err(format!(
+                    "external field {:?} is written by two mappings",
+                    m.external.as_str()
+                ));
             }
         }
         Ok(())

@@ -46,10 +46,11 @@ pub fn with_database(url: &str, db: &str) -> String {
 }
 
 pub async fn connect(url: &str) -> tokio_postgres::Client {
-    let (client, conn) = tokio::time::timeout(Duration::from_secs(10), tokio_postgres::connect(url, NoTls))
-        .await
-        .unwrap_or_else(|_| panic!("PostgreSQL did not answer within 10 s: {HINT}"))
-        .unwrap_or_else(|e| panic!("cannot connect to PostgreSQL: {e}: {HINT}"));
+    let (client, conn) =
+        tokio::time::timeout(Duration::from_secs(10), tokio_postgres::connect(url, NoTls))
+            .await
+            .unwrap_or_else(|_| panic!("PostgreSQL did not answer within 10 s: {HINT}"))
+            .unwrap_or_else(|e| panic!("cannot connect to PostgreSQL: {e}: {HINT}"));
     tokio::spawn(async move {
         let _ = conn.await;
     });
@@ -87,7 +88,10 @@ pub struct TestKafka {
 
 impl TestKafka {
     pub fn new() -> TestKafka {
-        TestKafka { prefix: unique("t"), brokers: brokers() }
+        TestKafka {
+            prefix: unique("t"),
+            brokers: brokers(),
+        }
     }
 
     pub fn config(&self) -> ClientConfig {
@@ -104,10 +108,18 @@ impl TestKafka {
         let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
         let res = tokio::time::timeout(
             Duration::from_secs(20),
-            admin.create_topics(&[NewTopic::new(&name, partitions, TopicReplication::Fixed(1))], &opts),
+            admin.create_topics(
+                &[NewTopic::new(&name, partitions, TopicReplication::Fixed(1))],
+                &opts,
+            ),
         )
         .await
-        .unwrap_or_else(|_| panic!("Kafka at {} did not answer within 20 s: {HINT}", self.brokers))
+        .unwrap_or_else(|_| {
+            panic!(
+                "Kafka at {} did not answer within 20 s: {HINT}",
+                self.brokers
+            )
+        })
         .unwrap_or_else(|e| panic!("creating topic {name}: {e}: {HINT}"));
         for r in res {
             r.unwrap_or_else(|(t, e)| panic!("creating topic {t}: {e}"));

@@ -1,0 +1,51 @@
+//! extsync's own durable state in the billing database, schema `extsync`:
+//! polling cursors, emitted versions, stream positions, sync status. The
+//! schema is created and migrated at start (SQL files in `migrations/`).
+//!
+//! ```text
+//!  ingest / processor / control plane ──► store ──► Postgres schema `extsync`
+//! ```
+
+use tokio_postgres::{Client, NoTls};
+
+mod embedded {
+    refinery::embed_migrations!("migrations");
+}
+
+/// Advisory-lock key serializing migrations between processes.
+const MIGRATION_LOCK: i64 = 0x6578_7473_796e_6301;
+
+/// Errors reaching or migrating the state database.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("connecting to PostgreSQL: {0}")]
+    Connect(#[source] tokio_postgres::Error),
+    #[error("PostgreSQL query failed: {0}")]
+    Query(#[from] tokio_postgres::Error),
+    #[error("migrating schema extsync: {0}")]
+    Migrate(#[from] refinery::Error),
+}
+
+/// Connects to `url` and drives the connection in a background task.
+pub async fn connect(url: &str) -> Result<Client, StoreError> {
+    let (client, conn) = tokio_postgres::connect(url, NoTls).await.map_err(StoreError::Connect)?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::warn!(error = %e, "state database connection closed");
+        }
+    });
+    Ok(client)
+}
+
+/// Creates schema `extsync` and applies pending migrations, one process at a time.
+pub async fn migrate(client: &mut Client) -> Result<(), StoreError> {
+    client.batch_execute("CREATE SCHEMA IF NOT EXISTS extsync").await?;
+    client.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK]).await?;
+    let result = embedded::migrations::runner()
+        .set_migration_table_name("extsync.schema_history")
+        .run_async(client)
+        .await;
+    client.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK]).await?;
+    result?;
+    Ok(())
+}
