@@ -18,7 +18,11 @@ impl CursorStore {
         Self { db }
     }
 
-    pub async fn load(&self, integration: &str, object: &str) -> Result<Option<Cursor>, tokio_postgres::Error> {
+    pub async fn load(
+        &self,
+        integration: &str,
+        object: &str,
+    ) -> Result<Option<Cursor>, tokio_postgres::Error> {
         let row = self
             .db
             .query_opt(
@@ -26,11 +30,19 @@ impl CursorStore {
                 &[&integration, &object],
             )
             .await?;
-        Ok(row.map(|r| Cursor { modified_at: r.get(0), id: r.get(1) }))
+        Ok(row.map(|r| Cursor {
+            modified_at: r.get(0),
+            id: r.get(1),
+        }))
     }
 
     /// Moves the cursor forward; a cursor never moves back.
-    pub async fn advance(&self, integration: &str, object: &str, to: &Cursor) -> Result<(), tokio_postgres::Error> {
+    pub async fn advance(
+        &self,
+        integration: &str,
+        object: &str,
+        to: &Cursor,
+    ) -> Result<(), tokio_postgres::Error> {
         self.db
             .execute(
                 "INSERT INTO extsync.poll_cursors AS c (integration, object, modified_at, record_id)

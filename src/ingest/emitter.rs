@@ -82,7 +82,12 @@ pub struct EmitStats {
 
 impl Emitter {
     pub fn new(producer: FutureProducer, topics: Topics, state: Arc<Client>) -> Self {
-        Self { producer, topics, state, recent: Cache::new(RECENT_CAPACITY) }
+        Self {
+            producer,
+            topics,
+            state,
+            recent: Cache::new(RECENT_CAPACITY),
+        }
     }
 
     /// Emits the changes that are new; returns once Kafka acknowledged them all.
@@ -95,7 +100,10 @@ impl Emitter {
                 claimed.push(change);
             }
         }
-        let stats = EmitStats { emitted: claimed.len(), collapsed: total - claimed.len() };
+        let stats = EmitStats {
+            emitted: claimed.len(),
+            collapsed: total - claimed.len(),
+        };
         if claimed.is_empty() {
             metrics::counter!(COLLAPSED_TOTAL).increment(stats.collapsed as u64);
             return Ok(stats);
@@ -108,7 +116,8 @@ impl Emitter {
         }
         self.record(&claimed).await?;
         let system = claimed[0].system.clone();
-        metrics::counter!(EMITTED_TOTAL, "system" => system.clone()).increment(stats.emitted as u64);
+        metrics::counter!(EMITTED_TOTAL, "system" => system.clone())
+            .increment(stats.emitted as u64);
         metrics::counter!(COLLAPSED_TOTAL, "system" => system).increment(stats.collapsed as u64);
         Ok(stats)
     }
@@ -119,7 +128,10 @@ impl Emitter {
         if stored.as_ref().is_some_and(|s| s.covers(change)) {
             return false;
         }
-        let next = Emitted { version: change.version.clone(), modified_at: change.modified_at };
+        let next = Emitted {
+            version: change.version.clone(),
+            modified_at: change.modified_at,
+        };
         let result = self
             .recent
             .entry(key(change))
@@ -131,10 +143,17 @@ impl Emitter {
                 std::future::ready(op)
             })
             .await;
-        matches!(result, moka::ops::compute::CompResult::Inserted(_) | moka::ops::compute::CompResult::ReplacedWith(_))
+        matches!(
+            result,
+            moka::ops::compute::CompResult::Inserted(_)
+                | moka::ops::compute::CompResult::ReplacedWith(_)
+        )
     }
 
-    async fn load_emitted(&self, changes: &[ExternalChange]) -> Result<Vec<Option<Emitted>>, EmitError> {
+    async fn load_emitted(
+        &self,
+        changes: &[ExternalChange],
+    ) -> Result<Vec<Option<Emitted>>, EmitError> {
         let mut out = Vec::with_capacity(changes.len());
         let mut misses = Vec::new();
         for (i, c) in changes.iter().enumerate() {
@@ -147,9 +166,15 @@ impl Emitter {
         if misses.is_empty() {
             return Ok(out);
         }
-        let integrations: Vec<&str> = misses.iter().map(|&i| changes[i].integration.as_str()).collect();
+        let integrations: Vec<&str> = misses
+            .iter()
+            .map(|&i| changes[i].integration.as_str())
+            .collect();
         let objects: Vec<&str> = misses.iter().map(|&i| changes[i].object.as_str()).collect();
-        let ids: Vec<&str> = misses.iter().map(|&i| changes[i].external_id.as_str()).collect();
+        let ids: Vec<&str> = misses
+            .iter()
+            .map(|&i| changes[i].external_id.as_str())
+            .collect();
         let rows = self
             .state
             .query(
@@ -162,7 +187,15 @@ impl Emitter {
             .await?;
         let stored: std::collections::HashMap<RecordKey, Emitted> = rows
             .into_iter()
-            .map(|row| ((row.get(0), row.get(1), row.get(2)), Emitted { version: row.get(3), modified_at: row.get(4) }))
+            .map(|row| {
+                (
+                    (row.get(0), row.get(1), row.get(2)),
+                    Emitted {
+                        version: row.get(3),
+                        modified_at: row.get(4),
+                    },
+                )
+            })
             .collect();
         for i in misses {
             out[i] = stored.get(&key(&changes[i])).cloned();
@@ -177,10 +210,23 @@ impl Emitter {
             let idem = c.idempotency_key();
             async move {
                 let headers = OwnedHeaders::new()
-                    .insert(Header { key: IDEMPOTENCY_HEADER, value: Some(idem.as_bytes()) })
-                    .insert(Header { key: SOURCE_HEADER, value: Some(c.source.as_str().as_bytes()) });
-                let record = FutureRecord::to(&topic).key(&c.external_id).payload(&payload).headers(headers);
-                self.producer.send(record, Duration::from_secs(30)).await.map(|_| ()).map_err(|(e, _)| e)
+                    .insert(Header {
+                        key: IDEMPOTENCY_HEADER,
+                        value: Some(idem.as_bytes()),
+                    })
+                    .insert(Header {
+                        key: SOURCE_HEADER,
+                        value: Some(c.source.as_str().as_bytes()),
+                    });
+                let record = FutureRecord::to(&topic)
+                    .key(&c.external_id)
+                    .payload(&payload)
+                    .headers(headers);
+                self.producer
+                    .send(record, Duration::from_secs(30))
+                    .await
+                    .map(|_| ())
+                    .map_err(|(e, _)| e)
             }
         });
         for result in join_all(sends).await {
@@ -213,5 +259,9 @@ impl Emitter {
 }
 
 fn key(c: &ExternalChange) -> RecordKey {
-    (c.integration.clone(), c.object.clone(), c.external_id.clone())
+    (
+        c.integration.clone(),
+        c.object.clone(),
+        c.external_id.clone(),
+    )
 }

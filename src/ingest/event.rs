@@ -72,13 +72,17 @@ impl ExternalChange {
     /// Stable key that is equal for the same version of the same record,
     /// whichever path saw it.
     pub fn idempotency_key(&self) -> String {
-        format!("{}:{}:{}:{}", self.integration, self.object, self.external_id, self.version)
+        format!(
+            "{}:{}:{}:{}",
+            self.integration, self.object, self.external_id, self.version
+        )
     }
 }
 
 /// The JSON Schema committed as `schemas/external-change.schema.json`.
 pub fn schema_json() -> String {
-    let mut s = serde_json::to_string_pretty(&schemars::schema_for!(ExternalChange)).expect("schema serializes");
+    let mut s = serde_json::to_string_pretty(&schemars::schema_for!(ExternalChange))
+        .expect("schema serializes");
     s.push('\n');
     s
 }

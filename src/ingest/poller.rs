@@ -61,43 +61,74 @@ impl Poller {
     /// Reads every change since the stored cursor (minus the overlap), page
     /// by page, advancing the cursor after each page is in Kafka.
     pub async fn sweep(&self) -> Result<SweepStats, PollError> {
-        let stored = self.cursors.load(&self.target.id, &self.object).await?.unwrap_or_else(Cursor::start);
+        let stored = self
+            .cursors
+            .load(&self.target.id, &self.object)
+            .await?
+            .unwrap_or_else(Cursor::start);
         let overlap = chrono::Duration::from_std(self.overlap).unwrap_or_default();
-        let since = Cursor { modified_at: stored.modified_at - overlap, id: String::new() };
+        let since = Cursor {
+            modified_at: stored.modified_at - overlap,
+            id: String::new(),
+        };
         let mut stats = SweepStats::default();
         let mut page: Option<String> = None;
         loop {
-            let result = self.target.connector.list_changes(&self.object, &since, page.as_deref()).await?;
+            let result = self
+                .target
+                .connector
+                .list_changes(&self.object, &since, page.as_deref())
+                .await?;
             stats.pages += 1;
             stats.read += result.records.len();
             let high = result.records.iter().map(Cursor::of).max();
             let changes = result
                 .records
                 .into_iter()
-                .map(|r| self.target.change_from_record(&self.entity, r, ChangeOp::Update, ChangeSource::Poll, Vec::new(), None))
+                .map(|r| {
+                    self.target.change_from_record(
+                        &self.entity,
+                        r,
+                        ChangeOp::Update,
+                        ChangeSource::Poll,
+                        Vec::new(),
+                        None,
+                    )
+                })
                 .collect();
             stats.emitted += self.emitter.emit(changes).await?.emitted;
             if let Some(high) = high {
-                self.cursors.advance(&self.target.id, &self.object, &high).await?;
+                self.cursors
+                    .advance(&self.target.id, &self.object, &high)
+                    .await?;
             }
             match result.next_page {
                 Some(next) => page = Some(next),
                 None => break,
             }
         }
-        metrics::counter!(POLLED_TOTAL, "integration" => self.target.id.clone()).increment(stats.read as u64);
+        metrics::counter!(POLLED_TOTAL, "integration" => self.target.id.clone())
+            .increment(stats.read as u64);
         Ok(stats)
     }
 
     /// Sweeps at start, then on every `schedule` tick (or every `every`
     /// without a schedule) until `stop`.
-    pub async fn run(self, schedule: Option<CronSchedule>, every: Duration, stop: CancellationToken) {
+    pub async fn run(
+        self,
+        schedule: Option<CronSchedule>,
+        every: Duration,
+        stop: CancellationToken,
+    ) {
         let cron = schedule.map(|s| s.cron());
         loop {
             match self.sweep().await {
-                Ok(s) => tracing::debug!(integration = %self.target.id, object = %self.object, read = s.read, emitted = s.emitted, "sweep done"),
+                Ok(s) => {
+                    tracing::debug!(integration = %self.target.id, object = %self.object, read = s.read, emitted = s.emitted, "sweep done")
+                }
                 Err(e) => {
-                    metrics::counter!(SWEEP_ERRORS_TOTAL, "integration" => self.target.id.clone()).increment(1);
+                    metrics::counter!(SWEEP_ERRORS_TOTAL, "integration" => self.target.id.clone())
+                        .increment(1);
                     tracing::warn!(integration = %self.target.id, object = %self.object, error = %e, "sweep failed; retrying at the next tick");
                 }
             }

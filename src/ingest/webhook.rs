@@ -59,20 +59,38 @@ async fn receive(
 ) -> Response {
     let started = std::time::Instant::now();
     let Some(target) = rx.targets.get(&integration).cloned() else {
-        return reject("unknown", StatusCode::NOT_FOUND, format!("unknown integration {integration:?}"));
+        return reject(
+            "unknown",
+            StatusCode::NOT_FOUND,
+            format!("unknown integration {integration:?}"),
+        );
     };
     let json_body = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.split(';').next().is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json")));
+        .is_some_and(|ct| {
+            ct.split(';')
+                .next()
+                .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+        });
     if !json_body {
-        return reject(&integration, StatusCode::UNSUPPORTED_MEDIA_TYPE, "content type must be application/json".into());
+        return reject(
+            &integration,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "content type must be application/json".into(),
+        );
     }
     let base = match &rx.public_url {
         Some(u) => u.trim_end_matches('/').to_string(),
         None => {
-            let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost");
-            let scheme = headers.get("x-forwarded-proto").and_then(|h| h.to_str().ok()).unwrap_or("http");
+            let host = headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or("localhost");
+            let scheme = headers
+                .get("x-forwarded-proto")
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or("http");
             format!("{scheme}://{host}")
         }
     };
@@ -88,24 +106,43 @@ async fn receive(
         Err(e) if e.class == ErrorClass::Unauthenticated => {
             return reject(&integration, StatusCode::UNAUTHORIZED, e.message);
         }
-        Err(e) => return reject(&integration, StatusCode::BAD_REQUEST, format!("malformed payload: {}", e.message)),
+        Err(e) => {
+            return reject(
+                &integration,
+                StatusCode::BAD_REQUEST,
+                format!("malformed payload: {}", e.message),
+            );
+        }
     };
     let changes = match hydrate(&target, events).await {
         Ok(c) => c,
         Err(e) => {
             tracing::warn!(integration, error = %e, "reading webhook records failed; the vendor will retry");
-            return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"error": e.to_string()}))).into_response();
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({"error": e.to_string()})),
+            )
+                .into_response();
         }
     };
     match rx.emitter.emit(changes).await {
         Ok(stats) => {
             metrics::counter!(ACCEPTED_TOTAL, "integration" => integration.clone()).increment(1);
-            metrics::histogram!(ACK_SECONDS, "integration" => integration).record(started.elapsed().as_secs_f64());
-            (StatusCode::OK, Json(json!({"accepted": stats.emitted, "duplicates": stats.collapsed}))).into_response()
+            metrics::histogram!(ACK_SECONDS, "integration" => integration)
+                .record(started.elapsed().as_secs_f64());
+            (
+                StatusCode::OK,
+                Json(json!({"accepted": stats.emitted, "duplicates": stats.collapsed})),
+            )
+                .into_response()
         }
         Err(e @ (EmitError::Kafka(_) | EmitError::State(_))) => {
             tracing::error!(integration, error = %e, "webhook events not stored; the vendor will retry");
-            (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"error": "events could not be stored; retry"}))).into_response()
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({"error": "events could not be stored; retry"})),
+            )
+                .into_response()
         }
     }
 }
@@ -117,18 +154,29 @@ fn reject(integration: &str, status: StatusCode, message: String) -> Response {
         StatusCode::UNSUPPORTED_MEDIA_TYPE => "content_type",
         _ => "malformed",
     };
-    metrics::counter!(REJECTED_TOTAL, "integration" => integration.to_string(), "reason" => reason).increment(1);
-    tracing::info!(integration, status = status.as_u16(), reason, "webhook rejected");
+    metrics::counter!(REJECTED_TOTAL, "integration" => integration.to_string(), "reason" => reason)
+        .increment(1);
+    tracing::info!(
+        integration,
+        status = status.as_u16(),
+        reason,
+        "webhook rejected"
+    );
     (status, Json(json!({"error": message}))).into_response()
 }
 
 /// Turns events into change events, reading the records of events that carry
 /// only ids in the system's batch form. Events for unmapped objects are skipped.
-pub async fn hydrate(target: &IngestTarget, events: Vec<WebhookEvent>) -> Result<Vec<ExternalChange>, ConnectorError> {
+pub async fn hydrate(
+    target: &IngestTarget,
+    events: Vec<WebhookEvent>,
+) -> Result<Vec<ExternalChange>, ConnectorError> {
     let mut changes = Vec::with_capacity(events.len());
     let mut to_read: HashMap<(String, String), Vec<WebhookEvent>> = HashMap::new();
     for ev in events {
-        let Some((entity, object)) = target.entity_for(&ev.object) else { continue };
+        let Some((entity, object)) = target.entity_for(&ev.object) else {
+            continue;
+        };
         let (entity, object) = (entity.to_string(), object.to_string());
         if ev.op == ChangeOp::Delete {
             changes.push(deletion(target, &entity, &object, ev));
@@ -150,7 +198,9 @@ pub async fn hydrate(target: &IngestTarget, events: Vec<WebhookEvent>) -> Result
         // the changed fields of all its events are merged.
         let mut by_id: HashMap<String, (ChangeOp, Vec<String>, Option<String>)> = HashMap::new();
         for ev in evs {
-            let slot = by_id.entry(ev.id.clone()).or_insert((ev.op, Vec::new(), None));
+            let slot = by_id
+                .entry(ev.id.clone())
+                .or_insert((ev.op, Vec::new(), None));
             if ev.op == ChangeOp::Create {
                 slot.0 = ChangeOp::Create;
             }
@@ -168,7 +218,14 @@ pub async fn hydrate(target: &IngestTarget, events: Vec<WebhookEvent>) -> Result
             // deletion arrives as its own event.
             if let Some(mut record) = records.remove(&id) {
                 record.object = object.clone();
-                changes.push(target.change_from_record(&entity, record, op, ChangeSource::Webhook, fields, origin));
+                changes.push(target.change_from_record(
+                    &entity,
+                    record,
+                    op,
+                    ChangeSource::Webhook,
+                    fields,
+                    origin,
+                ));
             }
         }
     }
