@@ -13,6 +13,7 @@ pub mod config;
 pub mod connectors;
 pub mod ingest;
 pub mod kafka;
+pub mod processor;
 pub mod shutdown;
 pub mod simulators;
 pub mod store;

@@ -260,11 +260,14 @@ fn malformed_yaml_and_missing_file_are_reported() {
 /// Compares a committed schema with the generated one; `EXTSYNC_BLESS=1`
 /// rewrites the file instead.
 fn assert_schema_current(file: &str, generated: String) {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas").join(file);
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("schemas")
+        .join(file);
     if std::env::var_os("EXTSYNC_BLESS").is_some() {
         std::fs::write(&path, &generated).unwrap();
     }
-    let committed = std::fs::read_to_string(&path).unwrap_or_else(|_| panic!("schemas/{file} exists"));
+    let committed =
+        std::fs::read_to_string(&path).unwrap_or_else(|_| panic!("schemas/{file} exists"));
     assert!(
         committed == generated,
         "schemas/{file} is stale: regenerate with `EXTSYNC_BLESS=1 cargo test --test foundation schema`"
@@ -278,7 +281,10 @@ fn pipeline_schema_is_current() {
 
 #[test]
 fn external_change_schema_is_current() {
-    assert_schema_current("external-change.schema.json", extsync::ingest::event::schema_json());
+    assert_schema_current(
+        "external-change.schema.json",
+        extsync::ingest::event::schema_json(),
+    );
 }
 
 #[tokio::test]

@@ -28,7 +28,9 @@ pub enum StoreError {
 
 /// Connects to `url` and drives the connection in a background task.
 pub async fn connect(url: &str) -> Result<Client, StoreError> {
-    let (client, conn) = tokio_postgres::connect(url, NoTls).await.map_err(StoreError::Connect)?;
+    let (client, conn) = tokio_postgres::connect(url, NoTls)
+        .await
+        .map_err(StoreError::Connect)?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::warn!(error = %e, "state database connection closed");
@@ -39,13 +41,19 @@ pub async fn connect(url: &str) -> Result<Client, StoreError> {
 
 /// Creates schema `extsync` and applies pending migrations, one process at a time.
 pub async fn migrate(client: &mut Client) -> Result<(), StoreError> {
-    client.batch_execute("CREATE SCHEMA IF NOT EXISTS extsync").await?;
-    client.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK]).await?;
+    client
+        .batch_execute("CREATE SCHEMA IF NOT EXISTS extsync")
+        .await?;
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
+        .await?;
     let result = embedded::migrations::runner()
         .set_migration_table_name("extsync.schema_history")
         .run_async(client)
         .await;
-    client.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK]).await?;
+    client
+        .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
+        .await?;
     result?;
     Ok(())
 }

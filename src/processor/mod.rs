@@ -1,0 +1,12 @@
+//! The processor: the heart of the pipeline. Every change to one logical
+//! record, from either side, is linked, mapped, resolved against the last
+//! synced version and turned into writes for the other side.
+//!
+//! ```text
+//!  <prefix>.cdc.*  ─┐
+//!                   ├─► link ─► map ─► resolve ─► suppress echoes ─► write intents + sync events
+//!  <prefix>.external.* ┘
+//! ```
+
+pub mod record;
+pub mod transform;
