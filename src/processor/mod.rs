@@ -8,5 +8,7 @@
 //!  <prefix>.external.* ┘
 //! ```
 
+pub mod mapping;
+pub mod merge;
 pub mod record;
 pub mod transform;

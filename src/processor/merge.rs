@@ -1,0 +1,183 @@
+//! Three-way conflict resolution. For every mapped field, the billing value
+//! and the external value are each compared with the base — the values both
+//! sides had when they were last in sync. A field changed on one side flows
+//! to the other; a field changed on both sides to different values is a
+//! conflict, settled by the field's strategy and always recorded.
+//!
+//! ```text
+//!            base (last synced)
+//!           /                  \
+//!   billing now            external now
+//!           \                  /
+//!            merge ──► writes to each side, resolutions, parked manual conflicts, new base
+//! ```
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::mapping::{EntityMap, Mappings};
+use super::record;
+use super::transform::TransformError;
+use crate::config::Strategy;
+
+/// The values of every mapped field when both sides were last in sync,
+/// keyed by the billing field path; each side in its own representation.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Base {
+    pub alguna: BTreeMap<String, Value>,
+    pub external: BTreeMap<String, Value>,
+}
+
+/// One side's current state and when it was last changed.
+#[derive(Debug, Clone, Copy)]
+pub struct Side<'a> {
+    pub fields: &'a Map<String, Value>,
+    pub changed_at: DateTime<Utc>,
+}
+
+/// Who won a conflict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Winner {
+    Alguna,
+    External,
+    /// Parked for a person to decide.
+    Manual,
+}
+
+/// A recorded conflict and how it was settled.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Resolution {
+    pub field: String,
+    pub external_field: String,
+    pub strategy: Strategy,
+    pub winner: Winner,
+    pub alguna_value: Value,
+    pub external_value: Value,
+    pub base_alguna: Option<Value>,
+    pub base_external: Option<Value>,
+}
+
+/// What one merge decided.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Merge {
+    /// External fields to write (external paths, external representation).
+    pub to_external: Map<String, Value>,
+    /// Billing fields to write (billing view paths, billing representation).
+    pub to_alguna: Map<String, Value>,
+    /// Every conflict, with its settlement.
+    pub resolutions: Vec<Resolution>,
+    /// The base once the writes are applied (parked fields keep their old base).
+    pub base: Base,
+}
+
+impl Merge {
+    pub fn conflicts(&self) -> usize {
+        self.resolutions.len()
+    }
+
+    pub fn manual(&self) -> impl Iterator<Item = &Resolution> {
+        self.resolutions
+            .iter()
+            .filter(|r| r.winner == Winner::Manual)
+    }
+}
+
+/// Merges the current billing and external states of one linked record.
+pub fn merge(
+    mappings: &Mappings,
+    entity: &EntityMap,
+    base: &Base,
+    alguna: Side<'_>,
+    external: Side<'_>,
+) -> Result<Merge, TransformError> {
+    let mut out = Merge {
+        base: base.clone(),
+        ..Merge::default()
+    };
+    for f in &entity.fields {
+        let key = f.alguna.as_str();
+        let a = record::get(alguna.fields, &f.alguna)
+            .cloned()
+            .unwrap_or(Value::Null);
+        let e = record::get(external.fields, &f.external)
+            .cloned()
+            .unwrap_or(Value::Null);
+        let a_as_ext = mappings
+            .to_external(f, alguna.fields)?
+            .unwrap_or(Value::Null);
+        let e_as_alg = mappings
+            .to_alguna(f, external.fields)?
+            .unwrap_or(Value::Null);
+        let base_a = base.alguna.get(key);
+        let base_e = base.external.get(key);
+        // One-way fields ignore changes on the side that does not flow.
+        let a_changed = f.to_external && base_a != Some(&a);
+        let e_changed = f.to_alguna && base_e != Some(&e);
+
+        let agree = same(&a_as_ext, &e);
+        let winner = match (a_changed, e_changed) {
+            _ if agree => None,
+            (false, false) => None,
+            (true, false) => Some(Winner::Alguna),
+            (false, true) => Some(Winner::External),
+            (true, true) => {
+                let w = match f.strategy {
+                    Strategy::AlgunaWins => Winner::Alguna,
+                    Strategy::ExternalWins => Winner::External,
+                    // Ties go to the billing side, the system of record.
+                    Strategy::LatestWins if external.changed_at > alguna.changed_at => {
+                        Winner::External
+                    }
+                    Strategy::LatestWins => Winner::Alguna,
+                    Strategy::Manual => Winner::Manual,
+                };
+                out.resolutions.push(Resolution {
+                    field: key.to_string(),
+                    external_field: f.external.as_str().to_string(),
+                    strategy: f.strategy,
+                    winner: w,
+                    alguna_value: a.clone(),
+                    external_value: e.clone(),
+                    base_alguna: base_a.cloned(),
+                    base_external: base_e.cloned(),
+                });
+                Some(w)
+            }
+        };
+        match winner {
+            None if agree => {
+                out.base.alguna.insert(key.to_string(), a);
+                out.base.external.insert(key.to_string(), e);
+            }
+            None | Some(Winner::Manual) => {}
+            Some(Winner::Alguna) => {
+                out.to_external
+                    .insert(f.external.as_str().to_string(), a_as_ext.clone());
+                out.base.alguna.insert(key.to_string(), a);
+                out.base.external.insert(key.to_string(), a_as_ext);
+            }
+            Some(Winner::External) => {
+                out.to_alguna.insert(key.to_string(), e_as_alg.clone());
+                out.base.alguna.insert(key.to_string(), e_as_alg);
+                out.base.external.insert(key.to_string(), e);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Equality that treats `1` and `1.0` (and numeric strings from `numeric`
+/// columns) as the same amount.
+fn same(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => x.as_f64() == y.as_f64(),
+        (Value::Number(x), Value::String(y)) | (Value::String(y), Value::Number(x)) => {
+            y.trim().parse::<f64>().ok() == x.as_f64()
+        }
+        _ => a == b,
+    }
+}
