@@ -10,6 +10,7 @@
 //! Each module below is one part of that flow; `config` and `telemetry` serve all.
 
 pub mod config;
+pub mod delivery;
 pub mod connectors;
 pub mod ingest;
 pub mod kafka;
