@@ -287,6 +287,14 @@ fn external_change_schema_is_current() {
     );
 }
 
+#[test]
+fn sync_event_schema_is_current() {
+    assert_schema_current(
+        "sync-event.schema.json",
+        extsync::processor::events::schema_json(),
+    );
+}
+
 #[tokio::test]
 async fn metrics_endpoint_serves_prometheus_text() {
     let port = std::net::TcpListener::bind("127.0.0.1:0")

@@ -8,7 +8,12 @@
 //!  <prefix>.external.* ┘
 //! ```
 
+pub mod change;
+pub mod decide;
+pub mod events;
+pub mod link;
 pub mod mapping;
 pub mod merge;
 pub mod record;
+pub mod state;
 pub mod transform;

@@ -1,0 +1,56 @@
+//! The changes the processor consumes, whichever side they come from, after
+//! routing has keyed them by the canonical record.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::ingest::ExternalChange;
+
+/// A billing-side change, from a captured row event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BillingChange {
+    pub schema: String,
+    pub table: String,
+    /// Primary key as captured (`{"id": 1}`).
+    pub key: Map<String, Value>,
+    /// `c`, `u`, `d` or `r` (snapshot).
+    pub op: String,
+    /// Row after the change (`None` for deletes).
+    pub after: Option<Map<String, Value>>,
+    pub committed_at: DateTime<Utc>,
+    /// Replication origin of the transaction, when capture tags own writes.
+    #[serde(default)]
+    pub origin: Option<String>,
+}
+
+impl BillingChange {
+    /// The canonical billing id: the single key value, or the key as JSON.
+    pub fn billing_id(&self) -> String {
+        billing_id(&self.key)
+    }
+
+    pub fn is_delete(&self) -> bool {
+        self.op == "d"
+    }
+}
+
+/// The canonical id of a primary key object.
+pub fn billing_id(key: &Map<String, Value>) -> String {
+    if key.len() == 1 {
+        match key.values().next().expect("one value") {
+            Value::String(s) => return s.clone(),
+            Value::Number(n) => return n.to_string(),
+            _ => {}
+        }
+    }
+    Value::Object(key.clone()).to_string()
+}
+
+/// One message on the processor's input topic.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "side", rename_all = "snake_case")]
+pub enum Change {
+    Billing(BillingChange),
+    External(ExternalChange),
+}

@@ -1,0 +1,544 @@
+//! What to do about one change of one record for one integration entity:
+//! suppress echoes, link, merge against the base, and plan the writes. Pure:
+//! the engine loads what this needs and applies what it plans.
+//!
+//! ```text
+//!  change + state ──► echo? ──► linked? ──► merge ──► Plan (writes, resolutions) + next state
+//!                                  └─ no ─► externalIdField / match rules / createIfNotFound
+//! ```
+
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+use super::change::BillingChange;
+use super::link::{self, MatchResult};
+use super::mapping::{EntityMap, Mappings};
+use super::merge::{self, Resolution, Side};
+use super::record;
+use super::state::RecordState;
+use crate::connectors::record::ChangeOp;
+use crate::delivery::{ExternalWrite, ExternalWriteOp};
+use crate::ingest::ExternalChange;
+
+/// What the engine should do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Plan {
+    /// Nothing to write; the reason is for sync events and debugging.
+    Nothing(&'static str),
+    Write {
+        external: Option<ExternalWrite>,
+        /// Billing columns to set (column name → value).
+        billing: Option<Map<String, Value>>,
+        resolutions: Vec<Resolution>,
+    },
+    /// Several candidates could be the counterpart: a person decides.
+    Review(Vec<(String, f64)>),
+    /// The record must wait until its parent is linked.
+    NeedsParent { entity: String, billing_id: String },
+    /// The change cannot be synced (e.g. a transform failed).
+    Failed {
+        error_type: &'static str,
+        message: String,
+    },
+}
+
+/// A plan and the state to keep once it is carried out.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    pub plan: Plan,
+    pub state: RecordState,
+}
+
+/// Marker in a change's origin that says extsync made it (Salesforce
+/// `changeOrigin` carries the client id `extsync`).
+pub const ORIGIN_MARKER: &str = "extsync";
+
+/// Hash of the mapped external fields of an image, to recognise echoes.
+pub fn external_hash(entity: &EntityMap, fields: &Map<String, Value>) -> String {
+    let mut picked = Map::new();
+    for f in entity.fields.iter().filter(|f| f.to_external) {
+        if let Some(v) = record::get(fields, &f.external) {
+            picked.insert(f.external.as_str().to_string(), v.clone());
+        }
+    }
+    let digest = Sha256::digest(Value::Object(picked).to_string().as_bytes());
+    digest.iter().take(16).map(|b| format!("{b:02x}")).collect()
+}
+
+/// Plans a billing-side change. `candidates` are unlinked external records
+/// `(external id, fields)` for match rules; `parent_external_id` is the
+/// linked external id of the record's parent, when the entity has one.
+pub fn billing_change(
+    mappings: &Mappings,
+    entity: &EntityMap,
+    state: &RecordState,
+    change: &BillingChange,
+    candidates: &[(String, Map<String, Value>)],
+    parent_external_id: Option<String>,
+) -> Decision {
+    let mut next = state.clone();
+    let billing_id = change.billing_id();
+    if change
+        .origin
+        .as_deref()
+        .is_some_and(|o| o.contains(ORIGIN_MARKER))
+    {
+        return Decision {
+            plan: Plan::Nothing("own write"),
+            state: next,
+        };
+    }
+    if !entity.fields.iter().any(|f| f.to_external) {
+        return Decision {
+            plan: Plan::Nothing("no field flows to the external system"),
+            state: next,
+        };
+    }
+    if state.deleted {
+        return Decision {
+            plan: Plan::Nothing("record was deleted"),
+            state: next,
+        };
+    }
+    if change.is_delete() {
+        next.deleted = true;
+        let plan = match &state.external_id {
+            Some(id) => Plan::Write {
+                external: Some(write(
+                    entity,
+                    &billing_id,
+                    ExternalWriteOp::Delete {
+                        external_id: id.clone(),
+                    },
+                    Map::new(),
+                    change,
+                    "d",
+                )),
+                billing: None,
+                resolutions: Vec::new(),
+            },
+            None => Plan::Nothing("deleted before it was linked"),
+        };
+        return Decision { plan, state: next };
+    }
+    let Some(row) = &change.after else {
+        return Decision {
+            plan: Plan::Nothing("no row image"),
+            state: next,
+        };
+    };
+    let view = record::billing_view(row);
+    next.billing_changed_at = Some(change.committed_at);
+
+    let parent_field = match (&entity.parent, parent_external_id) {
+        (None, _) => None,
+        (Some(p), Some(ext)) => Some((p.external.clone(), Value::String(ext))),
+        (Some(p), None) => {
+            let parent_billing = view.get(&record::camel_case(&p.alguna)).map(value_id);
+            return match parent_billing {
+                Some(Some(id)) => Decision {
+                    plan: Plan::NeedsParent {
+                        entity: p.entity.to_string(),
+                        billing_id: id,
+                    },
+                    state: next,
+                },
+                _ => Decision {
+                    plan: Plan::Nothing("no parent reference"),
+                    state: next,
+                },
+            };
+        }
+    };
+
+    if state.external_id.is_none() {
+        // Link by the external id stored on the billing row.
+        if let Some(ext) = entity
+            .external_id_field
+            .as_deref()
+            .and_then(|f| view.get(&record::camel_case(f)))
+            .and_then(value_id)
+            .map(|v| strip_provider(&v, &entity.integration))
+        {
+            next.external_id = Some(ext);
+        } else {
+            // Match rules against unlinked external records.
+            if let Some(rule) = &entity.matching {
+                let wanted = link::values_of(&view, rule.fields.iter());
+                let externals: Vec<(String, Vec<Option<String>>)> = candidates
+                    .iter()
+                    .map(|(id, fields)| {
+                        let vals = rule
+                            .fields
+                            .iter()
+                            .map(|p| {
+                                entity
+                                    .fields
+                                    .iter()
+                                    .find(|f| &f.alguna == p)
+                                    .and_then(|f| record::get(fields, &f.external))
+                                    .and_then(link::normalize)
+                            })
+                            .collect();
+                        (id.clone(), vals)
+                    })
+                    .collect();
+                match link::best_match(rule, &wanted, &externals) {
+                    MatchResult::Linked(id) => {
+                        next.external_id = Some(id.clone());
+                        if let Some((_, fields)) = candidates.iter().find(|(c, _)| c == &id) {
+                            next.external_image = fields.clone();
+                        }
+                    }
+                    MatchResult::Ambiguous(c) => {
+                        return Decision {
+                            plan: Plan::Review(c),
+                            state: next,
+                        };
+                    }
+                    MatchResult::NoMatch if !rule.create_if_not_found => {
+                        return Decision {
+                            plan: Plan::Nothing("no match and createIfNotFound is off"),
+                            state: next,
+                        };
+                    }
+                    MatchResult::NoMatch => {}
+                }
+            }
+            if next.external_id.is_none() {
+                return create(
+                    mappings,
+                    entity,
+                    &billing_id,
+                    &view,
+                    change,
+                    next,
+                    parent_field,
+                );
+            }
+        }
+    }
+
+    // Linked: merge against the latest known external image.
+    let external_at = state
+        .external_changed_at
+        .unwrap_or(DateTime::<Utc>::UNIX_EPOCH);
+    let result = merge::merge(
+        mappings,
+        entity,
+        &state.base,
+        Side {
+            fields: &view,
+            changed_at: change.committed_at,
+        },
+        Side {
+            fields: &state.external_image,
+            changed_at: external_at,
+        },
+    );
+    let m = match result {
+        Ok(m) => m,
+        Err(e) => return failed(e.to_string(), next),
+    };
+    next.base = m.base.clone();
+    let external_id = next.external_id.clone().expect("linked");
+    let mut to_external = m.to_external;
+    if !to_external.is_empty() {
+        if let Some((f, v)) = parent_field {
+            to_external.entry(f).or_insert(v);
+        }
+    }
+    let external = (!to_external.is_empty()).then(|| {
+        for (k, v) in &to_external {
+            next.external_image.insert(k.clone(), v.clone());
+        }
+        next.written_hash = Some(external_hash(entity, &next.external_image));
+        write(
+            entity,
+            &billing_id,
+            ExternalWriteOp::Update { external_id },
+            to_external,
+            change,
+            "u",
+        )
+    });
+    let billing = billing_columns(&view, &m.to_alguna);
+    if external.is_none() && billing.is_none() && m.resolutions.is_empty() {
+        return Decision {
+            plan: Plan::Nothing("in sync"),
+            state: next,
+        };
+    }
+    Decision {
+        plan: Plan::Write {
+            external,
+            billing,
+            resolutions: m.resolutions,
+        },
+        state: next,
+    }
+}
+
+/// Plans an external change. `billing_view` is the linked billing row as it
+/// is now (`None` when the record is not linked or the row is gone).
+pub fn external_change(
+    mappings: &Mappings,
+    entity: &EntityMap,
+    state: &RecordState,
+    billing_id: &str,
+    change: &ExternalChange,
+    billing_view: Option<&Map<String, Value>>,
+) -> Decision {
+    let mut next = state.clone();
+    // The same version again, or an older one: nothing new.
+    if state.external_version.as_deref() == Some(change.version.as_str())
+        || state
+            .external_changed_at
+            .is_some_and(|t| t > change.modified_at)
+    {
+        return Decision {
+            plan: Plan::Nothing("version already seen"),
+            state: next,
+        };
+    }
+    next.external_version = Some(change.version.clone());
+    next.external_changed_at = Some(change.modified_at);
+    if change.op == ChangeOp::Delete {
+        // A deletion on the external side unlinks; the billing row stays
+        // (billing is the system of record) and is not re-created externally.
+        next.deleted = true;
+        return Decision {
+            plan: Plan::Nothing("deleted externally"),
+            state: next,
+        };
+    }
+    let after = change.after.clone().unwrap_or_default();
+    let echo_by_origin = change
+        .origin
+        .as_deref()
+        .is_some_and(|o| o.contains(ORIGIN_MARKER));
+    let echo_by_hash =
+        state.written_hash.as_deref() == Some(external_hash(entity, &after).as_str());
+    next.external_image = after;
+    if echo_by_origin || echo_by_hash {
+        return Decision {
+            plan: Plan::Nothing("echo of extsync's own write"),
+            state: next,
+        };
+    }
+    if state.deleted {
+        return Decision {
+            plan: Plan::Nothing("record was deleted"),
+            state: next,
+        };
+    }
+    let Some(view) = billing_view else {
+        return Decision {
+            plan: Plan::Nothing("not linked to a billing record"),
+            state: next,
+        };
+    };
+    if !entity.fields.iter().any(|f| f.to_alguna || f.to_external) {
+        return Decision {
+            plan: Plan::Nothing("no mapped fields"),
+            state: next,
+        };
+    }
+    let billing_at = state
+        .billing_changed_at
+        .unwrap_or(DateTime::<Utc>::UNIX_EPOCH);
+    let m = match merge::merge(
+        mappings,
+        entity,
+        &state.base,
+        Side {
+            fields: view,
+            changed_at: billing_at,
+        },
+        Side {
+            fields: &next.external_image,
+            changed_at: change.modified_at,
+        },
+    ) {
+        Ok(m) => m,
+        Err(e) => return failed(e.to_string(), next),
+    };
+    next.base = m.base.clone();
+    let billing = billing_columns(view, &m.to_alguna);
+    let external = (!m.to_external.is_empty()).then(|| {
+        for (k, v) in &m.to_external {
+            next.external_image.insert(k.clone(), v.clone());
+        }
+        next.written_hash = Some(external_hash(entity, &next.external_image));
+        let id = state
+            .external_id
+            .clone()
+            .unwrap_or_else(|| change.external_id.clone());
+        ExternalWrite {
+            integration: entity.integration.clone(),
+            entity: entity.entity.clone(),
+            object: entity.object.clone(),
+            billing_id: billing_id.to_string(),
+            op: ExternalWriteOp::Update { external_id: id },
+            fields: m.to_external.clone(),
+            billing_id_field: entity.billing_id_field.clone(),
+            idempotency_key: format!(
+                "{}:{}:{}",
+                entity.integration, change.external_id, change.version
+            ),
+        }
+    });
+    if external.is_none() && billing.is_none() && m.resolutions.is_empty() {
+        return Decision {
+            plan: Plan::Nothing("in sync"),
+            state: next,
+        };
+    }
+    Decision {
+        plan: Plan::Write {
+            external,
+            billing,
+            resolutions: m.resolutions,
+        },
+        state: next,
+    }
+}
+
+fn create(
+    mappings: &Mappings,
+    entity: &EntityMap,
+    billing_id: &str,
+    view: &Map<String, Value>,
+    change: &BillingChange,
+    mut next: RecordState,
+    parent_field: Option<(String, Value)>,
+) -> Decision {
+    let mut fields = Map::new();
+    for f in entity.fields.iter().filter(|f| f.to_external) {
+        match mappings.to_external(f, view) {
+            Ok(Some(v)) => record::set(&mut fields, &f.external, v),
+            Ok(None) => {}
+            Err(e) => return failed(e.to_string(), next),
+        }
+        if let Some(v) = record::get(view, &f.alguna) {
+            next.base
+                .alguna
+                .insert(f.alguna.as_str().to_string(), v.clone());
+            let ext = record::get(&fields, &f.external)
+                .cloned()
+                .unwrap_or(Value::Null);
+            next.base
+                .external
+                .insert(f.alguna.as_str().to_string(), ext);
+        }
+    }
+    if let Some((f, v)) = parent_field {
+        fields.insert(f, v);
+    }
+    if let Some(f) = &entity.billing_id_field {
+        fields.insert(f.clone(), Value::String(billing_id.to_string()));
+    }
+    next.external_image = fields.clone();
+    next.written_hash = Some(external_hash(entity, &fields));
+    let w = write(
+        entity,
+        billing_id,
+        ExternalWriteOp::Create,
+        fields,
+        change,
+        "c",
+    );
+    Decision {
+        plan: Plan::Write {
+            external: Some(w),
+            billing: None,
+            resolutions: Vec::new(),
+        },
+        state: next,
+    }
+}
+
+fn write(
+    entity: &EntityMap,
+    billing_id: &str,
+    op: ExternalWriteOp,
+    fields: Map<String, Value>,
+    change: &BillingChange,
+    kind: &str,
+) -> ExternalWrite {
+    ExternalWrite {
+        integration: entity.integration.clone(),
+        entity: entity.entity.clone(),
+        object: entity.object.clone(),
+        billing_id: billing_id.to_string(),
+        op,
+        fields,
+        billing_id_field: entity.billing_id_field.clone(),
+        idempotency_key: format!(
+            "{}:{}:{}:{}:{}",
+            entity.integration,
+            entity.entity,
+            billing_id,
+            kind,
+            change.committed_at.timestamp_micros()
+        ),
+    }
+}
+
+/// Billing columns for merged view paths: nested paths rewrite their whole
+/// JSON column with the one value changed.
+fn billing_columns(
+    view: &Map<String, Value>,
+    to_alguna: &Map<String, Value>,
+) -> Option<Map<String, Value>> {
+    if to_alguna.is_empty() {
+        return None;
+    }
+    let mut updated = view.clone();
+    let mut columns = Map::new();
+    for (path, value) in to_alguna {
+        let p: crate::config::FieldPath = path.parse().expect("mapping paths are valid");
+        record::set(&mut updated, &p, value.clone());
+        let top = p
+            .segments()
+            .next()
+            .expect("a path has a segment")
+            .to_string();
+        columns.insert(record::snake_case(&top), updated[&top].clone());
+    }
+    Some(columns)
+}
+
+fn failed(message: String, state: RecordState) -> Decision {
+    Decision {
+        plan: Plan::Failed {
+            error_type: "field_validation",
+            message,
+        },
+        state,
+    }
+}
+
+fn value_id(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// `salesforce:001ABC` → `001ABC` for the integration's own provider prefix.
+fn strip_provider(v: &str, integration: &str) -> String {
+    match v.split_once(':') {
+        Some((prefix, id)) if prefix.eq_ignore_ascii_case(integration) || is_provider(prefix) => {
+            id.to_string()
+        }
+        _ => v.to_string(),
+    }
+}
+
+fn is_provider(s: &str) -> bool {
+    ["salesforce", "hubspot", "quickbooks", "netsuite", "xero"]
+        .contains(&s.to_ascii_lowercase().as_str())
+}

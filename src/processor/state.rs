@@ -1,0 +1,211 @@
+//! The processor's durable state per billing record and integration — the
+//! link to the external record, the merge base, the latest external image
+//! and the version ledger used to recognise echoes — in `extsync.records`,
+//! fronted by a bounded moka cache.
+//!
+//! ```text
+//!  processor ──load_many──► cache ──miss──► extsync.records
+//!            ──save_many──► extsync.records, then cache
+//! ```
+//!
+//! A restarted or newly assigned processor reads only the records it meets;
+//! change topics are never replayed to rebuild state.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use moka::future::Cache;
+use serde_json::{Map, Value};
+use tokio_postgres::Client;
+
+use super::merge::Base;
+
+/// Identity of one synced record: integration, entity, billing id.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RecordKey {
+    pub integration: String,
+    pub entity: String,
+    pub billing_id: String,
+}
+
+/// What the processor remembers about one record.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RecordState {
+    pub external_id: Option<String>,
+    pub base: Base,
+    /// Latest known external fields.
+    pub external_image: Map<String, Value>,
+    pub external_version: Option<String>,
+    /// Hash of the external fields extsync last wrote.
+    pub written_hash: Option<String>,
+    pub billing_changed_at: Option<DateTime<Utc>>,
+    pub external_changed_at: Option<DateTime<Utc>>,
+    pub deleted: bool,
+}
+
+/// Durable state with a bounded in-memory front.
+#[derive(Clone)]
+pub struct StateStore {
+    db: Arc<Client>,
+    cache: Cache<RecordKey, Arc<RecordState>>,
+}
+
+impl StateStore {
+    pub fn new(db: Arc<Client>, capacity: u64) -> Self {
+        Self {
+            db,
+            cache: Cache::new(capacity),
+        }
+    }
+
+    pub fn db(&self) -> &Arc<Client> {
+        &self.db
+    }
+
+    /// States of `keys` (default state for records never seen).
+    pub async fn load_many(
+        &self,
+        keys: &[RecordKey],
+    ) -> Result<Vec<RecordState>, tokio_postgres::Error> {
+        let mut out: Vec<Option<RecordState>> = Vec::with_capacity(keys.len());
+        let mut misses = Vec::new();
+        for (i, k) in keys.iter().enumerate() {
+            match self.cache.get(k).await {
+                Some(s) => out.push(Some((*s).clone())),
+                None => {
+                    misses.push(i);
+                    out.push(None);
+                }
+            }
+        }
+        if !misses.is_empty() {
+            let ints: Vec<&str> = misses
+                .iter()
+                .map(|&i| keys[i].integration.as_str())
+                .collect();
+            let ents: Vec<&str> = misses.iter().map(|&i| keys[i].entity.as_str()).collect();
+            let ids: Vec<&str> = misses
+                .iter()
+                .map(|&i| keys[i].billing_id.as_str())
+                .collect();
+            let rows = self
+                .db
+                .query(
+                    "SELECT r.integration, r.entity, r.billing_id, r.external_id, r.base, r.external_image,
+                            r.external_version, r.written_hash, r.billing_changed_at, r.external_changed_at, r.deleted
+                       FROM extsync.records r
+                       JOIN unnest($1::text[], $2::text[], $3::text[]) AS k(integration, entity, billing_id)
+                      USING (integration, entity, billing_id)",
+                    &[&ints, &ents, &ids],
+                )
+                .await?;
+            let mut found = std::collections::HashMap::new();
+            for row in rows {
+                let key = RecordKey {
+                    integration: row.get(0),
+                    entity: row.get(1),
+                    billing_id: row.get(2),
+                };
+                let base: Value = row.get(4);
+                let image: Value = row.get(5);
+                found.insert(
+                    key,
+                    RecordState {
+                        external_id: row.get(3),
+                        base: serde_json::from_value(base).unwrap_or_default(),
+                        external_image: match image {
+                            Value::Object(m) => m,
+                            _ => Map::new(),
+                        },
+                        external_version: row.get(6),
+                        written_hash: row.get(7),
+                        billing_changed_at: row.get(8),
+                        external_changed_at: row.get(9),
+                        deleted: row.get(10),
+                    },
+                );
+            }
+            for i in misses {
+                let state = found.get(&keys[i]).cloned().unwrap_or_default();
+                self.cache
+                    .insert(keys[i].clone(), Arc::new(state.clone()))
+                    .await;
+                out[i] = Some(state);
+            }
+        }
+        Ok(out.into_iter().map(|s| s.unwrap_or_default()).collect())
+    }
+
+    /// The billing id linked to an external record, if any.
+    pub async fn billing_id_of(
+        &self,
+        integration: &str,
+        entity: &str,
+        external_id: &str,
+    ) -> Result<Option<String>, tokio_postgres::Error> {
+        let row = self
+            .db
+            .query_opt(
+                "SELECT billing_id FROM extsync.records WHERE integration = $1 AND entity = $2 AND external_id = $3",
+                &[&integration, &entity, &external_id],
+            )
+            .await?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    /// Persists `states` in one statement, then refreshes the cache.
+    pub async fn save_many(
+        &self,
+        states: &[(RecordKey, RecordState)],
+    ) -> Result<(), tokio_postgres::Error> {
+        if states.is_empty() {
+            return Ok(());
+        }
+        let col = |f: &dyn Fn(&(RecordKey, RecordState)) -> Option<String>| -> Vec<Option<String>> {
+            states.iter().map(f).collect()
+        };
+        let ints = col(&|s| Some(s.0.integration.clone()));
+        let ents = col(&|s| Some(s.0.entity.clone()));
+        let ids = col(&|s| Some(s.0.billing_id.clone()));
+        let ext = col(&|s| s.1.external_id.clone());
+        let bases: Vec<Value> = states
+            .iter()
+            .map(|s| serde_json::to_value(&s.1.base).expect("base serializes"))
+            .collect();
+        let images: Vec<Value> = states
+            .iter()
+            .map(|s| Value::Object(s.1.external_image.clone()))
+            .collect();
+        let versions = col(&|s| s.1.external_version.clone());
+        let hashes = col(&|s| s.1.written_hash.clone());
+        let bat: Vec<Option<DateTime<Utc>>> =
+            states.iter().map(|s| s.1.billing_changed_at).collect();
+        let eat: Vec<Option<DateTime<Utc>>> =
+            states.iter().map(|s| s.1.external_changed_at).collect();
+        let del: Vec<bool> = states.iter().map(|s| s.1.deleted).collect();
+        self.db
+            .execute(
+                "INSERT INTO extsync.records AS r (integration, entity, billing_id, external_id, base, external_image,
+                        external_version, written_hash, billing_changed_at, external_changed_at, deleted)
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::jsonb[],
+                                      $7::text[], $8::text[], $9::timestamptz[], $10::timestamptz[], $11::bool[])
+                 ON CONFLICT (integration, entity, billing_id) DO UPDATE SET
+                        external_id = excluded.external_id, base = excluded.base,
+                        external_image = excluded.external_image, external_version = excluded.external_version,
+                        written_hash = excluded.written_hash, billing_changed_at = excluded.billing_changed_at,
+                        external_changed_at = excluded.external_changed_at, deleted = excluded.deleted,
+                        updated_at = now()",
+                &[&ints, &ents, &ids, &ext, &bases, &images, &versions, &hashes, &bat, &eat, &del],
+            )
+            .await?;
+        for (k, s) in states {
+            self.cache.insert(k.clone(), Arc::new(s.clone())).await;
+        }
+        Ok(())
+    }
+
+    /// Forgets cached states (after a partition moves away).
+    pub fn clear_cache(&self) {
+        self.cache.invalidate_all();
+    }
+}
