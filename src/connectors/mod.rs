@@ -15,6 +15,7 @@ pub mod auth;
 pub mod budget;
 pub mod error;
 pub mod http;
+pub mod hubspot;
 pub mod record;
 
 use async_trait::async_trait;

@@ -12,6 +12,7 @@
 //! in-process with [`serve`] or as `extsync simulate <system> --port N`.
 
 pub mod faults;
+pub mod hubspot;
 
 use std::net::SocketAddr;
 

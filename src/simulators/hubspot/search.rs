@@ -1,0 +1,318 @@
+//! `POST /crm/v3/objects/{type}/search`: filter groups (OR of ANDs), one
+//! sorting rule, `limit` ≤ 200, `after` offsets and `total`, with HubSpot's
+//! cap: no query pages past 10,000 results (a 400). Records that tie on the
+//! sort property come back in an order that is stable but unrelated to
+//! their ids, as HubSpot promises nothing there either.
+
+use std::cmp::Ordering;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::errors::ApiError;
+use super::objects::object_type;
+use super::store::{ObjectType, Record, Selection, parse_millis};
+use super::{HubSpotSim, parse_body};
+
+/// Results one query can page through.
+pub const MAX_RESULTS: usize = 10_000;
+pub const MAX_LIMIT: usize = 200;
+const DEFAULT_LIMIT: usize = 10;
+const MAX_FILTER_GROUPS: usize = 5;
+const MAX_FILTERS_PER_GROUP: usize = 10;
+const MAX_FILTERS: usize = 25;
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Filter {
+    property_name: String,
+    operator: String,
+    #[serde(default)]
+    value: Option<Value>,
+    #[serde(default)]
+    high_value: Option<Value>,
+    #[serde(default)]
+    values: Option<Vec<Value>>,
+}
+
+#[derive(Deserialize)]
+struct FilterGroup {
+    #[serde(default)]
+    filters: Vec<Filter>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Sort {
+    property_name: String,
+    #[serde(default)]
+    direction: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SearchRequest {
+    #[serde(default)]
+    filter_groups: Vec<FilterGroup>,
+    #[serde(default)]
+    sorts: Vec<Sort>,
+    #[serde(default)]
+    properties: Vec<String>,
+    #[serde(default)]
+    limit: Option<usize>,
+    #[serde(default)]
+    after: Option<Value>,
+    #[serde(default)]
+    query: Option<String>,
+}
+
+fn text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// A comparable form of a property value.
+#[derive(Debug, Clone, PartialEq, PartialOrd)]
+enum Key {
+    Num(f64),
+    Str(String),
+}
+
+fn key_of(name: &str, raw: &str) -> Key {
+    if ObjectType::is_date_property(name)
+        && let Some(ms) = parse_millis(raw)
+    {
+        return Key::Num(ms as f64);
+    }
+    match raw.parse::<f64>() {
+        Ok(n) if n.is_finite() => Key::Num(n),
+        _ => Key::Str(raw.to_lowercase()),
+    }
+}
+
+fn record_key(ty: ObjectType, rec: &Record, name: &str) -> Option<Key> {
+    if let Some(ms) = rec.property_millis(ty, name)
+        && (ObjectType::is_date_property(name) || name == "hs_object_id")
+    {
+        return Some(Key::Num(ms as f64));
+    }
+    rec.property(ty, name).map(|v| key_of(name, &v))
+}
+
+fn compare(a: &Key, b: &Key) -> Option<Ordering> {
+    match (a, b) {
+        (Key::Num(x), Key::Num(y)) => x.partial_cmp(y),
+        (Key::Str(x), Key::Str(y)) => Some(x.cmp(y)),
+        (Key::Num(x), Key::Str(y)) => Some(x.to_string().cmp(y)),
+        (Key::Str(x), Key::Num(y)) => Some(x.cmp(&y.to_string())),
+    }
+}
+
+impl Filter {
+    fn check(&self) -> Result<(), ApiError> {
+        let needs_value = matches!(
+            self.operator.as_str(),
+            "EQ" | "NEQ" | "GT" | "GTE" | "LT" | "LTE" | "CONTAINS_TOKEN" | "NOT_CONTAINS_TOKEN"
+        );
+        let known = needs_value
+            || matches!(
+                self.operator.as_str(),
+                "BETWEEN" | "IN" | "NOT_IN" | "HAS_PROPERTY" | "NOT_HAS_PROPERTY"
+            );
+        if !known {
+            return Err(ApiError::validation(format!(
+                "Invalid operator: {}",
+                self.operator
+            )));
+        }
+        if needs_value && self.value.is_none() {
+            return Err(ApiError::validation(format!(
+                "Filter on {} with operator {} needs a value",
+                self.property_name, self.operator
+            )));
+        }
+        if self.operator == "BETWEEN" && (self.value.is_none() || self.high_value.is_none()) {
+            return Err(ApiError::validation("BETWEEN needs value and highValue"));
+        }
+        if matches!(self.operator.as_str(), "IN" | "NOT_IN") && self.values.is_none() {
+            return Err(ApiError::validation(format!(
+                "{} needs values",
+                self.operator
+            )));
+        }
+        Ok(())
+    }
+
+    fn matches(&self, ty: ObjectType, rec: &Record) -> bool {
+        let name = self.property_name.as_str();
+        let actual = record_key(ty, rec, name);
+        let cmp = |v: &Option<Value>| -> Option<Ordering> {
+            let want = key_of(name, &text(v.as_ref()?));
+            compare(actual.as_ref()?, &want)
+        };
+        let in_values = || {
+            let Some(a) = actual.as_ref() else {
+                return false;
+            };
+            self.values
+                .iter()
+                .flatten()
+                .any(|v| compare(a, &key_of(name, &text(v))) == Some(Ordering::Equal))
+        };
+        match self.operator.as_str() {
+            "EQ" => cmp(&self.value) == Some(Ordering::Equal),
+            "NEQ" => cmp(&self.value) != Some(Ordering::Equal),
+            "GT" => cmp(&self.value) == Some(Ordering::Greater),
+            "GTE" => matches!(cmp(&self.value), Some(Ordering::Greater | Ordering::Equal)),
+            "LT" => cmp(&self.value) == Some(Ordering::Less),
+            "LTE" => matches!(cmp(&self.value), Some(Ordering::Less | Ordering::Equal)),
+            "BETWEEN" => {
+                matches!(cmp(&self.value), Some(Ordering::Greater | Ordering::Equal))
+                    && matches!(
+                        cmp(&self.high_value),
+                        Some(Ordering::Less | Ordering::Equal)
+                    )
+            }
+            "IN" => in_values(),
+            "NOT_IN" => !in_values(),
+            "HAS_PROPERTY" => actual.is_some(),
+            "NOT_HAS_PROPERTY" => actual.is_none(),
+            "CONTAINS_TOKEN" | "NOT_CONTAINS_TOKEN" => {
+                let token = text(self.value.as_ref().unwrap_or(&Value::Null))
+                    .trim_matches('*')
+                    .to_lowercase();
+                let found = rec
+                    .property(ty, name)
+                    .is_some_and(|v| v.to_lowercase().contains(&token));
+                found == (self.operator == "CONTAINS_TOKEN")
+            }
+            _ => false,
+        }
+    }
+}
+
+/// A stable order for records that tie on the sort property, unrelated to ids.
+fn scramble(id: u64) -> u64 {
+    id.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(29)
+}
+
+/// `POST /crm/v3/objects/{type}/search`.
+pub async fn search(
+    State(sim): State<HubSpotSim>,
+    Path(object): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let ty = object_type(&object)?;
+    let req: SearchRequest = parse_body(&body)?;
+    let limit = req.limit.unwrap_or(DEFAULT_LIMIT);
+    if limit > MAX_LIMIT {
+        return Err(ApiError::validation(format!(
+            "limit must be less than or equal to {MAX_LIMIT}"
+        )));
+    }
+    let after = match &req.after {
+        None | Some(Value::Null) => 0,
+        Some(v) => text(v)
+            .parse::<usize>()
+            .map_err(|_| ApiError::validation(format!("Invalid after: {}", text(v))))?,
+    };
+    if after >= MAX_RESULTS {
+        return Err(ApiError::validation(
+            "There was a problem with the request.",
+        ));
+    }
+    if req.filter_groups.len() > MAX_FILTER_GROUPS
+        || req
+            .filter_groups
+            .iter()
+            .any(|g| g.filters.len() > MAX_FILTERS_PER_GROUP)
+        || req
+            .filter_groups
+            .iter()
+            .map(|g| g.filters.len())
+            .sum::<usize>()
+            > MAX_FILTERS
+    {
+        return Err(ApiError::validation(format!(
+            "Too many filters: at most {MAX_FILTER_GROUPS} filterGroups, {MAX_FILTERS_PER_GROUP} filters per group and {MAX_FILTERS} in total."
+        )));
+    }
+    for f in req.filter_groups.iter().flat_map(|g| &g.filters) {
+        f.check()?;
+        if !sim.store().known_property(ty, &f.property_name) {
+            return Err(ApiError::validation(format!(
+                "Property \"{}\" does not exist",
+                f.property_name
+            )));
+        }
+    }
+    let sort = req.sorts.first();
+    let descending = sort
+        .and_then(|s| s.direction.as_deref())
+        .is_some_and(|d| d.eq_ignore_ascii_case("DESCENDING"));
+    let query = req.query.as_deref().map(str::to_lowercase);
+    let (total, page) = sim.store().scan(ty, |records| {
+        let mut hits: Vec<(Option<Key>, u64, &Record)> = records
+            .filter(|r| !r.archived)
+            .filter(|r| {
+                req.filter_groups.is_empty()
+                    || req
+                        .filter_groups
+                        .iter()
+                        .any(|g| g.filters.iter().all(|f| f.matches(ty, r)))
+            })
+            .filter(|r| {
+                query.as_ref().is_none_or(|q| {
+                    ty.default_properties().iter().any(|p| {
+                        r.property(ty, p)
+                            .is_some_and(|v| v.to_lowercase().contains(q.as_str()))
+                    })
+                })
+            })
+            .map(|r| {
+                let key = sort.and_then(|s| record_key(ty, r, &s.property_name));
+                (key, scramble(r.id), r)
+            })
+            .collect();
+        match sort {
+            Some(_) => hits.sort_by(|a, b| {
+                let by_key = match (&a.0, &b.0) {
+                    (Some(x), Some(y)) => {
+                        let o = compare(x, y).unwrap_or(Ordering::Equal);
+                        if descending { o.reverse() } else { o }
+                    }
+                    (Some(_), None) => Ordering::Less,
+                    (None, Some(_)) => Ordering::Greater,
+                    (None, None) => Ordering::Equal,
+                };
+                by_key.then(a.1.cmp(&b.1))
+            }),
+            None => hits.sort_by_key(|h| h.2.id),
+        }
+        let total = hits.len();
+        let sel = if req.properties.is_empty() {
+            Selection::Default
+        } else {
+            Selection::Only(&req.properties)
+        };
+        let page: Vec<Value> = hits
+            .iter()
+            .skip(after)
+            .take(limit)
+            .map(|h| h.2.to_json(ty, sel))
+            .collect();
+        (total, page)
+    });
+    let mut out = json!({ "total": total, "results": page });
+    let next = after + limit;
+    if next < total {
+        out["paging"] = json!({ "next": { "after": next.to_string() } });
+    }
+    Ok(Json(out).into_response())
+}
