@@ -15,6 +15,7 @@ use super::record;
 use super::transform::{self, CompileError, CustomTransforms, TransformError};
 use crate::config::{
     Direction, Entity, FieldPath, Matching, ParentRef, Pipeline, Strategy, TableName, Transform,
+    Trigger,
 };
 
 /// One compiled field mapping.
@@ -46,6 +47,11 @@ pub struct EntityMap {
     pub matching: Option<Matching>,
     /// Direction of the integration as a whole.
     pub direction: Direction,
+    /// Billing changes trigger a sync (`onAlgunaChange`).
+    pub on_alguna_change: bool,
+    /// Webhooks and change streams trigger a sync (`onWebhook`); polled
+    /// changes always do.
+    pub on_webhook: bool,
 }
 
 /// Every mapping of a pipeline and the custom functions they use.
@@ -61,13 +67,16 @@ impl Mappings {
         let mut entities = Vec::new();
         for (iid, integration) in pipeline.integrations.iter().filter(|(_, i)| i.enabled) {
             for (name, entity) in &integration.entities {
-                entities.push(compile_entity(
+                let mut e = compile_entity(
                     iid.as_str(),
                     name.as_str(),
                     entity,
                     integration.direction,
                     &mut bodies,
-                ));
+                );
+                e.on_alguna_change = integration.triggers.contains(&Trigger::OnAlgunaChange);
+                e.on_webhook = integration.triggers.contains(&Trigger::OnWebhook);
+                entities.push(e);
             }
         }
         let custom = CustomTransforms::compile(bodies.iter().copied())?;
@@ -166,5 +175,7 @@ fn compile_entity<'a>(
         parent: entity.parent.clone(),
         matching: entity.matching.clone(),
         direction,
+        on_alguna_change: true,
+        on_webhook: true,
     }
 }

@@ -8,6 +8,7 @@
 //!  <prefix>.external.* ┘
 //! ```
 
+pub mod batch;
 pub mod change;
 pub mod decide;
 pub mod events;
@@ -15,5 +16,7 @@ pub mod link;
 pub mod mapping;
 pub mod merge;
 pub mod record;
+pub mod route;
+pub mod sinks;
 pub mod state;
 pub mod transform;

@@ -1,0 +1,847 @@
+//! One batch of routed changes through link → map → resolve → deliver →
+//! record. Changes of one record are handled in order; writes are grouped so
+//! each integration gets one batched call per phase (parents, then children
+//! waiting for their parent's new id).
+//!
+//! ```text
+//!  changes ──expand per entity──► load states, billing rows, candidates
+//!          ──decide in order────► writes (external, billing), resolutions, events
+//!          ──deliver────────────► outcomes ──► states, conflicts, counters, failures (Postgres)
+//! ```
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use serde_json::{Map, Value};
+use tokio_postgres::Client;
+
+use super::change::{BillingChange, Change};
+use super::decide::{self, Decision, Plan};
+use super::events::{Counts, Flow, Outcome, SyncEvent};
+use super::mapping::{EntityMap, Mappings};
+use super::merge::{Resolution, Winner};
+use super::record;
+use super::sinks::{BillingSink, ExternalSink, SinkError};
+use super::state::{RecordKey, RecordState, StateStore};
+use crate::delivery::{BillingWrite, DeliveryOutcome, ExternalWrite, ExternalWriteOp, OutcomeKind};
+use crate::ingest::{ChangeSource, ExternalChange};
+
+/// How long a child waits, in total, for its parent to be linked.
+pub const PARENT_WAIT: Duration = Duration::from_secs(10);
+/// Most unlinked records considered when matching.
+pub const MATCH_CANDIDATES: i64 = 10_000;
+
+/// Metric: changes processed, by integration and entity.
+pub const PROCESSED_TOTAL: &str = "extsync_processor_changes_total";
+/// Metric: conflicts resolved, by integration, entity and winner.
+pub const CONFLICTS_TOTAL: &str = "extsync_processor_conflicts_total";
+/// Metric: records that failed, by integration, entity and error type.
+pub const FAILURES_TOTAL: &str = "extsync_processor_failures_total";
+
+/// Errors that make the whole batch retry.
+#[derive(Debug, thiserror::Error)]
+pub enum BatchError {
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    #[error("processor state: {0}")]
+    State(#[from] tokio_postgres::Error),
+}
+
+/// Everything a batch needs.
+pub struct Processor {
+    pub mappings: Arc<Mappings>,
+    pub state: StateStore,
+    /// The billing database (rows, candidates) — the same as the state's.
+    pub billing: Arc<Client>,
+    pub external: HashMap<String, Arc<dyn ExternalSink>>,
+    pub billing_sink: Arc<dyn BillingSink>,
+}
+
+/// One unit of work: one change for one entity of one integration.
+struct Work<'a> {
+    entity: &'a EntityMap,
+    key: Option<RecordKey>,
+    change: &'a Change,
+}
+
+/// A decided write waiting for delivery.
+struct Pending {
+    key: RecordKey,
+    before: RecordState,
+    external: Option<ExternalWrite>,
+    billing: Option<BillingWrite>,
+    /// Children wait for this parent key's create.
+    waits_for: Option<RecordKey>,
+}
+
+impl Processor {
+    /// Processes `changes` (in order) and returns the sync events to publish.
+    pub async fn process(&self, changes: &[Change]) -> Result<Vec<SyncEvent>, BatchError> {
+        let now = Utc::now();
+        let mut events = Vec::new();
+        let mut counts: BTreeMap<(String, String), Counts> = BTreeMap::new();
+
+        // 1. Expand into per-entity work and find the records involved.
+        let mut work = Vec::new();
+        for change in changes {
+            match change {
+                Change::Billing(b) => {
+                    for e in self
+                        .mappings
+                        .for_table(&b.schema, &b.table)
+                        .filter(|e| e.on_alguna_change)
+                    {
+                        work.push(Work {
+                            entity: e,
+                            key: Some(key_of(e, &b.billing_id())),
+                            change,
+                        });
+                    }
+                }
+                Change::External(x) => {
+                    let Some(e) = self.mappings.for_external(&x.integration, &x.entity) else {
+                        continue;
+                    };
+                    if x.source != ChangeSource::Poll && !e.on_webhook {
+                        continue;
+                    }
+                    let linked = self
+                        .state
+                        .billing_id_of(&x.integration, &x.entity, &x.external_id)
+                        .await?;
+                    work.push(Work {
+                        entity: e,
+                        key: linked.map(|id| key_of(e, &id)),
+                        change,
+                    });
+                }
+            }
+        }
+
+        // 2. Unlinked external records: match them to billing rows or index them.
+        for w in work.iter_mut().filter(|w| w.key.is_none()) {
+            let Change::External(x) = w.change else {
+                continue;
+            };
+            w.key = self
+                .link_external(w.entity, x)
+                .await?
+                .map(|id| key_of(w.entity, &id));
+        }
+
+        // 3. Load states and the billing rows external changes merge with.
+        let keys: Vec<RecordKey> = dedup(work.iter().filter_map(|w| w.key.clone()));
+        let loaded = self.state.load_many(&keys).await?;
+        let mut states: HashMap<RecordKey, RecordState> =
+            keys.iter().cloned().zip(loaded).collect();
+        let views = self.load_views(&work).await?;
+        let mut candidates: HashMap<(String, String), Vec<(String, Map<String, Value>)>> =
+            HashMap::new();
+
+        // 4. Decide, record by record, in order.
+        let mut pending: Vec<Pending> = Vec::new();
+        let mut resolutions: Vec<(RecordKey, Option<String>, Resolution)> = Vec::new();
+        let mut failures: Vec<(RecordKey, Option<String>, String, String)> = Vec::new();
+        for w in &work {
+            let Some(key) = w.key.clone() else { continue };
+            let e = w.entity;
+            let state = states.get(&key).cloned().unwrap_or_default();
+            *counts
+                .entry((e.integration.clone(), e.entity.clone()))
+                .or_default() = {
+                let mut c = counts
+                    .get(&(e.integration.clone(), e.entity.clone()))
+                    .cloned()
+                    .unwrap_or_default();
+                c.synced += 1;
+                c
+            };
+            metrics::counter!(PROCESSED_TOTAL, "integration" => e.integration.clone(), "entity" => e.entity.clone()).increment(1);
+            let mut waits_for = None;
+            let decision = match w.change {
+                Change::Billing(b) => {
+                    if state.external_id.is_none()
+                        && e.matching.is_some()
+                        && !candidates.contains_key(&(e.integration.clone(), e.entity.clone()))
+                    {
+                        let c = self.candidates(e).await?;
+                        candidates.insert((e.integration.clone(), e.entity.clone()), c);
+                    }
+                    let cands = candidates
+                        .get(&(e.integration.clone(), e.entity.clone()))
+                        .map(Vec::as_slice)
+                        .unwrap_or(&[]);
+                    let parent_ext = self.parent_external_id(e, b, &states).await?;
+                    let mut d = decide::billing_change(
+                        &self.mappings,
+                        e,
+                        &state,
+                        b,
+                        cands,
+                        parent_ext.clone(),
+                    );
+                    if let Plan::NeedsParent { entity, billing_id } = &d.plan {
+                        let parent_key = RecordKey {
+                            integration: e.integration.clone(),
+                            entity: entity.clone(),
+                            billing_id: billing_id.clone(),
+                        };
+                        // The parent is being created in this batch: plan the child
+                        // now and fill in the parent's id after phase one.
+                        if pending.iter().any(|p| {
+                            p.key == parent_key
+                                && matches!(
+                                    p.external.as_ref().map(|x| &x.op),
+                                    Some(ExternalWriteOp::Create)
+                                )
+                        }) {
+                            d = decide::billing_change(
+                                &self.mappings,
+                                e,
+                                &state,
+                                b,
+                                cands,
+                                Some(String::new()),
+                            );
+                            waits_for = Some(parent_key);
+                        } else {
+                            match self.wait_for_parent(&parent_key).await? {
+                                Some(ext) => {
+                                    d = decide::billing_change(
+                                        &self.mappings,
+                                        e,
+                                        &state,
+                                        b,
+                                        cands,
+                                        Some(ext),
+                                    )
+                                }
+                                None => {
+                                    d = Decision {
+                                        plan: Plan::Failed {
+                                            error_type: "parent_not_linked",
+                                            message: format!(
+                                                "parent {}/{} is not linked to a {} record yet",
+                                                parent_key.entity,
+                                                parent_key.billing_id,
+                                                e.integration
+                                            ),
+                                        },
+                                        state: state.clone(),
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    d
+                }
+                Change::External(x) => {
+                    let view = views.get(&(e.table.to_string(), key.billing_id.clone()));
+                    let mut st = state.clone();
+                    if st.external_id.is_none() {
+                        st.external_id = Some(x.external_id.clone());
+                    }
+                    decide::external_change(&self.mappings, e, &st, &key.billing_id, x, view)
+                }
+            };
+            let external_id = decision
+                .state
+                .external_id
+                .clone()
+                .or(state.external_id.clone());
+            match decision.plan {
+                Plan::Nothing(_) => {}
+                Plan::Review(cands) => {
+                    let msg = format!(
+                        "{} possible matches ({}); link it by hand",
+                        cands.len(),
+                        cands
+                            .iter()
+                            .map(|(id, s)| format!("{id} {s:.2}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    );
+                    failures.push((key.clone(), None, "match_review".into(), msg));
+                }
+                Plan::NeedsParent { .. } => unreachable!("resolved above"),
+                Plan::Failed {
+                    error_type,
+                    message,
+                } => failures.push((key.clone(), external_id.clone(), error_type.into(), message)),
+                Plan::Write {
+                    external,
+                    billing,
+                    resolutions: rs,
+                } => {
+                    for r in rs {
+                        resolutions.push((key.clone(), external_id.clone(), r));
+                    }
+                    // A create already pending for this record absorbs later writes.
+                    if let Some(p) = pending.iter_mut().find(|p| {
+                        p.key == key
+                            && p.external
+                                .as_ref()
+                                .is_some_and(|x| x.op == ExternalWriteOp::Create)
+                    }) {
+                        if let (Some(px), Some(nx)) = (p.external.as_mut(), external.as_ref()) {
+                            if !matches!(nx.op, ExternalWriteOp::Delete { .. }) {
+                                px.fields.extend(nx.fields.clone());
+                            }
+                        }
+                        states.insert(key, decision.state);
+                        continue;
+                    }
+                    let billing = billing.map(|columns| BillingWrite {
+                        table: e.table.to_string(),
+                        key: pk_of(w.change, &key),
+                        columns,
+                        as_of: match w.change {
+                            Change::External(x) => x.modified_at,
+                            Change::Billing(b) => b.committed_at,
+                        },
+                    });
+                    pending.push(Pending {
+                        key: key.clone(),
+                        before: state.clone(),
+                        external,
+                        billing,
+                        waits_for,
+                    });
+                }
+            }
+            states.insert(key, decision.state);
+        }
+
+        // 5. Deliver: parents first, then children waiting on a parent's create.
+        let (first, second): (Vec<usize>, Vec<usize>) =
+            (0..pending.len()).partition(|&i| pending[i].waits_for.is_none());
+        let mut outcomes: HashMap<usize, DeliveryOutcome> = HashMap::new();
+        self.deliver_external(&pending, &first, &mut outcomes)
+            .await?;
+        for &i in &second {
+            let parent = pending[i].waits_for.clone().expect("second phase waits");
+            let parent_ext = pending
+                .iter()
+                .position(|p| p.key == parent)
+                .and_then(|j| outcomes.get(&j))
+                .and_then(|o| o.external_id.clone());
+            if let (Some(ext), Some(x)) = (parent_ext, pending[i].external.as_mut()) {
+                if let Some(p) = &self
+                    .mappings
+                    .for_external(&x.integration, &x.entity)
+                    .and_then(|e| e.parent.clone())
+                {
+                    x.fields.insert(p.external.clone(), Value::String(ext));
+                }
+            }
+        }
+        let pending = pending;
+        self.deliver_external(&pending, &second, &mut outcomes)
+            .await?;
+        let billing_idx: Vec<usize> = (0..pending.len())
+            .filter(|&i| pending[i].billing.is_some())
+            .collect();
+        let billing_outcomes = if billing_idx.is_empty() {
+            Vec::new()
+        } else {
+            self.billing_sink
+                .apply(
+                    billing_idx
+                        .iter()
+                        .map(|&i| pending[i].billing.clone().expect("filtered"))
+                        .collect(),
+                )
+                .await?
+        };
+
+        // 6. Fold outcomes into states and events.
+        for (i, p) in pending.iter().enumerate() {
+            let c = counts
+                .entry((p.key.integration.clone(), p.key.entity.clone()))
+                .or_default();
+            if let (Some(x), Some(o)) = (&p.external, outcomes.get(&i)) {
+                let st = states.entry(p.key.clone()).or_default();
+                match o.kind {
+                    OutcomeKind::Failed => {
+                        let (class, msg) = o
+                            .error
+                            .clone()
+                            .map(|(c, m)| (c.as_str().to_string(), m))
+                            .unwrap_or(("transient".into(), "failed".into()));
+                        *st = p.before.clone();
+                        failures.push((p.key.clone(), st.external_id.clone(), class, msg));
+                    }
+                    kind => {
+                        if let Some(id) = &o.external_id {
+                            st.external_id = Some(id.clone());
+                        }
+                        if o.version.is_some() {
+                            st.external_version = o.version.clone();
+                        }
+                        match kind {
+                            OutcomeKind::Created => c.created += 1,
+                            OutcomeKind::Updated => c.updated += 1,
+                            OutcomeKind::Deleted => c.deleted += 1,
+                            _ => c.skipped += 1,
+                        }
+                        events.push(SyncEvent::Record {
+                            integration: p.key.integration.clone(),
+                            entity: p.key.entity.clone(),
+                            billing_id: p.key.billing_id.clone(),
+                            external_id: st.external_id.clone(),
+                            flow: Flow::ToExternal,
+                            outcome: outcome_of(kind),
+                            fields: x.fields.keys().cloned().collect(),
+                            at: now,
+                        });
+                    }
+                }
+            }
+            if let Some(b) = &p.billing {
+                let pos = billing_idx
+                    .iter()
+                    .position(|&j| j == i)
+                    .expect("billing write indexed");
+                let o = &billing_outcomes[pos];
+                if o.kind == OutcomeKind::Failed {
+                    let msg = o.error.clone().map(|e| e.1).unwrap_or_default();
+                    states.insert(p.key.clone(), p.before.clone());
+                    failures.push((
+                        p.key.clone(),
+                        p.before.external_id.clone(),
+                        "field_validation".into(),
+                        msg,
+                    ));
+                } else {
+                    if o.kind == OutcomeKind::Updated {
+                        c.updated += 1;
+                    } else {
+                        c.skipped += 1;
+                    }
+                    events.push(SyncEvent::Record {
+                        integration: p.key.integration.clone(),
+                        entity: p.key.entity.clone(),
+                        billing_id: p.key.billing_id.clone(),
+                        external_id: states.get(&p.key).and_then(|s| s.external_id.clone()),
+                        flow: Flow::ToAlguna,
+                        outcome: outcome_of(o.kind),
+                        fields: b.columns.keys().cloned().collect(),
+                        at: now,
+                    });
+                }
+            }
+        }
+        for (key, external_id, r) in &resolutions {
+            counts
+                .entry((key.integration.clone(), key.entity.clone()))
+                .or_default()
+                .conflicts += 1;
+            let winner = match r.winner {
+                Winner::Alguna => "alguna",
+                Winner::External => "external",
+                Winner::Manual => "manual",
+            };
+            metrics::counter!(CONFLICTS_TOTAL, "integration" => key.integration.clone(), "entity" => key.entity.clone(), "winner" => winner).increment(1);
+            events.push(SyncEvent::Conflict {
+                integration: key.integration.clone(),
+                entity: key.entity.clone(),
+                billing_id: key.billing_id.clone(),
+                external_id: external_id.clone(),
+                field: r.field.clone(),
+                strategy: serde_json::to_value(r.strategy)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default(),
+                winner: winner.into(),
+                alguna_value: r.alguna_value.clone(),
+                external_value: r.external_value.clone(),
+                base_alguna: r.base_alguna.clone(),
+                base_external: r.base_external.clone(),
+                at: now,
+            });
+        }
+        for (key, external_id, class, message) in &failures {
+            counts
+                .entry((key.integration.clone(), key.entity.clone()))
+                .or_default()
+                .failed += 1;
+            metrics::counter!(FAILURES_TOTAL, "integration" => key.integration.clone(), "entity" => key.entity.clone(), "error_type" => class.clone()).increment(1);
+            events.push(SyncEvent::Error {
+                integration: key.integration.clone(),
+                entity: key.entity.clone(),
+                billing_id: key.billing_id.clone(),
+                external_id: external_id.clone(),
+                error_type: class.clone(),
+                message: message.clone(),
+                at: now,
+            });
+        }
+
+        // 7. Record: states, conflicts, counters, failed records.
+        let touched: Vec<(RecordKey, RecordState)> =
+            dedup(work.iter().filter_map(|w| w.key.clone()))
+                .into_iter()
+                .filter_map(|k| states.get(&k).cloned().map(|s| (k, s)))
+                .collect();
+        self.state.save_many(&touched).await?;
+        self.record_bookkeeping(&resolutions, &failures, &pending, &counts)
+            .await?;
+        for ((integration, entity), c) in counts {
+            events.push(SyncEvent::Completed {
+                integration,
+                entity,
+                counts: c,
+                at: now,
+            });
+        }
+        Ok(events)
+    }
+
+    async fn deliver_external(
+        &self,
+        pending: &[Pending],
+        which: &[usize],
+        outcomes: &mut HashMap<usize, DeliveryOutcome>,
+    ) -> Result<(), BatchError> {
+        let mut by_integration: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+        for &i in which {
+            if let Some(x) = &pending[i].external {
+                by_integration
+                    .entry(x.integration.as_str())
+                    .or_default()
+                    .push(i);
+            }
+        }
+        for (integration, idx) in by_integration {
+            let Some(sink) = self.external.get(integration) else {
+                continue;
+            };
+            let writes = idx
+                .iter()
+                .map(|&i| pending[i].external.clone().expect("filtered"))
+                .collect();
+            let result = sink.deliver(writes).await?;
+            for (i, o) in idx.into_iter().zip(result) {
+                outcomes.insert(i, o);
+            }
+        }
+        Ok(())
+    }
+
+    /// Links an unlinked external record to a billing row by the entity's
+    /// match rules; otherwise remembers it for billing records to match later.
+    async fn link_external(
+        &self,
+        e: &EntityMap,
+        x: &ExternalChange,
+    ) -> Result<Option<String>, tokio_postgres::Error> {
+        if let (Some(rule), Some(after)) = (&e.matching, &x.after) {
+            let wanted: Vec<Option<String>> = rule
+                .fields
+                .iter()
+                .map(|p| {
+                    e.fields
+                        .iter()
+                        .find(|f| &f.alguna == p)
+                        .and_then(|f| record::get(after, &f.external))
+                        .and_then(super::link::normalize)
+                })
+                .collect();
+            let rows = self.unlinked_billing_rows(e).await?;
+            let cands: Vec<(String, Vec<Option<String>>)> = rows
+                .iter()
+                .map(|(id, view)| (id.clone(), super::link::values_of(view, rule.fields.iter())))
+                .collect();
+            if let super::link::MatchResult::Linked(id) =
+                super::link::best_match(rule, &wanted, &cands)
+            {
+                return Ok(Some(id));
+            }
+        }
+        if let Some(after) = &x.after {
+            self.billing
+                .execute(
+                    "INSERT INTO extsync.external_index (integration, entity, external_id, fields, modified_at)
+                     VALUES ($1, $2, $3, $4, $5)
+                     ON CONFLICT (integration, entity, external_id) DO UPDATE
+                        SET fields = excluded.fields, modified_at = excluded.modified_at",
+                    &[&e.integration, &e.entity, &x.external_id, &Value::Object(after.clone()), &x.modified_at],
+                )
+                .await?;
+        }
+        Ok(None)
+    }
+
+    /// Billing rows of the entity's table not yet linked for its integration.
+    async fn unlinked_billing_rows(
+        &self,
+        e: &EntityMap,
+    ) -> Result<Vec<(String, Map<String, Value>)>, tokio_postgres::Error> {
+        let pk = self.primary_key(e).await?;
+        let sql = format!(
+            "SELECT t.{pk}::text, to_jsonb(t) FROM {table} t
+              WHERE NOT EXISTS (SELECT 1 FROM extsync.records r WHERE r.integration = $1 AND r.entity = $2
+                                   AND r.billing_id = t.{pk}::text AND r.external_id IS NOT NULL)
+              LIMIT {MATCH_CANDIDATES}",
+            table = quoted_table(e)
+        );
+        let rows = self
+            .billing
+            .query(&sql, &[&e.integration, &e.entity])
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| {
+                let row: Value = r.get(1);
+                (
+                    r.get(0),
+                    row.as_object()
+                        .map(record::billing_view)
+                        .unwrap_or_default(),
+                )
+            })
+            .collect())
+    }
+
+    /// Unlinked external records of the entity, for match rules.
+    async fn candidates(
+        &self,
+        e: &EntityMap,
+    ) -> Result<Vec<(String, Map<String, Value>)>, tokio_postgres::Error> {
+        let rows = self
+            .billing
+            .query(
+                "SELECT i.external_id, i.fields FROM extsync.external_index i
+                  WHERE i.integration = $1 AND i.entity = $2
+                    AND NOT EXISTS (SELECT 1 FROM extsync.records r WHERE r.integration = i.integration
+                                      AND r.entity = i.entity AND r.external_id = i.external_id)
+                  LIMIT $3",
+                &[&e.integration, &e.entity, &MATCH_CANDIDATES],
+            )
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| {
+                let v: Value = r.get(1);
+                (r.get(0), v.as_object().cloned().unwrap_or_default())
+            })
+            .collect())
+    }
+
+    /// Current billing rows of records that external changes will merge with.
+    async fn load_views(
+        &self,
+        work: &[Work<'_>],
+    ) -> Result<HashMap<(String, String), Map<String, Value>>, tokio_postgres::Error> {
+        let mut wanted: BTreeMap<String, (&EntityMap, Vec<String>)> = BTreeMap::new();
+        for w in work {
+            if let (Change::External(_), Some(k)) = (w.change, &w.key) {
+                wanted
+                    .entry(w.entity.table.to_string())
+                    .or_insert((w.entity, Vec::new()))
+                    .1
+                    .push(k.billing_id.clone());
+            }
+        }
+        let mut out = HashMap::new();
+        for (table, (e, ids)) in wanted {
+            let pk = self.primary_key(e).await?;
+            let sql = format!(
+                "SELECT t.{pk}::text, to_jsonb(t) FROM {} t WHERE t.{pk}::text = ANY($1)",
+                quoted_table(e)
+            );
+            for r in self.billing.query(&sql, &[&ids]).await? {
+                let row: Value = r.get(1);
+                out.insert(
+                    (table.clone(), r.get::<_, String>(0)),
+                    row.as_object()
+                        .map(record::billing_view)
+                        .unwrap_or_default(),
+                );
+            }
+        }
+        Ok(out)
+    }
+
+    /// The quoted single primary-key column of the entity's table.
+    async fn primary_key(&self, e: &EntityMap) -> Result<String, tokio_postgres::Error> {
+        let row = self
+            .billing
+            .query_opt(
+                "SELECT a.attname FROM pg_index i
+                   JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
+                  WHERE i.indrelid = (quote_ident($1) || '.' || quote_ident($2))::regclass AND i.indisprimary
+                  LIMIT 1",
+                &[&e.table.schema(), &e.table.table()],
+            )
+            .await?;
+        let col: String = row.map(|r| r.get(0)).unwrap_or_else(|| "id".into());
+        Ok(format!("\"{}\"", col.replace('"', "\"\"")))
+    }
+
+    /// The parent's external id, when the entity has a parent and the row
+    /// references one that is linked.
+    async fn parent_external_id(
+        &self,
+        e: &EntityMap,
+        b: &BillingChange,
+        states: &HashMap<RecordKey, RecordState>,
+    ) -> Result<Option<String>, tokio_postgres::Error> {
+        let (Some(p), Some(row)) = (&e.parent, &b.after) else {
+            return Ok(None);
+        };
+        let Some(parent_id) = row.get(&p.alguna).and_then(|v| match v {
+            Value::String(s) => Some(s.clone()),
+            Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        }) else {
+            return Ok(None);
+        };
+        let key = RecordKey {
+            integration: e.integration.clone(),
+            entity: p.entity.to_string(),
+            billing_id: parent_id,
+        };
+        if let Some(ext) = states.get(&key).and_then(|s| s.external_id.clone()) {
+            return Ok(Some(ext));
+        }
+        Ok(self
+            .state
+            .load_many(std::slice::from_ref(&key))
+            .await?
+            .remove(0)
+            .external_id)
+    }
+
+    /// Waits (bounded) for another owner to link the parent.
+    async fn wait_for_parent(
+        &self,
+        key: &RecordKey,
+    ) -> Result<Option<String>, tokio_postgres::Error> {
+        let deadline = tokio::time::Instant::now() + PARENT_WAIT;
+        loop {
+            let row = self
+                .billing
+                .query_opt(
+                    "SELECT external_id FROM extsync.records WHERE integration = $1 AND entity = $2 AND billing_id = $3 AND external_id IS NOT NULL",
+                    &[&key.integration, &key.entity, &key.billing_id],
+                )
+                .await?;
+            if let Some(r) = row {
+                return Ok(Some(r.get(0)));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(None);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn record_bookkeeping(
+        &self,
+        resolutions: &[(RecordKey, Option<String>, Resolution)],
+        failures: &[(RecordKey, Option<String>, String, String)],
+        pending: &[Pending],
+        counts: &BTreeMap<(String, String), Counts>,
+    ) -> Result<(), tokio_postgres::Error> {
+        for (k, ext, r) in resolutions {
+            let winner = match r.winner {
+                Winner::Alguna => "alguna",
+                Winner::External => "external",
+                Winner::Manual => "manual",
+            };
+            let strategy = serde_json::to_value(r.strategy)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default();
+            self.billing
+                .execute(
+                    "INSERT INTO extsync.conflicts (integration, entity, billing_id, external_id, field, strategy, winner,
+                                                   alguna_value, external_value, base_alguna, base_external)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                    &[&k.integration, &k.entity, &k.billing_id, ext, &r.field, &strategy, &winner, &r.alguna_value, &r.external_value, &r.base_alguna, &r.base_external],
+                )
+                .await?;
+        }
+        for (k, ext, class, message) in failures {
+            self.billing
+                .execute(
+                    "INSERT INTO extsync.failed_records (integration, entity, billing_id, external_id, error_type, message)
+                     VALUES ($1, $2, $3, $4, $5, $6)
+                     ON CONFLICT (integration, entity, billing_id) DO UPDATE
+                        SET external_id = excluded.external_id, error_type = excluded.error_type, message = excluded.message,
+                            attempts = extsync.failed_records.attempts + 1, last_failed_at = now()",
+                    &[&k.integration, &k.entity, &k.billing_id, ext, class, message],
+                )
+                .await?;
+        }
+        // A record that synced is no longer failed.
+        for p in pending {
+            if !failures.iter().any(|f| f.0 == p.key) {
+                self.billing
+                    .execute(
+                        "DELETE FROM extsync.failed_records WHERE integration = $1 AND entity = $2 AND billing_id = $3",
+                        &[&p.key.integration, &p.key.entity, &p.key.billing_id],
+                    )
+                    .await?;
+            }
+        }
+        for ((integration, entity), c) in counts {
+            self.billing
+                .execute(
+                    "INSERT INTO extsync.sync_counters AS s (integration, entity, synced, created, updated, conflicts, errors)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)
+                     ON CONFLICT (integration, entity) DO UPDATE SET
+                        synced = s.synced + excluded.synced, created = s.created + excluded.created,
+                        updated = s.updated + excluded.updated, conflicts = s.conflicts + excluded.conflicts,
+                        errors = s.errors + excluded.errors, updated_at = now()",
+                    &[integration, entity, &(c.synced as i64), &(c.created as i64), &(c.updated as i64), &(c.conflicts as i64), &(c.failed as i64)],
+                )
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+fn key_of(e: &EntityMap, billing_id: &str) -> RecordKey {
+    RecordKey {
+        integration: e.integration.clone(),
+        entity: e.entity.clone(),
+        billing_id: billing_id.to_string(),
+    }
+}
+
+fn pk_of(change: &Change, key: &RecordKey) -> Map<String, Value> {
+    match change {
+        Change::Billing(b) => b.key.clone(),
+        Change::External(_) => {
+            let mut m = Map::new();
+            m.insert("id".into(), Value::String(key.billing_id.clone()));
+            m
+        }
+    }
+}
+
+fn quoted_table(e: &EntityMap) -> String {
+    let q = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
+    format!("{}.{}", q(e.table.schema()), q(e.table.table()))
+}
+
+fn outcome_of(kind: OutcomeKind) -> Outcome {
+    match kind {
+        OutcomeKind::Created => Outcome::Created,
+        OutcomeKind::Updated => Outcome::Updated,
+        OutcomeKind::Deleted => Outcome::Deleted,
+        OutcomeKind::Skipped => Outcome::Skipped,
+        OutcomeKind::Failed => Outcome::Failed,
+    }
+}
+
+fn dedup<T: Ord + Clone>(items: impl Iterator<Item = T>) -> Vec<T> {
+    let mut v: Vec<T> = items.collect();
+    v.sort();
+    v.dedup();
+    v
+}

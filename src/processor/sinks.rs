@@ -1,0 +1,25 @@
+//! Where the processor's writes go: one external sink per integration and
+//! one billing sink. Delivery's writers implement these; a sink error means
+//! "nothing was lost, try the batch again later".
+
+use async_trait::async_trait;
+
+use crate::delivery::{BillingWrite, DeliveryOutcome, ExternalWrite};
+
+/// A batch could not be delivered at all (integration paused, database
+/// down); the processor retries the whole batch.
+#[derive(Debug, thiserror::Error)]
+#[error("delivery paused: {0}")]
+pub struct SinkError(pub String);
+
+#[async_trait]
+pub trait ExternalSink: Send + Sync {
+    /// One outcome per write, in input order.
+    async fn deliver(&self, writes: Vec<ExternalWrite>) -> Result<Vec<DeliveryOutcome>, SinkError>;
+}
+
+#[async_trait]
+pub trait BillingSink: Send + Sync {
+    /// One outcome per write, in input order.
+    async fn apply(&self, writes: Vec<BillingWrite>) -> Result<Vec<DeliveryOutcome>, SinkError>;
+}
