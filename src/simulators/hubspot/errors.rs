@@ -90,22 +90,20 @@ impl IntoResponse for ApiError {
 /// `Property values were not valid: [{"isValid":false,…}]`, HubSpot's message
 /// for property errors, plus the structured `errors` list.
 fn property_errors(errors: &[PropertyError]) -> (String, Value) {
-    let listed: Vec<Value> = errors
+    let q = |s: &str| serde_json::to_string(s).unwrap_or_default();
+    let listed: Vec<String> = errors
         .iter()
         .map(|e| {
-            json!({
-                "isValid": false,
-                "message": e.message,
-                "error": e.code,
-                "name": e.name,
-                "localizedErrorMessage": e.message,
-            })
+            format!(
+                "{{\"isValid\":false,\"message\":{},\"error\":{},\"name\":{},\"localizedErrorMessage\":{}}}",
+                q(&e.message),
+                q(&e.code),
+                q(&e.name),
+                q(&e.message)
+            )
         })
         .collect();
-    let message = format!(
-        "Property values were not valid: {}",
-        serde_json::to_string(&listed).unwrap_or_default()
-    );
+    let message = format!("Property values were not valid: [{}]", listed.join(","));
     let details: Vec<Value> = errors
         .iter()
         .map(|e| {

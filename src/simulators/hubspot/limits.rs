@@ -26,7 +26,7 @@ const SECOND: Duration = Duration::from_secs(1);
 
 /// Budgets, settable through `/__admin/limits`.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct LimitsConfig {
     pub ten_secondly: u32,
     pub daily: u64,

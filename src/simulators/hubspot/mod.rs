@@ -27,6 +27,7 @@ use axum::extract::{Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use self::admin::WrittenLog;
@@ -34,7 +35,7 @@ use self::errors::ApiError;
 use self::limits::{Limits, LimitsConfig};
 use self::oauth::{Caller, OAuth};
 use self::store::{Applied, Store};
-use self::webhooks::Webhooks;
+use self::webhooks::{WebhookPatch, Webhooks};
 use super::{Faults, RunningSimulator};
 
 /// Access-token lifetime HubSpot announces (`expires_in`).
@@ -63,6 +64,48 @@ pub struct HubSpotConfig {
     /// Private-app tokens (never expire; writes appear as `CRM_UI` changes).
     pub private_app_tokens: Vec<String>,
     pub limits: LimitsConfig,
+    /// Webhook target and delivery settings applied at start.
+    pub webhooks: WebhookPatch,
+}
+
+/// The settings file of `extsync simulate hubspot --config FILE` (YAML or JSON);
+/// every field is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct FileConfig {
+    client_id: Option<String>,
+    client_secret: Option<String>,
+    app_id: Option<u64>,
+    portal_id: Option<u64>,
+    token_ttl_secs: Option<u64>,
+    refresh_tokens: Option<Vec<String>>,
+    private_app_tokens: Option<Vec<String>>,
+    limits: Option<LimitsConfig>,
+    webhooks: Option<WebhookPatch>,
+}
+
+impl HubSpotConfig {
+    /// Reads a settings file; unknown fields are errors naming the file.
+    pub fn from_file(path: &std::path::Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let f: FileConfig =
+            serde_yaml_ng::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        let d = HubSpotConfig::default();
+        Ok(HubSpotConfig {
+            client_id: f.client_id.unwrap_or(d.client_id),
+            client_secret: f.client_secret.unwrap_or(d.client_secret),
+            app_id: f.app_id.unwrap_or(d.app_id),
+            portal_id: f.portal_id.unwrap_or(d.portal_id),
+            token_ttl: f
+                .token_ttl_secs
+                .map(Duration::from_secs)
+                .unwrap_or(d.token_ttl),
+            refresh_tokens: f.refresh_tokens.unwrap_or(d.refresh_tokens),
+            private_app_tokens: f.private_app_tokens.unwrap_or(d.private_app_tokens),
+            limits: f.limits.unwrap_or(d.limits),
+            webhooks: f.webhooks.unwrap_or_default(),
+        })
+    }
 }
 
 impl Default for HubSpotConfig {
@@ -76,6 +119,7 @@ impl Default for HubSpotConfig {
             refresh_tokens: vec![DEFAULT_REFRESH_TOKEN.into()],
             private_app_tokens: vec![DEFAULT_PRIVATE_APP_TOKEN.into()],
             limits: LimitsConfig::default(),
+            webhooks: WebhookPatch::default(),
         }
     }
 }
@@ -250,22 +294,4 @@ fn authenticate(sim: &HubSpotSim, req: &Request) -> Result<Caller, ApiError> {
 /// Parses a JSON body, answering HubSpot's 400 on malformed input.
 pub(crate) fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| ApiError::bad_json(&e))
-}
-
-/// Runs the simulator until Ctrl-C (`extsync simulate hubspot`).
-pub async fn run_cli(addr: SocketAddr) -> std::io::Result<()> {
-    let sim = HubSpotSim::new(HubSpotConfig::default());
-    let running = sim.serve(addr).await?;
-    let cfg = sim.config();
-    println!(
-        "hubspot simulator on {} (clientId={}, refreshToken={}, privateAppToken={}, appId={}, portalId={})",
-        running.base_url(),
-        cfg.client_id,
-        DEFAULT_REFRESH_TOKEN,
-        DEFAULT_PRIVATE_APP_TOKEN,
-        cfg.app_id,
-        cfg.portal_id
-    );
-    tokio::signal::ctrl_c().await?;
-    Ok(())
 }
