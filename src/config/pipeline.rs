@@ -317,9 +317,31 @@ pub struct Integration {
     pub schedule: Option<CronSchedule>,
     #[serde(default = "default_triggers")]
     pub triggers: Vec<Trigger>,
+    /// Request budget shared by every read and write of this integration;
+    /// default: the vendor's documented limits.
+    #[serde(default)]
+    pub rate_limit: Option<RateLimit>,
     /// Entities synced by this integration, keyed by billing entity name.
     #[serde(default)]
     pub entities: BTreeMap<Name, Checked<Entity>>,
+}
+
+/// A request budget: `requests` per `perSeconds`, bursts up to `burst`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RateLimit {
+    pub requests: u32,
+    #[serde(default = "default_per_seconds")]
+    pub per_seconds: u64,
+    #[serde(default = "default_burst")]
+    pub burst: u32,
+}
+
+fn default_per_seconds() -> u64 {
+    1
+}
+fn default_burst() -> u32 {
+    10
 }
 
 fn default_triggers() -> Vec<Trigger> {

@@ -114,7 +114,7 @@ async fn receive(
             );
         }
     };
-    let changes = match hydrate(&target, events).await {
+    let changes = match hydrate(&target, events, ChangeSource::Webhook).await {
         Ok(c) => c,
         Err(e) => {
             tracing::warn!(integration, error = %e, "reading webhook records failed; the vendor will retry");
@@ -170,6 +170,7 @@ fn reject(integration: &str, status: StatusCode, message: String) -> Response {
 pub async fn hydrate(
     target: &IngestTarget,
     events: Vec<WebhookEvent>,
+    source: ChangeSource,
 ) -> Result<Vec<ExternalChange>, ConnectorError> {
     let mut changes = Vec::with_capacity(events.len());
     let mut to_read: HashMap<(String, String), Vec<WebhookEvent>> = HashMap::new();
@@ -179,7 +180,7 @@ pub async fn hydrate(
         };
         let (entity, object) = (entity.to_string(), object.to_string());
         if ev.op == ChangeOp::Delete {
-            changes.push(deletion(target, &entity, &object, ev));
+            changes.push(deletion(target, &entity, &object, ev, source));
         } else {
             to_read.entry((entity, object)).or_default().push(ev);
         }
@@ -218,21 +219,21 @@ pub async fn hydrate(
             // deletion arrives as its own event.
             if let Some(mut record) = records.remove(&id) {
                 record.object = object.clone();
-                changes.push(target.change_from_record(
-                    &entity,
-                    record,
-                    op,
-                    ChangeSource::Webhook,
-                    fields,
-                    origin,
-                ));
+                changes
+                    .push(target.change_from_record(&entity, record, op, source, fields, origin));
             }
         }
     }
     Ok(changes)
 }
 
-fn deletion(target: &IngestTarget, entity: &str, object: &str, ev: WebhookEvent) -> ExternalChange {
+fn deletion(
+    target: &IngestTarget,
+    entity: &str,
+    object: &str,
+    ev: WebhookEvent,
+    source: ChangeSource,
+) -> ExternalChange {
     ExternalChange {
         system: target.provider.as_str().to_string(),
         integration: target.id.clone(),
@@ -244,7 +245,7 @@ fn deletion(target: &IngestTarget, entity: &str, object: &str, ev: WebhookEvent)
         changed_fields: Vec::new(),
         version: format!("deleted@{}", ev.occurred_at.timestamp_millis()),
         modified_at: ev.occurred_at,
-        source: ChangeSource::Webhook,
+        source,
         origin: ev.origin,
         received_at: Utc::now(),
     }

@@ -17,6 +17,7 @@ pub mod mapping;
 pub mod merge;
 pub mod record;
 pub mod route;
+pub mod runner;
 pub mod sinks;
 pub mod state;
 pub mod transform;

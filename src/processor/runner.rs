@@ -1,0 +1,293 @@
+//! The processor's Kafka loops: the router re-keys changes onto the
+//! repartition topic, the processor consumes it by record. Each loop commits
+//! its outputs and its consumer offsets in one Kafka transaction, with a
+//! producer fenced by its transactional id and the group's generation.
+//!
+//! ```text
+//!  cdc.* + external.* ──router (txn)──► processor.changes ──processor (txn)──► sync-events
+//!                                                              └─ delivery, state (Postgres)
+//! ```
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::OwnedMessage;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
+
+use super::batch::{BatchError, Processor};
+use super::change::Change;
+use super::route::{self, CHANGES_TOPIC};
+use crate::kafka::Topics;
+
+/// Most messages handled in one transaction.
+pub const MAX_BATCH: usize = 500;
+/// Partitions of the repartition topic (the most processors that share work).
+pub const CHANGES_PARTITIONS: i32 = 8;
+const TXN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Metric: messages routed, by kind.
+pub const ROUTED_TOTAL: &str = "extsync_router_changes_total";
+/// Metric: messages that are not change events.
+pub const MALFORMED_TOTAL: &str = "extsync_router_malformed_total";
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("Kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("processor state: {0}")]
+    State(#[from] tokio_postgres::Error),
+}
+
+/// Names and client settings of one pipeline's processor.
+#[derive(Clone)]
+pub struct RunnerConfig {
+    pub topics: Topics,
+    /// Base client config (brokers, pass-through options).
+    pub kafka: ClientConfig,
+    /// Distinguishes this process's transactional ids.
+    pub instance: String,
+}
+
+impl RunnerConfig {
+    fn consumer(&self, group: &str) -> Result<StreamConsumer, RunError> {
+        let mut cc = self.kafka.clone();
+        cc.set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("isolation.level", "read_committed")
+            .set("topic.metadata.refresh.interval.ms", "2000")
+            .set("fetch.wait.max.ms", "5");
+        Ok(cc.create()?)
+    }
+
+    fn producer(&self, role: &str) -> Result<FutureProducer, RunError> {
+        let mut cc = self.kafka.clone();
+        cc.set(
+            "transactional.id",
+            format!("{}-{role}-{}", self.topics.prefix(), self.instance),
+        )
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "2")
+        .set("transaction.timeout.ms", "60000");
+        let p: FutureProducer = cc.create()?;
+        p.init_transactions(TXN_TIMEOUT)?;
+        Ok(p)
+    }
+
+    fn changes_topic(&self) -> String {
+        format!("{}.{CHANGES_TOPIC}", self.topics.prefix())
+    }
+
+    /// Creates the processor's own topics when missing.
+    pub async fn ensure_topics(&self) -> Result<(), RunError> {
+        let admin: AdminClient<DefaultClientContext> = self.kafka.create()?;
+        let changes = self.changes_topic();
+        let events = self.topics.sync_events();
+        let topics = [
+            NewTopic::new(&changes, CHANGES_PARTITIONS, TopicReplication::Fixed(1)),
+            NewTopic::new(&events, CHANGES_PARTITIONS, TopicReplication::Fixed(1)),
+        ];
+        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+        for r in admin.create_topics(&topics, &opts).await? {
+            match r {
+                Ok(_) | Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((t, e)) => tracing::warn!(topic = t, error = %e, "creating topic"),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Waits for the first message (or `stop`), then takes what else is ready.
+async fn next_batch(
+    consumer: &StreamConsumer,
+    stop: &CancellationToken,
+) -> Option<Result<Vec<OwnedMessage>, RunError>> {
+    let first = tokio::select! {
+        _ = stop.cancelled() => return None,
+        m = consumer.recv() => m,
+    };
+    let mut batch = match first {
+        Ok(m) => vec![m.detach()],
+        Err(e) => return Some(Err(e.into())),
+    };
+    while batch.len() < MAX_BATCH {
+        match tokio::time::timeout(Duration::from_millis(2), consumer.recv()).await {
+            Ok(Ok(m)) => batch.push(m.detach()),
+            _ => break,
+        }
+    }
+    Some(Ok(batch))
+}
+
+/// Offsets to commit after `batch`: next offset per partition.
+fn next_offsets(batch: &[OwnedMessage]) -> Result<TopicPartitionList, RunError> {
+    let mut tpl = TopicPartitionList::new();
+    for m in batch {
+        tpl.add_partition_offset(m.topic(), m.partition(), Offset::Offset(m.offset() + 1))?;
+    }
+    Ok(tpl)
+}
+
+/// Runs the router until `stop`. Errors restart its clients from the last
+/// committed offsets.
+pub async fn run_router(
+    cfg: RunnerConfig,
+    mappings: Arc<super::mapping::Mappings>,
+    state: super::state::StateStore,
+    stop: CancellationToken,
+) {
+    while !stop.is_cancelled() {
+        if let Err(e) = router_session(&cfg, &mappings, &state, &stop).await {
+            tracing::warn!(error = %e, "router restarting from committed offsets");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+}
+
+async fn router_session(
+    cfg: &RunnerConfig,
+    mappings: &super::mapping::Mappings,
+    state: &super::state::StateStore,
+    stop: &CancellationToken,
+) -> Result<(), RunError> {
+    let prefix = cfg.topics.prefix().replace('.', "\\.");
+    let consumer = cfg.consumer(&format!("{}-router", cfg.topics.prefix()))?;
+    consumer.subscribe(&[&format!(
+        "^{prefix}\\.(cdc\\.[^.]+\\.[^.]+|external\\.[^.]+)$"
+    )])?;
+    let producer = cfg.producer("router")?;
+    let out_topic = cfg.changes_topic();
+    let cdc_prefix = format!("{}.cdc.", cfg.topics.prefix());
+    while let Some(batch) = next_batch(&consumer, stop).await {
+        let batch = batch?;
+        producer.begin_transaction()?;
+        let result = async {
+            let mut sends = Vec::new();
+            for m in &batch {
+                let change = if m.topic().starts_with(&cdc_prefix) {
+                    match route::parse_cdc(m.topic(), m.key(), m.payload()) {
+                        Ok(Some(b)) => Change::Billing(b),
+                        Ok(None) => continue,
+                        Err(e) => {
+                            metrics::counter!(MALFORMED_TOTAL).increment(1);
+                            tracing::warn!(error = %e, "skipping message");
+                            continue;
+                        }
+                    }
+                } else {
+                    match m.payload().map(serde_json::from_slice) {
+                        Some(Ok(x)) => Change::External(x),
+                        _ => {
+                            metrics::counter!(MALFORMED_TOTAL).increment(1);
+                            tracing::warn!(topic = m.topic(), "skipping message that is not an external change event");
+                            continue;
+                        }
+                    }
+                };
+                let Some(key) = route::route(mappings, state, &change).await? else { continue };
+                let payload = serde_json::to_vec(&change).expect("change serializes");
+                metrics::counter!(ROUTED_TOTAL, "side" => match change { Change::Billing(_) => "billing", Change::External(_) => "external" }).increment(1);
+                sends.push(producer.send_result(FutureRecord::to(&out_topic).key(&key).payload(&payload)).map_err(|(e, _)| e)?);
+            }
+            for s in sends {
+                s.await.map_err(|_| rdkafka::error::KafkaError::Canceled)?.map_err(|(e, _)| e)?;
+            }
+            producer.send_offsets_to_transaction(&next_offsets(&batch)?, &consumer.group_metadata().expect("group consumer"), TXN_TIMEOUT)?;
+            producer.commit_transaction(TXN_TIMEOUT)?;
+            Ok::<_, RunError>(())
+        }
+        .await;
+        if let Err(e) = result {
+            let _ = producer.abort_transaction(TXN_TIMEOUT);
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+/// Runs the processor until `stop`. A batch whose delivery is paused is
+/// retried with backoff (its offsets stay uncommitted); Kafka errors restart
+/// the clients from the last committed offsets.
+pub async fn run_processor(cfg: RunnerConfig, processor: Arc<Processor>, stop: CancellationToken) {
+    while !stop.is_cancelled() {
+        if let Err(e) = processor_session(&cfg, &processor, &stop).await {
+            tracing::warn!(error = %e, "processor restarting from committed offsets");
+            processor.state.clear_cache();
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+}
+
+async fn processor_session(
+    cfg: &RunnerConfig,
+    processor: &Processor,
+    stop: &CancellationToken,
+) -> Result<(), RunError> {
+    let consumer = cfg.consumer(&format!("{}-processor", cfg.topics.prefix()))?;
+    consumer.subscribe(&[&cfg.changes_topic()])?;
+    let producer = cfg.producer("processor")?;
+    let events_topic = cfg.topics.sync_events();
+    while let Some(batch) = next_batch(&consumer, stop).await {
+        let batch = batch?;
+        let changes: Vec<Change> = batch
+            .iter()
+            .filter_map(|m| m.payload().and_then(|p| serde_json::from_slice(p).ok()))
+            .collect();
+        let mut backoff = Duration::from_millis(200);
+        let events = loop {
+            match processor.process(&changes).await {
+                Ok(events) => break events,
+                Err(BatchError::State(e)) => return Err(e.into()),
+                Err(e @ BatchError::Sink(_)) => {
+                    tracing::warn!(error = %e, wait_ms = backoff.as_millis() as u64, "batch not delivered; retrying");
+                    tokio::select! {
+                        _ = stop.cancelled() => return Ok(()),
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
+            }
+        };
+        producer.begin_transaction()?;
+        let result = async {
+            let mut sends = Vec::with_capacity(events.len());
+            for ev in &events {
+                let payload = serde_json::to_vec(ev).expect("event serializes");
+                sends.push(
+                    producer
+                        .send_result(
+                            FutureRecord::to(&events_topic)
+                                .key(&ev.key())
+                                .payload(&payload),
+                        )
+                        .map_err(|(e, _)| e)?,
+                );
+            }
+            for s in sends {
+                s.await
+                    .map_err(|_| rdkafka::error::KafkaError::Canceled)?
+                    .map_err(|(e, _)| e)?;
+            }
+            producer.send_offsets_to_transaction(
+                &next_offsets(&batch)?,
+                &consumer.group_metadata().expect("group consumer"),
+                TXN_TIMEOUT,
+            )?;
+            producer.commit_transaction(TXN_TIMEOUT)?;
+            Ok::<_, RunError>(())
+        }
+        .await;
+        if let Err(e) = result {
+            let _ = producer.abort_transaction(TXN_TIMEOUT);
+            return Err(e);
+        }
+    }
+    Ok(())
+}
