@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime, SecondsFormat, TimeZone, Utc};
-use rquickjs::{CatchResultExt, Context, Function, Persistent, Runtime};
+use rquickjs::{CatchResultExt, Context, Function, Runtime};
 use serde_json::{Map, Value};
 
 use crate::config::Transform;
@@ -169,19 +169,24 @@ fn kind(v: &Value) -> &'static str {
 #[error("custom transform does not compile: {0}")]
 pub struct CompileError(pub String);
 
-/// The custom JavaScript functions of one pipeline, compiled once.
+/// Global (frozen, non-writable) array holding the compiled functions.
+const FUNCTIONS_GLOBAL: &str = "__extsyncTransforms";
+
+/// The custom JavaScript functions of one pipeline, compiled once. They live
+/// in a frozen array in the context, so every use goes through the runtime's
+/// lock and the engine can be shared between threads.
 pub struct CustomTransforms {
-    // Fields drop in order: the functions and the context before the runtime.
-    functions: Vec<Persistent<Function<'static>>>,
+    // Fields drop in order: the context before the runtime.
     context: Context,
     _runtime: Runtime,
+    count: usize,
     deadline: Arc<AtomicU64>,
     epoch: Instant,
 }
 
 impl CustomTransforms {
-    /// Compiles each body as `function (value, record) { <body> }`; returns
-    /// the engine and each function's index, in input order.
+    /// Compiles each body as `function (value, record) { <body> }`, in
+    /// input order; function `i` is called with [`CustomTransforms::call`].
     pub fn compile<'a>(bodies: impl IntoIterator<Item = &'a str>) -> Result<Self, CompileError> {
         let runtime = Runtime::new().map_err(|e| CompileError(e.to_string()))?;
         runtime.set_memory_limit(JS_MEMORY_LIMIT);
@@ -193,22 +198,28 @@ impl CustomTransforms {
             epoch.elapsed().as_nanos() as u64 > watch.load(Ordering::Relaxed)
         })));
         let context = Context::full(&runtime).map_err(|e| CompileError(e.to_string()))?;
-        let mut functions = Vec::new();
-        for body in bodies {
-            let source = format!("(function (value, record) {{ 'use strict';\n{body}\n}})");
-            let f = context.with(|ctx| {
-                let f: Function = ctx
-                    .eval(source)
-                    .catch(&ctx)
-                    .map_err(|e| CompileError(e.to_string()))?;
-                Ok::<_, CompileError>(Persistent::save(&ctx, f))
-            })?;
-            functions.push(f);
-        }
+        let mut count = 0;
+        context.with(|ctx| {
+            let list = rquickjs::Array::new(ctx.clone()).map_err(|e| CompileError(e.to_string()))?;
+            for body in bodies {
+                let source = format!("(function (value, record) {{ 'use strict';\n{body}\n}})");
+                let f: Function = ctx.eval(source).catch(&ctx).map_err(|e| CompileError(e.to_string()))?;
+                list.set(count, f).map_err(|e| CompileError(e.to_string()))?;
+                count += 1;
+            }
+            ctx.globals().set(FUNCTIONS_GLOBAL, list).map_err(|e| CompileError(e.to_string()))?;
+            let _: rquickjs::Value = ctx
+                .eval(format!(
+                    "Object.defineProperty(globalThis, '{FUNCTIONS_GLOBAL}', {{ value: Object.freeze(globalThis.{FUNCTIONS_GLOBAL}), writable: false, configurable: false }});"
+                ))
+                .catch(&ctx)
+                .map_err(|e| CompileError(e.to_string()))?;
+            Ok::<_, CompileError>(())
+        })?;
         Ok(Self {
-            functions,
             context,
             _runtime: runtime,
+            count,
             deadline,
             epoch,
         })
@@ -221,28 +232,24 @@ impl CustomTransforms {
         value: &Value,
         record: &Map<String, Value>,
     ) -> Result<Value, TransformError> {
-        let f = self
-            .functions
-            .get(index)
-            .ok_or_else(|| err("custom", "no such function"))?
-            .clone();
+        if index >= self.count {
+            return Err(err("custom", "no such function"));
+        }
         let value_json = value.to_string();
         let record_json = serde_json::to_string(record).expect("JSON serializes");
         let limit = (self.epoch.elapsed() + JS_TIME_LIMIT).as_nanos() as u64;
         self.deadline.store(limit, Ordering::Relaxed);
         let out = self.context.with(|ctx| {
             let run = || -> rquickjs::Result<Option<String>> {
-                let f = f.restore(&ctx)?;
+                let list: rquickjs::Array = ctx.globals().get(FUNCTIONS_GLOBAL)?;
+                let f: Function = list.get(index)?;
                 let v = ctx.json_parse(value_json)?;
                 let r = ctx.json_parse(record_json)?;
                 let out: rquickjs::Value = f.call((v, r))?;
                 if out.is_undefined() {
                     return Ok(None);
                 }
-                Ok(ctx
-                    .json_stringify(out)?
-                    .map(|s| s.to_string())
-                    .transpose()?)
+                ctx.json_stringify(out)?.map(|s| s.to_string()).transpose()
             };
             run().catch(&ctx).map_err(|e| e.to_string())
         });
@@ -353,6 +360,34 @@ mod tests {
             js.call(0, &Value::Null, &Map::new()).unwrap(),
             json!("undefined,undefined,undefined,undefined,undefined")
         );
+    }
+
+    #[test]
+    fn functions_cannot_replace_each_other() {
+        let js = CustomTransforms::compile([
+            "globalThis.__extsyncTransforms[1] = function () { return 'hijacked'; }; return 1;",
+            "return value;",
+        ])
+        .unwrap();
+        assert!(js.call(0, &json!(1), &Map::new()).is_err());
+        assert_eq!(
+            js.call(1, &json!("mine"), &Map::new()).unwrap(),
+            json!("mine")
+        );
+    }
+
+    #[test]
+    fn engine_is_shared_between_threads() {
+        let js = std::sync::Arc::new(CustomTransforms::compile(["return value * 2;"]).unwrap());
+        let handles: Vec<_> = (0..4)
+            .map(|i| {
+                let js = js.clone();
+                std::thread::spawn(move || js.call(0, &json!(i), &Map::new()).unwrap())
+            })
+            .collect();
+        let mut got: Vec<Value> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        got.sort_by_key(|v| v.as_i64());
+        assert_eq!(got, vec![json!(0), json!(2), json!(4), json!(6)]);
     }
 
     #[test]
