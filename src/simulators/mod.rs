@@ -13,6 +13,7 @@
 
 pub mod faults;
 pub mod hubspot;
+pub mod salesforce;
 
 use std::net::SocketAddr;
 

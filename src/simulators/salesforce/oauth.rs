@@ -1,0 +1,308 @@
+//! OAuth 2.0 as Salesforce's token endpoint does it: `refresh_token`,
+//! `client_credentials`, `password` and `authorization_code` grants at
+//! `/services/oauth2/token`, answers without `expires_in`, and sessions that
+//! end after the configured lifetime or when `/__admin/tokens/expire` (or the
+//! `expireTokens` fault) revokes them — then every call answers
+//! `401 [{"message":"Session expired or invalid","errorCode":"INVALID_SESSION_ID"}]`.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use hmac::{Hmac, KeyInit, Mac};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use sha2::Sha256;
+
+use super::Shared;
+use super::errors::ApiError;
+use super::store::{ORG_ID, USER_ID};
+
+/// A connected app allowed to get tokens.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OAuthApp {
+    pub client_id: String,
+    pub client_secret: String,
+    /// Refresh tokens valid for this app from the start.
+    #[serde(default)]
+    pub refresh_tokens: Vec<String>,
+}
+
+/// A user for the username-password grant.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SimUser {
+    pub username: String,
+    pub password: String,
+}
+
+/// The session behind a valid access token.
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub client_id: String,
+}
+
+struct Issued {
+    client_id: String,
+    at: Instant,
+}
+
+/// Issued access tokens, refresh tokens and authorization codes.
+pub struct Tokens {
+    lifetime: Duration,
+    access: Mutex<HashMap<String, Issued>>,
+    refresh: Mutex<HashSet<(String, String)>>,
+    codes: Mutex<HashMap<String, String>>,
+}
+
+impl Tokens {
+    pub fn new(lifetime: Duration, apps: &[OAuthApp]) -> Self {
+        let refresh = apps
+            .iter()
+            .flat_map(|a| {
+                a.refresh_tokens
+                    .iter()
+                    .map(|r| (a.client_id.clone(), r.clone()))
+            })
+            .collect();
+        Tokens {
+            lifetime,
+            access: Mutex::new(HashMap::new()),
+            refresh: Mutex::new(refresh),
+            codes: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Issues a new access token for `client_id`.
+    pub fn issue(&self, client_id: &str) -> String {
+        let token = format!(
+            "{}!AQ{}{}",
+            &ORG_ID[..15],
+            uuid::Uuid::new_v4().simple(),
+            uuid::Uuid::new_v4().simple()
+        );
+        self.access.lock().expect("tokens lock").insert(
+            token.clone(),
+            Issued {
+                client_id: client_id.to_string(),
+                at: Instant::now(),
+            },
+        );
+        token
+    }
+
+    /// Revokes every access token issued so far; returns how many.
+    pub fn expire_all(&self) -> usize {
+        let mut access = self.access.lock().expect("tokens lock");
+        let n = access.len();
+        access.clear();
+        n
+    }
+
+    /// The session of a bearer token, if it is still valid.
+    pub fn validate(&self, token: &str) -> Option<Session> {
+        let mut access = self.access.lock().expect("tokens lock");
+        let issued = access.get(token)?;
+        if issued.at.elapsed() >= self.lifetime {
+            access.remove(token);
+            return None;
+        }
+        Some(Session {
+            client_id: issued.client_id.clone(),
+        })
+    }
+}
+
+/// The bearer token of a request (`Authorization: Bearer …` or `OAuth …`).
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    (scheme.eq_ignore_ascii_case("bearer") || scheme.eq_ignore_ascii_case("oauth"))
+        .then(|| token.trim())
+}
+
+/// Checks the request's session, revoking all tokens first when the
+/// `expireTokens` fault was set.
+pub fn authenticate(sim: &Shared, headers: &HeaderMap) -> Result<Session, ApiError> {
+    if sim.faults.take_expire_tokens() {
+        sim.tokens.expire_all();
+    }
+    bearer(headers)
+        .and_then(|t| sim.tokens.validate(t))
+        .ok_or_else(ApiError::invalid_session)
+}
+
+fn oauth_error(error: &str, description: &str) -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        Json(json!({ "error": error, "error_description": description })),
+    )
+        .into_response()
+}
+
+fn instance_url(sim: &Shared, headers: &HeaderMap) -> String {
+    if let Some(u) = &sim.config.instance_url {
+        return u.trim_end_matches('/').to_string();
+    }
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("127.0.0.1");
+    format!("http://{host}")
+}
+
+fn sign(secret: &str, id: &str, issued_at: &str) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
+    mac.update(id.as_bytes());
+    mac.update(issued_at.as_bytes());
+    B64.encode(mac.finalize().into_bytes())
+}
+
+/// `POST /services/oauth2/token` (form-encoded).
+pub async fn token(
+    State(sim): State<Shared>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let form: HashMap<String, String> = form_urlencoded::parse(&body).into_owned().collect();
+    let get = |k: &str| form.get(k).map(String::as_str).filter(|s| !s.is_empty());
+    let mut client_id = get("client_id").map(str::to_string);
+    let mut client_secret = get("client_secret").map(str::to_string);
+    if let Some(basic) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+        && let Ok(raw) = B64.decode(basic.trim())
+        && let Ok(raw) = String::from_utf8(raw)
+        && let Some((id, secret)) = raw.split_once(':')
+    {
+        client_id = Some(id.to_string());
+        client_secret = Some(secret.to_string());
+    }
+    let Some(grant) = get("grant_type") else {
+        return oauth_error("unsupported_grant_type", "grant type not supported");
+    };
+    let Some(client_id) = client_id else {
+        return oauth_error("invalid_client_id", "client identifier invalid");
+    };
+    let Some(app) = sim.config.apps.iter().find(|a| a.client_id == client_id) else {
+        return oauth_error("invalid_client_id", "client identifier invalid");
+    };
+    let secret_ok = client_secret.as_deref() == Some(app.client_secret.as_str());
+    let mut new_refresh = None;
+    match grant {
+        "refresh_token" => {
+            if client_secret.is_some() && !secret_ok {
+                return oauth_error("invalid_client", "invalid client credentials");
+            }
+            let valid = get("refresh_token").is_some_and(|r| {
+                sim.tokens
+                    .refresh
+                    .lock()
+                    .expect("tokens lock")
+                    .contains(&(client_id.clone(), r.to_string()))
+            });
+            if !valid {
+                return oauth_error("invalid_grant", "expired access/refresh token");
+            }
+        }
+        "client_credentials" => {
+            if !secret_ok {
+                return oauth_error("invalid_client", "invalid client credentials");
+            }
+        }
+        "password" => {
+            if !secret_ok {
+                return oauth_error("invalid_client", "invalid client credentials");
+            }
+            let ok = sim.config.users.iter().any(|u| {
+                Some(u.username.as_str()) == get("username")
+                    && Some(u.password.as_str()) == get("password")
+            });
+            if !ok {
+                return oauth_error("invalid_grant", "authentication failure");
+            }
+        }
+        "authorization_code" => {
+            if !secret_ok {
+                return oauth_error("invalid_client", "invalid client credentials");
+            }
+            let code_client =
+                get("code").and_then(|c| sim.tokens.codes.lock().expect("tokens lock").remove(c));
+            if code_client.as_deref() != Some(client_id.as_str()) {
+                return oauth_error("invalid_grant", "invalid authorization code");
+            }
+            let r = format!("5Aep{}", uuid::Uuid::new_v4().simple());
+            sim.tokens
+                .refresh
+                .lock()
+                .expect("tokens lock")
+                .insert((client_id.clone(), r.clone()));
+            new_refresh = Some(r);
+        }
+        _ => return oauth_error("unsupported_grant_type", "grant type not supported"),
+    }
+    let access_token = sim.tokens.issue(&client_id);
+    let instance = instance_url(&sim, &headers);
+    let id = format!("{instance}/id/{ORG_ID}/{USER_ID}");
+    let issued_at = chrono::Utc::now().timestamp_millis().to_string();
+    let mut body = json!({
+        "access_token": access_token,
+        "signature": sign(&app.client_secret, &id, &issued_at),
+        "scope": "api refresh_token",
+        "instance_url": instance,
+        "id": id,
+        "token_type": "Bearer",
+        "issued_at": issued_at,
+    });
+    if let Some(r) = new_refresh {
+        body["refresh_token"] = json!(r);
+    }
+    Json(body).into_response()
+}
+
+#[derive(Deserialize)]
+pub struct AuthorizeArgs {
+    response_type: Option<String>,
+    client_id: Option<String>,
+    redirect_uri: Option<String>,
+    state: Option<String>,
+}
+
+/// `GET /services/oauth2/authorize`: the web-server flow, approved at once
+/// (there is no user to ask), redirecting with a one-time `code`.
+pub async fn authorize(State(sim): State<Shared>, Query(args): Query<AuthorizeArgs>) -> Response {
+    if args.response_type.as_deref() != Some("code") {
+        return oauth_error("unsupported_response_type", "response type not supported");
+    }
+    let Some(client_id) = args
+        .client_id
+        .filter(|c| sim.config.apps.iter().any(|a| &a.client_id == c))
+    else {
+        return oauth_error("invalid_client_id", "client identifier invalid");
+    };
+    let Some(redirect) = args.redirect_uri else {
+        return oauth_error("redirect_uri_missing", "redirect_uri must be provided");
+    };
+    let code = format!("aPrx{}", uuid::Uuid::new_v4().simple());
+    sim.tokens
+        .codes
+        .lock()
+        .expect("tokens lock")
+        .insert(code.clone(), client_id);
+    let mut query = form_urlencoded::Serializer::new(String::new());
+    query.append_pair("code", &code);
+    if let Some(s) = &args.state {
+        query.append_pair("state", s);
+    }
+    let sep = if redirect.contains('?') { '&' } else { '?' };
+    let location = format!("{redirect}{sep}{}", query.finish());
+    (StatusCode::FOUND, [(header::LOCATION, location)]).into_response()
+}
