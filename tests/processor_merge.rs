@@ -78,7 +78,7 @@ fn run(a: Value, e: Value, a_at: i64, e_at: i64) -> extsync::processor::merge::M
     merge(
         &mappings,
         entity,
-        &base(),
+        base(),
         Side {
             fields: &a,
             changed_at: Utc.timestamp_opt(a_at, 0).unwrap(),
@@ -182,7 +182,7 @@ fn latest_wins_compares_commit_and_modification_times() {
     let newer_external = merge(
         &mappings,
         entity,
-        &base(),
+        base(),
         Side {
             fields: &a,
             changed_at: at(10),
@@ -201,7 +201,7 @@ fn latest_wins_compares_commit_and_modification_times() {
     let newer_billing = merge(
         &mappings,
         entity,
-        &base(),
+        base(),
         Side {
             fields: &a,
             changed_at: at(30),

@@ -227,7 +227,7 @@ pub fn billing_change(
     let result = merge::merge(
         mappings,
         entity,
-        &state.base,
+        std::mem::take(&mut next.base),
         Side {
             fields: &view,
             changed_at: change.committed_at,
@@ -237,11 +237,11 @@ pub fn billing_change(
             changed_at: external_at,
         },
     );
-    let m = match result {
+    let mut m = match result {
         Ok(m) => m,
-        Err(e) => return failed(e.to_string(), next),
+        Err(e) => return failed(e.to_string(), state.clone()),
     };
-    next.base = m.base.clone();
+    next.base = std::mem::take(&mut m.base);
     let external_id = next.external_id.clone().expect("linked");
     let mut to_external = m.to_external;
     if !to_external.is_empty() {
@@ -318,8 +318,10 @@ pub fn external_change(
         .origin
         .as_deref()
         .is_some_and(|o| o.contains(ORIGIN_MARKER));
-    let echo_by_hash =
-        state.written_hash.as_deref() == Some(external_hash(entity, &after).as_str());
+    let echo_by_hash = state
+        .written_hash
+        .as_deref()
+        .is_some_and(|h| h == external_hash(entity, &after));
     next.external_image = after;
     if echo_by_origin || echo_by_hash {
         return Decision {
@@ -348,10 +350,10 @@ pub fn external_change(
     let billing_at = state
         .billing_changed_at
         .unwrap_or(DateTime::<Utc>::UNIX_EPOCH);
-    let m = match merge::merge(
+    let mut m = match merge::merge(
         mappings,
         entity,
-        &state.base,
+        std::mem::take(&mut next.base),
         Side {
             fields: view,
             changed_at: billing_at,
@@ -362,9 +364,9 @@ pub fn external_change(
         },
     ) {
         Ok(m) => m,
-        Err(e) => return failed(e.to_string(), next),
+        Err(e) => return failed(e.to_string(), state.clone()),
     };
-    next.base = m.base.clone();
+    next.base = std::mem::take(&mut m.base);
     let billing = billing_columns(view, &m.to_alguna);
     let external = (!m.to_external.is_empty()).then(|| {
         for (k, v) in &m.to_external {

@@ -21,7 +21,7 @@ use serde_json::{Map, Value};
 use super::mapping::{EntityMap, Mappings};
 use super::record;
 use super::transform::TransformError;
-use crate::config::Strategy;
+use crate::config::{Strategy, Transform};
 
 /// The values of every mapped field when both sides were last in sync,
 /// keyed by the billing field path; each side in its own representation.
@@ -87,38 +87,40 @@ impl Merge {
 }
 
 /// Merges the current billing and external states of one linked record.
+/// Takes the base by value and returns the next one in [`Merge::base`].
 pub fn merge(
     mappings: &Mappings,
     entity: &EntityMap,
-    base: &Base,
+    base: Base,
     alguna: Side<'_>,
     external: Side<'_>,
 ) -> Result<Merge, TransformError> {
     let mut out = Merge {
-        base: base.clone(),
+        base,
         ..Merge::default()
     };
     for f in &entity.fields {
         let key = f.alguna.as_str();
-        let a = record::get(alguna.fields, &f.alguna)
-            .cloned()
-            .unwrap_or(Value::Null);
-        let e = record::get(external.fields, &f.external)
-            .cloned()
-            .unwrap_or(Value::Null);
-        let a_as_ext = mappings
-            .to_external(f, alguna.fields)?
-            .unwrap_or(Value::Null);
-        let e_as_alg = mappings
-            .to_alguna(f, external.fields)?
-            .unwrap_or(Value::Null);
-        let base_a = base.alguna.get(key);
-        let base_e = base.external.get(key);
+        let a = record::get(alguna.fields, &f.alguna).unwrap_or(&Value::Null);
+        let e = record::get(external.fields, &f.external).unwrap_or(&Value::Null);
+        // The billing value as the external system would hold it; a plain
+        // mapping needs no copy.
+        let converted;
+        let a_as_ext = if f.transform == Transform::None && f.custom.is_none() {
+            a
+        } else {
+            converted = mappings
+                .to_external(f, alguna.fields)?
+                .unwrap_or(Value::Null);
+            &converted
+        };
+        let base_a = out.base.alguna.get(key);
+        let base_e = out.base.external.get(key);
         // One-way fields ignore changes on the side that does not flow.
-        let a_changed = f.to_external && base_a != Some(&a);
-        let e_changed = f.to_alguna && base_e != Some(&e);
+        let a_changed = f.to_external && base_a != Some(a);
+        let e_changed = f.to_alguna && base_e != Some(e);
 
-        let agree = same(&a_as_ext, &e);
+        let agree = same(a_as_ext, e);
         let winner = match (a_changed, e_changed) {
             _ if agree => None,
             (false, false) => None,
@@ -150,20 +152,30 @@ pub fn merge(
         };
         match winner {
             None if agree => {
-                out.base.alguna.insert(key.to_string(), a);
-                out.base.external.insert(key.to_string(), e);
+                // In sync: the base moves to the agreed values (no copy when
+                // it already holds them).
+                if base_a != Some(a) {
+                    out.base.alguna.insert(key.to_string(), a.clone());
+                }
+                if out.base.external.get(key) != Some(e) {
+                    out.base.external.insert(key.to_string(), e.clone());
+                }
             }
             None | Some(Winner::Manual) => {}
             Some(Winner::Alguna) => {
+                let v = a_as_ext.clone();
                 out.to_external
-                    .insert(f.external.as_str().to_string(), a_as_ext.clone());
-                out.base.alguna.insert(key.to_string(), a);
-                out.base.external.insert(key.to_string(), a_as_ext);
+                    .insert(f.external.as_str().to_string(), v.clone());
+                out.base.alguna.insert(key.to_string(), a.clone());
+                out.base.external.insert(key.to_string(), v);
             }
             Some(Winner::External) => {
+                let e_as_alg = mappings
+                    .to_alguna(f, external.fields)?
+                    .unwrap_or(Value::Null);
                 out.to_alguna.insert(key.to_string(), e_as_alg.clone());
                 out.base.alguna.insert(key.to_string(), e_as_alg);
-                out.base.external.insert(key.to_string(), e);
+                out.base.external.insert(key.to_string(), e.clone());
             }
         }
     }
