@@ -17,6 +17,7 @@ pub mod error;
 pub mod http;
 pub mod hubspot;
 pub mod record;
+pub mod registry;
 pub mod salesforce;
 
 use async_trait::async_trait;

@@ -13,6 +13,7 @@ pub mod cursor;
 pub mod emitter;
 pub mod event;
 pub mod poller;
+pub mod service;
 pub mod target;
 pub mod webhook;
 

@@ -1,0 +1,204 @@
+//! Running ingest for a pipeline: the webhook receiver, one poller per
+//! integration object, and the Salesforce change-event subscriber, all
+//! feeding one emitter.
+//!
+//! ```text
+//!  pipeline ──► connectors (one budget each) ──► receiver (axum) ─┐
+//!                                             ──► pollers (cron) ─┼─► Emitter ──► Kafka
+//!                                             ──► CDC subscriber ─┘
+//! ```
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::cursor::CursorStore;
+use super::emitter::Emitter;
+use super::event::ChangeSource;
+use super::poller::Poller;
+use super::target::IngestTarget;
+use super::webhook::{self, Receiver};
+use crate::config::{Pipeline, Provider};
+use crate::connectors::registry::{self, ConnectError};
+use crate::connectors::salesforce::{
+    CdcSubscriber, ReplayFrom, SalesforceConnector, SalesforceSettings,
+};
+use crate::kafka::{self, Topics};
+use crate::store;
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ResolveError),
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    #[error("Kafka producer: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("webhook receiver on {address}: {source}")]
+    Listen {
+        address: String,
+        source: std::io::Error,
+    },
+}
+
+/// A started ingest: its tasks run until the stop token is cancelled.
+pub struct Ingest {
+    /// Address the webhook receiver listens on, when enabled.
+    pub webhook_addr: Option<std::net::SocketAddr>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Ingest {
+    /// Waits for every task to finish (after `stop`).
+    pub async fn join(self) {
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// Starts ingest for every enabled integration of `pipeline`.
+pub async fn start(pipeline: &Pipeline, stop: CancellationToken) -> Result<Ingest, IngestError> {
+    let mut db = store::connect(&pipeline.postgres.url.resolve()?).await?;
+    store::migrate(&mut db).await?;
+    let db = Arc::new(db);
+    let producer = kafka::durable_producer(kafka::client_config(&pipeline.kafka)?).create()?;
+    let emitter = Arc::new(Emitter::new(
+        producer,
+        Topics::new(&pipeline.kafka.topic_prefix),
+        db.clone(),
+    ));
+    let cursors = CursorStore::new(db.clone());
+    let cfg = &pipeline.ingest;
+
+    let mut targets = HashMap::new();
+    let mut tasks = Vec::new();
+    for (id, integration) in pipeline
+        .integrations
+        .iter()
+        .filter(|(_, i)| i.enabled && !i.entities.is_empty())
+    {
+        let connector = registry::connect(id.as_str(), integration)?;
+        let target = Arc::new(IngestTarget::new(id.as_str(), integration, connector));
+        for (entity, object) in &target.entities {
+            let poller = Poller {
+                target: target.clone(),
+                entity: entity.clone(),
+                object: object.clone(),
+                cursors: cursors.clone(),
+                emitter: emitter.clone(),
+                overlap: Duration::from_secs(cfg.poll_overlap_secs),
+            };
+            let (schedule, every, stop) = (
+                integration.schedule.clone(),
+                Duration::from_secs(cfg.sweep_secs.max(1)),
+                stop.clone(),
+            );
+            tasks.push(tokio::spawn(poller.run(schedule, every, stop)));
+        }
+        if integration.provider == Provider::Salesforce {
+            let settings = SalesforceSettings::from_integration(integration)?;
+            let sf = Arc::new(SalesforceConnector::new(settings));
+            tasks.push(tokio::spawn(stream_changes(
+                sf,
+                target.clone(),
+                emitter.clone(),
+                db.clone(),
+                stop.clone(),
+            )));
+        }
+        targets.insert(id.to_string(), target);
+    }
+
+    let mut webhook_addr = None;
+    if !cfg.webhook_address.is_empty() {
+        let listener = tokio::net::TcpListener::bind(&cfg.webhook_address)
+            .await
+            .map_err(|source| IngestError::Listen {
+                address: cfg.webhook_address.clone(),
+                source,
+            })?;
+        webhook_addr = listener.local_addr().ok();
+        let public_url = cfg.public_url.as_ref().map(|u| u.resolve()).transpose()?;
+        let receiver = Arc::new(Receiver {
+            targets,
+            emitter: emitter.clone(),
+            public_url,
+        });
+        let app = webhook::router(receiver, cfg.max_body_bytes);
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await;
+        }));
+        tracing::info!(address = ?webhook_addr, "webhook receiver listening");
+    }
+    Ok(Ingest {
+        webhook_addr,
+        tasks,
+    })
+}
+
+/// Channel of all Change Data Capture events.
+pub const SALESFORCE_CHANNEL: &str = "/data/ChangeEvents";
+
+/// Follows Salesforce Change Data Capture with a durable replay id; each
+/// event's records are re-read (which also covers gap events) and emitted.
+async fn stream_changes(
+    sf: Arc<SalesforceConnector>,
+    target: Arc<IngestTarget>,
+    emitter: Arc<Emitter>,
+    db: Arc<tokio_postgres::Client>,
+    stop: CancellationToken,
+) {
+    let load = db
+        .query_opt(
+            "SELECT replay_id FROM extsync.stream_positions WHERE integration = $1 AND channel = $2",
+            &[&target.id, &SALESFORCE_CHANNEL],
+        )
+        .await;
+    let from = match load {
+        Ok(Some(r)) => ReplayFrom::After(r.get::<_, i64>(0) as u64),
+        _ => ReplayFrom::Latest,
+    };
+    let mut sub = CdcSubscriber::new(sf, SALESFORCE_CHANNEL, from);
+    while !stop.is_cancelled() {
+        let polled = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = sub.poll() => r,
+        };
+        let batch = match polled {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(integration = %target.id, error = %e, "change-event stream failed; reconnecting");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                continue;
+            }
+        };
+        for ev in batch {
+            let changes = match webhook::hydrate(&target, ev.events, ChangeSource::Stream).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(integration = %target.id, error = %e, "re-reading changed records failed");
+                    break;
+                }
+            };
+            if let Err(e) = emitter.emit(changes).await {
+                tracing::warn!(integration = %target.id, error = %e, "emitting change events failed");
+                break;
+            }
+            let _ = db
+                .execute(
+                    "INSERT INTO extsync.stream_positions (integration, channel, replay_id) VALUES ($1, $2, $3)
+                     ON CONFLICT (integration, channel) DO UPDATE SET replay_id = excluded.replay_id, updated_at = now()",
+                    &[&target.id, &SALESFORCE_CHANNEL, &(ev.replay_id as i64)],
+                )
+                .await;
+        }
+    }
+}
