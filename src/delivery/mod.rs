@@ -6,9 +6,20 @@
 //! ```
 //!
 //! Both writers are idempotent: replaying the same intents leaves both sides
-//! as they are (upserts by external id; creates guarded by the billing id
-//! stored on the external record; billing writes guarded by version).
+//! as they are (creates become upserts by the billing id stored on the
+//! external record, or are checked against a [`CreateGuard`] when the entity
+//! has no such field; billing writes are guarded by version).
 
+pub mod billing;
+pub mod external;
 pub mod intent;
+pub mod metrics;
+pub mod retry;
 
+pub use billing::{BillingError, BillingWriter, BillingWriterConfig};
+pub use external::{
+    CreateGuard, DeliveryError, ExternalWriter, ExternalWriterConfig, IntegrationStatus,
+    Interruption, MemoryCreateGuard, NotFoundPolicy,
+};
 pub use intent::{BillingWrite, DeliveryOutcome, ExternalWrite, ExternalWriteOp, OutcomeKind};
+pub use retry::RetryPolicy;
