@@ -9,9 +9,10 @@
 //!
 //! Each module below is one part of that flow; `config` and `telemetry` serve all.
 
+pub mod capture;
 pub mod config;
-pub mod delivery;
 pub mod connectors;
+pub mod delivery;
 pub mod ingest;
 pub mod kafka;
 pub mod processor;

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use extsync::telemetry::{self, LogFormat};
-use extsync::{config, shutdown};
+use extsync::{capture, config, shutdown};
 
 #[derive(Parser)]
 #[command(
@@ -31,6 +31,16 @@ enum Command {
     },
     /// Print the JSON Schema of pipeline files.
     Schema,
+    /// Run every stage of a pipeline until SIGINT/SIGTERM.
+    Run {
+        /// Pipeline file, e.g. pipelines/demo.yaml.
+        pipeline: PathBuf,
+    },
+    /// Run only capture: billing Postgres changes into Kafka.
+    Capture {
+        /// Pipeline file, e.g. pipelines/demo.yaml.
+        pipeline: PathBuf,
+    },
     /// Serve a simulator of an external system's API until SIGINT/SIGTERM.
     Simulate {
         system: SimulatedSystem,
@@ -63,6 +73,42 @@ fn run_async(f: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCo
             ExitCode::FAILURE
         }
     }
+}
+
+fn load(file: &std::path::Path) -> anyhow::Result<config::Pipeline> {
+    config::load_file(file).map_err(anyhow::Error::from)
+}
+
+/// Starts each stage of the pipeline as a task; the first to fail stops the
+/// others, and a signal stops all of them cleanly.
+async fn run_pipeline(file: PathBuf, stages: &[&'static str]) -> anyhow::Result<()> {
+    let pipeline = std::sync::Arc::new(load(&file)?);
+    telemetry::init_metrics(&pipeline.telemetry.metrics_address)?;
+    let stop = shutdown::on_signal();
+    let mut tasks = tokio::task::JoinSet::new();
+    for &stage in stages {
+        let (p, st) = (pipeline.clone(), stop.clone());
+        match stage {
+            "capture" => tasks.spawn(async move {
+                let r = capture::run(&p, st).await.map(|_| ()).context("capture");
+                (stage, r)
+            }),
+            other => unreachable!("unknown stage {other}"),
+        };
+    }
+    let mut first_error = None;
+    while let Some(joined) = tasks.join_next().await {
+        let (stage, result) = joined.context("a stage panicked")?;
+        match result {
+            Ok(()) => tracing::info!(stage, "stage stopped"),
+            Err(e) => {
+                tracing::error!(stage, error = %format!("{e:#}"), "stage failed; stopping the others");
+                stop.cancel();
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    first_error.map_or(Ok(()), Err)
 }
 
 /// External systems `extsync simulate` can stand in for.
@@ -136,6 +182,10 @@ fn main() -> ExitCode {
             print!("{}", config::schema_json());
             ExitCode::SUCCESS
         }
+        Command::Run { pipeline } => {
+            run_async(run_pipeline(pipeline, &["capture"]))
+        }
+        Command::Capture { pipeline } => run_async(run_pipeline(pipeline, &["capture"])),
         Command::Simulate {
             system,
             port,

@@ -1,0 +1,72 @@
+//! Why capture stopped, classified by who has to act and whether a restart
+//! can help: setup problems name their fix and are the user's to solve;
+//! connection and broker failures are transient; decoding failures are ours.
+
+use super::pgoutput::DecodeError;
+use crate::config::ResolveError;
+
+/// One problem found by the start-up checks, with the fix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetupProblem {
+    /// The object concerned, e.g. `public.accounts` or `wal_level`.
+    pub subject: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for SetupProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.subject, self.message)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    /// The database is not ready for capture; every problem names its fix.
+    #[error("capture cannot start:\n{}", .0.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    Setup(Vec<SetupProblem>),
+    #[error("pipeline setting: {0}")]
+    Config(#[from] ResolveError),
+    #[error("invalid postgres.url: {0}")]
+    Url(#[source] tokio_postgres::Error),
+    #[error("{context}: {source}")]
+    Sql {
+        context: &'static str,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error("replication stream: {0}")]
+    Replication(#[source] pgwire_replication::PgWireError),
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    #[error("pgoutput {0} message for unknown relation {1}")]
+    UnknownRelation(&'static str, u32),
+    #[error("kafka: {context}: {source}")]
+    Kafka {
+        context: &'static str,
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+    #[error("snapshot of {table}: {message}")]
+    Snapshot { table: String, message: String },
+}
+
+impl CaptureError {
+    pub fn sql(context: &'static str, source: tokio_postgres::Error) -> Self {
+        CaptureError::Sql { context, source }
+    }
+
+    pub fn kafka(context: &'static str, source: rdkafka::error::KafkaError) -> Self {
+        CaptureError::Kafka { context, source }
+    }
+
+    /// True when restarting capture may succeed without anyone acting
+    /// (a dropped connection, a broker away).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            CaptureError::Sql { source, .. } => source.is_closed() || source.code().is_none(),
+            CaptureError::Replication(e) => e.is_transient() || e.is_io(),
+            CaptureError::Kafka { .. } => true,
+            _ => false,
+        }
+    }
+}

@@ -1,0 +1,351 @@
+//! Capture: every committed change of the billing database lands in Kafka.
+//!
+//! ```text
+//!  billing Postgres ──pgoutput──► replication ─► stream ─► producer ──► <prefix>.cdc.<schema>.<table>
+//!        ▲   (setup: checks, publication, slot)    │ snapshot (initial / incremental)
+//!        └──────── flushed LSN = what Kafka acknowledged ◄──┘  heartbeat keeps idle slots moving
+//! ```
+//!
+//! `run` is the whole stage: it returns when the stop token is cancelled,
+//! after the in-flight events are in Kafka and their LSN is acknowledged.
+
+mod envelope;
+mod error;
+mod heartbeat;
+pub mod metrics;
+pub mod pgoutput;
+mod producer;
+mod relations;
+mod replication;
+mod setup;
+mod snapshot;
+mod stream;
+mod toast;
+pub mod values;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pgwire_replication::{Lsn, ReplicationClient};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::types::RDKafkaErrorCode;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+pub use envelope::{Op, PG_EPOCH_OFFSET_US, VERSION, lsn_text};
+pub use error::{CaptureError, SetupProblem};
+pub use heartbeat::PREFIX as HEARTBEAT_PREFIX;
+pub use producer::{HEADER_COMMIT_LSN, HEADER_IDEMPOTENCY_KEY, HEADER_XID};
+pub use setup::{STATE_SCHEMA, Settings, default_object_name, parse_lsn};
+pub use snapshot::{REQUEST_PREFIX as SNAPSHOT_REQUEST_PREFIX, WATERMARK_PREFIX};
+
+use crate::config::Pipeline;
+use producer::CaptureProducer;
+use relations::Relations;
+use setup::CapturedTable;
+use snapshot::SnapshotContext;
+use stream::{SnapshotRequest, Stream};
+use toast::ToastCache;
+
+/// How long a clean stop waits for Kafka to acknowledge what is in flight.
+pub const STOP_FLUSH_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What a finished run did, for logs and benchmarks.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunSummary {
+    /// Rows copied by the initial snapshot.
+    pub snapshot_rows: u64,
+    /// Time the initial snapshot took.
+    pub snapshot_time: Duration,
+    /// Last LSN acknowledged to PostgreSQL.
+    pub acked_lsn: u64,
+}
+
+/// Runs capture for `pipeline` until `stop` is cancelled.
+pub async fn run(pipeline: &Pipeline, stop: CancellationToken) -> Result<RunSummary, CaptureError> {
+    run_until(pipeline, stop, None).await
+}
+
+/// Like [`run`], and also returns once everything up to `until` (an LSN) is
+/// acknowledged — used by the benchmark.
+pub async fn run_until(
+    pipeline: &Pipeline,
+    stop: CancellationToken,
+    until: Option<u64>,
+) -> Result<RunSummary, CaptureError> {
+    metrics::describe();
+    let settings = Arc::new(Settings::from_pipeline(pipeline)?);
+    let s = &settings;
+    let sql = setup::connect(&s.url).await?;
+    let plan = setup::prepare(&sql, s).await?;
+    let database: Arc<str> = Arc::from(plan.database.as_str());
+    let cc = crate::kafka::client_config(&pipeline.kafka)?;
+    ensure_topics(&cc, s, &plan.tables).await?;
+    let producer = Arc::new(CaptureProducer::new(cc, s.max_in_flight_bytes)?);
+    let toast = ToastCache::default();
+    let ctx = SnapshotContext {
+        settings: settings.clone(),
+        database: database.clone(),
+        producer: producer.clone(),
+        toast: toast.clone(),
+    };
+    let mut summary = RunSummary::default();
+
+    let (mut client, resume) = match plan.slot {
+        None => {
+            let mut client = replication::open(s, 0).await?;
+            let slot = replication::create_slot(&mut client, &s.slot).await?;
+            tracing::info!(slot = %s.slot, lsn = %lsn_text(slot.consistent_point), "created replication slot");
+            producer.acks().start_at(slot.consistent_point);
+            if s.snapshot && !plan.tables.is_empty() {
+                let names: Vec<String> = plan.tables.iter().map(CapturedTable::qualified).collect();
+                snapshot::mark_pending(&sql, &s.slot, &names).await?;
+                let reader = setup::connect(&s.url).await?;
+                let started = std::time::Instant::now();
+                let mut rels = Relations::new(s.topics.clone());
+                summary.snapshot_rows = snapshot::initial(
+                    &ctx,
+                    &reader,
+                    &sql,
+                    &mut rels,
+                    &plan.tables,
+                    &slot.snapshot_name,
+                    slot.consistent_point,
+                )
+                .await?;
+                summary.snapshot_time = started.elapsed();
+                tracing::info!(
+                    rows = summary.snapshot_rows,
+                    secs = summary.snapshot_time.as_secs_f64(),
+                    "initial snapshot done"
+                );
+            }
+            (client, Vec::new())
+        }
+        Some(slot) => {
+            let client = replication::open(s, slot.confirmed_flush).await?;
+            producer.acks().start_at(slot.confirmed_flush);
+            let progress = snapshot::progress(&sql, &s.slot).await?;
+            let mut resume = Vec::new();
+            for t in &plan.tables {
+                match progress.iter().find(|(n, _, _)| *n == t.qualified()) {
+                    Some((_, status, last_key)) if status == "pending" => {
+                        resume.push((t.clone(), last_key.clone()))
+                    }
+                    None if s.snapshot => resume.push((t.clone(), None)),
+                    _ => {}
+                }
+            }
+            (client, resume)
+        }
+    };
+    replication::start(&mut client).await?;
+    tracing::info!(slot = %s.slot, publication = %s.publication, tables = plan.tables.len(), "streaming changes");
+
+    let tasks = CancellationToken::new();
+    if s.heartbeat_secs > 0 {
+        let hb_sql = setup::connect(&s.url).await?;
+        tokio::spawn(heartbeat::run(
+            hb_sql,
+            s.slot.clone(),
+            Duration::from_secs(s.heartbeat_secs),
+            producer.acks().clone(),
+            tasks.clone(),
+        ));
+    }
+    let (chunk_tx, chunk_rx) = mpsc::channel(4);
+    let (req_tx, req_rx) = mpsc::unbounded_channel();
+    let driver_sql = setup::connect(&s.url).await?;
+    let mut driver = tokio::spawn(snapshot_driver(
+        ctx.clone(),
+        driver_sql,
+        plan.tables.clone(),
+        resume,
+        req_rx,
+        chunk_tx,
+        tasks.clone(),
+    ));
+
+    let mut stream = Stream::new(
+        settings.clone(),
+        database,
+        sql,
+        producer.clone(),
+        toast,
+        chunk_rx,
+        req_tx,
+    );
+    let result = stream_loop(
+        &mut client,
+        &mut stream,
+        &producer,
+        &stop,
+        &mut driver,
+        until,
+    )
+    .await;
+    tasks.cancel();
+    stream.flush_metrics();
+
+    // Whatever happened, make what is in Kafka count.
+    let flushed = producer.flush(STOP_FLUSH_TIMEOUT).await;
+    let acked = producer.acks().acked_lsn();
+    client.update_applied_lsn(Lsn::from_u64(acked));
+    let reported = client.metrics();
+    let deadline = tokio::time::Instant::now() + replication::STATUS_INTERVAL * 3;
+    while reported.last_applied_lsn().as_u64() < acked
+        && tokio::time::Instant::now() < deadline
+        && client.is_running()
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(5), client.shutdown()).await;
+    summary.acked_lsn = acked;
+    tracing::info!(lsn = %lsn_text(acked), "capture stopped");
+    result?;
+    flushed?;
+    Ok(summary)
+}
+
+async fn stream_loop(
+    client: &mut ReplicationClient,
+    stream: &mut Stream,
+    producer: &CaptureProducer,
+    stop: &CancellationToken,
+    driver: &mut tokio::task::JoinHandle<Result<(), CaptureError>>,
+    until: Option<u64>,
+) -> Result<(), CaptureError> {
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let mut reported = 0u64;
+    let mut driver_done = false;
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => return Ok(()),
+            ev = client.recv() => match ev {
+                Ok(Some(ev)) => stream.handle(ev).await?,
+                Ok(None) => return Err(CaptureError::Replication(pgwire_replication::PgWireError::Task("the server ended the replication stream".into()))),
+                Err(e) => return Err(CaptureError::Replication(e)),
+            },
+            r = &mut *driver, if !driver_done => {
+                driver_done = true;
+                match r {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => return Err(e),
+                    Err(e) => return Err(CaptureError::Snapshot { table: "*".into(), message: format!("snapshot task failed: {e}") }),
+                }
+            }
+            _ = tick.tick() => {
+                stream.flush_metrics();
+                if let Some(e) = producer.acks().failure() {
+                    return Err(CaptureError::kafka("delivering a change event", e));
+                }
+            }
+        }
+        let acked = producer.acks().acked_lsn();
+        if acked > reported {
+            client.update_applied_lsn(Lsn::from_u64(acked));
+            ::metrics::gauge!(metrics::ACKED_LSN).set(acked as f64);
+            reported = acked;
+            if until.is_some_and(|u| acked >= u) {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Runs incremental snapshots: the unfinished ones at start, then each request.
+async fn snapshot_driver(
+    ctx: SnapshotContext,
+    sql: tokio_postgres::Client,
+    tables: Vec<CapturedTable>,
+    resume: Vec<(CapturedTable, Option<Vec<String>>)>,
+    mut requests: mpsc::UnboundedReceiver<SnapshotRequest>,
+    chunks: mpsc::Sender<snapshot::Chunk>,
+    stop: CancellationToken,
+) -> Result<(), CaptureError> {
+    let mut rels = Relations::new(ctx.settings.topics.clone());
+    let mut next_id = (envelope::now_ms() as u64) << 16;
+    let mut queue: std::collections::VecDeque<(CapturedTable, Option<Vec<String>>)> = resume.into();
+    if !queue.is_empty() {
+        let names: Vec<String> = queue
+            .iter()
+            .filter(|(_, k)| k.is_none())
+            .map(|(t, _)| t.qualified())
+            .collect();
+        snapshot::mark_pending(&sql, &ctx.settings.slot, &names).await?;
+    }
+    loop {
+        while let Some((t, last_key)) = queue.pop_front() {
+            tokio::select! {
+                _ = stop.cancelled() => return Ok(()),
+                r = snapshot::incremental(&ctx, &sql, &mut rels, &t, last_key, &chunks, &mut next_id) => { r?; }
+            }
+        }
+        let (names, hold) = tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            r = requests.recv() => match r { Some(r) => r, None => return Ok(()) },
+        };
+        let wanted: Vec<CapturedTable> = names
+            .iter()
+            .filter_map(|n| {
+                let t = tables.iter().find(|t| t.qualified() == *n);
+                if t.is_none() {
+                    tracing::warn!(table = %n, "snapshot requested for a table that is not captured; ignored");
+                }
+                t.cloned()
+            })
+            .collect();
+        let qualified: Vec<String> = wanted.iter().map(CapturedTable::qualified).collect();
+        let recorded = snapshot::mark_pending(&sql, &ctx.settings.slot, &qualified).await;
+        if let Some(b) = hold {
+            ctx.producer.acks().release(b);
+        }
+        recorded?;
+        queue.extend(wanted.into_iter().map(|t| (t, None)));
+    }
+}
+
+/// Creates the change topics of the captured tables (broker defaults for
+/// partitions and replication); existing topics are left alone.
+async fn ensure_topics(
+    cc: &rdkafka::ClientConfig,
+    s: &Settings,
+    tables: &[CapturedTable],
+) -> Result<(), CaptureError> {
+    let admin: AdminClient<DefaultClientContext> = cc
+        .create()
+        .map_err(|e| CaptureError::kafka("creating the admin client", e))?;
+    let mut names: Vec<String> = tables
+        .iter()
+        .map(|t| s.topics.cdc(&t.schema, &t.name))
+        .collect();
+    if s.transaction_events {
+        names.push(s.topics.cdc_transactions());
+    }
+    if names.is_empty() {
+        return Ok(());
+    }
+    let topics: Vec<NewTopic<'_>> = names
+        .iter()
+        .map(|n| NewTopic::new(n, -1, TopicReplication::Fixed(-1)))
+        .collect();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let results = admin
+        .create_topics(&topics, &opts)
+        .await
+        .map_err(|e| CaptureError::kafka("creating topics", e))?;
+    for r in results {
+        if let Err((topic, code)) = r
+            && code != RDKafkaErrorCode::TopicAlreadyExists
+        {
+            tracing::error!(%topic, "topic creation failed");
+            return Err(CaptureError::kafka(
+                "creating topics",
+                rdkafka::error::KafkaError::AdminOp(code),
+            ));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,396 @@
+//! The Kafka side of capture: an idempotent, acks=all producer whose delivery
+//! reports drive the LSN that is acknowledged to PostgreSQL.
+//!
+//! ```text
+//!  stream ──send(batch id)──► librdkafka ──delivery report──► Acks::delivered
+//!     ▲                                                          │ batch done, in order
+//!     └──────────── acked_lsn ◄──────────────────────────────────┘
+//! ```
+//!
+//! A *batch* is one source transaction (or one snapshot table). Events are
+//! produced as soon as they are decoded; a batch's LSN becomes acknowledged
+//! only once it is sealed (its commit was seen) and every earlier batch and
+//! every one of its own events were acknowledged by Kafka. In-flight bytes are
+//! bounded: `send` waits for deliveries instead of buffering without limit.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use tokio::sync::Notify;
+
+use super::error::CaptureError;
+
+/// Header carrying the commit LSN (`X/Y`) of the source transaction.
+pub const HEADER_COMMIT_LSN: &str = "extsync.commit_lsn";
+/// Header carrying the source transaction id.
+pub const HEADER_XID: &str = "extsync.xid";
+/// Header carrying a key that is the same every time this change is produced.
+pub const HEADER_IDEMPOTENCY_KEY: &str = "extsync.idempotency_key";
+
+#[derive(Debug)]
+struct Batch {
+    id: u64,
+    sealed: bool,
+    lsn: Option<u64>,
+    outstanding: u64,
+    opened: Instant,
+}
+
+#[derive(Debug, Default)]
+struct AckState {
+    batches: VecDeque<Batch>,
+    next_id: u64,
+    acked_lsn: u64,
+    in_flight_bytes: u64,
+    failure: Option<KafkaError>,
+}
+
+impl AckState {
+    fn find(&mut self, id: u64) -> Option<&mut Batch> {
+        let front = self.batches.front()?.id;
+        let idx = id.checked_sub(front)? as usize;
+        self.batches.get_mut(idx).filter(|b| b.id == id)
+    }
+
+    fn pop_done(&mut self) {
+        while let Some(b) = self.batches.front() {
+            if !(b.sealed && b.outstanding == 0) {
+                break;
+            }
+            if let Some(lsn) = b.lsn {
+                self.acked_lsn = self.acked_lsn.max(lsn);
+            }
+            self.batches.pop_front();
+        }
+    }
+}
+
+/// Shared acknowledgement state between the capture task and librdkafka's
+/// delivery thread.
+#[derive(Default)]
+pub struct Acks {
+    state: Mutex<AckState>,
+    changed: Notify,
+}
+
+impl Acks {
+    /// Opens a batch; events sent with its id count against it.
+    pub fn open(&self) -> u64 {
+        let mut s = self.state.lock().expect("ack state");
+        let id = s.next_id;
+        s.next_id += 1;
+        s.batches.push_back(Batch {
+            id,
+            sealed: false,
+            lsn: None,
+            outstanding: 0,
+            opened: Instant::now(),
+        });
+        id
+    }
+
+    /// Marks a batch complete at the source; `lsn` is acknowledged once all
+    /// its events and all earlier batches are in Kafka.
+    pub fn seal(&self, id: u64, lsn: Option<u64>) {
+        let mut s = self.state.lock().expect("ack state");
+        if let Some(b) = s.find(id) {
+            b.sealed = true;
+            b.lsn = lsn;
+        }
+        s.pop_done();
+        drop(s);
+        self.changed.notify_one();
+    }
+
+    /// A position with nothing to deliver (a keepalive, a skipped
+    /// transaction): acknowledged as soon as everything before it is.
+    pub fn mark(&self, lsn: u64) {
+        let mut s = self.state.lock().expect("ack state");
+        if s.batches.is_empty() {
+            s.acked_lsn = s.acked_lsn.max(lsn);
+            return;
+        }
+        let id = s.next_id;
+        s.next_id += 1;
+        s.batches.push_back(Batch {
+            id,
+            sealed: true,
+            lsn: Some(lsn),
+            outstanding: 0,
+            opened: Instant::now(),
+        });
+    }
+
+    /// Holds a batch open for work outside Kafka (e.g. recording a snapshot
+    /// request); [`Acks::release`] ends the hold.
+    pub fn hold(&self, id: u64) {
+        if let Some(b) = self.state.lock().expect("ack state").find(id) {
+            b.outstanding += 1;
+        }
+    }
+
+    pub fn release(&self, id: u64) {
+        self.complete(id, 0, None);
+    }
+
+    fn sending(&self, id: u64, bytes: u64) {
+        let mut s = self.state.lock().expect("ack state");
+        s.in_flight_bytes += bytes;
+        if let Some(b) = s.find(id) {
+            b.outstanding += 1;
+        }
+    }
+
+    fn complete(&self, id: u64, bytes: u64, error: Option<KafkaError>) {
+        let mut s = self.state.lock().expect("ack state");
+        s.in_flight_bytes = s.in_flight_bytes.saturating_sub(bytes);
+        if let Some(e) = error {
+            s.failure.get_or_insert(e);
+        }
+        if let Some(b) = s.find(id) {
+            b.outstanding = b.outstanding.saturating_sub(1);
+        }
+        s.pop_done();
+        drop(s);
+        self.changed.notify_one();
+    }
+
+    /// The highest LSN whose events are all in Kafka.
+    pub fn acked_lsn(&self) -> u64 {
+        self.state.lock().expect("ack state").acked_lsn
+    }
+
+    /// Sets the acknowledged LSN at start (the slot's confirmed position).
+    pub fn start_at(&self, lsn: u64) {
+        let mut s = self.state.lock().expect("ack state");
+        s.acked_lsn = s.acked_lsn.max(lsn);
+    }
+
+    pub fn in_flight_bytes(&self) -> u64 {
+        self.state.lock().expect("ack state").in_flight_bytes
+    }
+
+    /// True when batch `id` is complete (or was never opened).
+    pub fn is_done(&self, id: u64) -> bool {
+        let mut s = self.state.lock().expect("ack state");
+        s.find(id).is_none()
+    }
+
+    /// Age of the oldest batch not yet acknowledged.
+    pub fn oldest_pending_age(&self) -> Option<Duration> {
+        self.state
+            .lock()
+            .expect("ack state")
+            .batches
+            .front()
+            .map(|b| b.opened.elapsed())
+    }
+
+    /// The first delivery failure, if any: capture stops on it.
+    pub fn failure(&self) -> Option<KafkaError> {
+        self.state.lock().expect("ack state").failure.clone()
+    }
+
+    /// Waits until some delivery report or seal arrives (or `max` passes).
+    pub async fn changed(&self, max: Duration) {
+        let _ = tokio::time::timeout(max, self.changed.notified()).await;
+    }
+}
+
+/// The librdkafka context: routes delivery reports into [`Acks`].
+pub struct CaptureContext {
+    acks: Arc<Acks>,
+}
+
+impl ClientContext for CaptureContext {}
+
+impl ProducerContext for CaptureContext {
+    type DeliveryOpaque = Box<(u64, u64)>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, opaque: Self::DeliveryOpaque) {
+        let (id, bytes) = *opaque;
+        match result {
+            Ok(_) => self.acks.complete(id, bytes, None),
+            Err((e, _)) => self.acks.complete(id, bytes, Some(e.clone())),
+        }
+    }
+}
+
+/// One event ready for Kafka.
+pub struct Outgoing<'a> {
+    pub topic: &'a str,
+    pub key: Option<&'a [u8]>,
+    pub payload: &'a [u8],
+    pub commit_lsn: &'a str,
+    pub xid: Option<u32>,
+    pub idempotency_key: &'a str,
+}
+
+/// The capture producer.
+pub struct CaptureProducer {
+    producer: ThreadedProducer<CaptureContext>,
+    acks: Arc<Acks>,
+    max_in_flight_bytes: u64,
+}
+
+impl CaptureProducer {
+    /// `cc` carries brokers and pass-through options; durability settings are
+    /// added here.
+    pub fn new(cc: ClientConfig, max_in_flight_bytes: u64) -> Result<Self, CaptureError> {
+        let mut cc = crate::kafka::durable_producer(cc);
+        let kbytes = (max_in_flight_bytes / 1024).clamp(1024, 2 * 1024 * 1024);
+        cc.set("queue.buffering.max.kbytes", kbytes.to_string())
+            .set("queue.buffering.max.messages", "1000000")
+            .set("batch.size", "1000000")
+            .set("linger.ms", "10")
+            .set("message.max.bytes", "10000000");
+        let acks = Arc::new(Acks::default());
+        let producer = cc
+            .create_with_context(CaptureContext { acks: acks.clone() })
+            .map_err(|e| CaptureError::kafka("creating the producer", e))?;
+        Ok(Self {
+            producer,
+            acks,
+            max_in_flight_bytes,
+        })
+    }
+
+    pub fn acks(&self) -> &Arc<Acks> {
+        &self.acks
+    }
+
+    /// Produces one event of batch `batch`; waits while the in-flight bound
+    /// is reached. Fails on the first delivery error seen.
+    pub async fn send(&self, batch: u64, ev: Outgoing<'_>) -> Result<(), CaptureError> {
+        let bytes = (ev.payload.len() + ev.key.map_or(0, <[u8]>::len) + 64) as u64;
+        loop {
+            if let Some(e) = self.acks.failure() {
+                return Err(CaptureError::kafka("delivering a change event", e));
+            }
+            if self.acks.in_flight_bytes() + bytes <= self.max_in_flight_bytes
+                || self.acks.in_flight_bytes() == 0
+            {
+                break;
+            }
+            self.acks.changed(Duration::from_millis(50)).await;
+        }
+        let xid_text;
+        let mut headers = OwnedHeaders::new_with_capacity(3)
+            .insert(Header {
+                key: HEADER_COMMIT_LSN,
+                value: Some(ev.commit_lsn),
+            })
+            .insert(Header {
+                key: HEADER_IDEMPOTENCY_KEY,
+                value: Some(ev.idempotency_key),
+            });
+        if let Some(x) = ev.xid {
+            xid_text = x.to_string();
+            headers = headers.insert(Header {
+                key: HEADER_XID,
+                value: Some(&xid_text),
+            });
+        }
+        self.acks.sending(batch, bytes);
+        let mut record = BaseRecord::with_opaque_to(ev.topic, Box::new((batch, bytes)))
+            .payload(ev.payload)
+            .headers(headers);
+        if let Some(k) = ev.key {
+            record = record.key(k);
+        }
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    record = back;
+                    self.acks.changed(Duration::from_millis(5)).await;
+                }
+                Err((e, _)) => {
+                    self.acks.complete(batch, bytes, None);
+                    return Err(CaptureError::kafka("producing a change event", e));
+                }
+            }
+        }
+    }
+
+    /// Waits until batch `id` is acknowledged by Kafka.
+    pub async fn wait_batch(&self, id: u64) -> Result<(), CaptureError> {
+        loop {
+            if let Some(e) = self.acks.failure() {
+                return Err(CaptureError::kafka("delivering a change event", e));
+            }
+            if self.acks.is_done(id) {
+                return Ok(());
+            }
+            self.acks.changed(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Flushes everything queued (used at shutdown).
+    pub async fn flush(&self, timeout: Duration) -> Result<(), CaptureError> {
+        let p = self.producer.clone();
+        tokio::task::spawn_blocking(move || p.flush(timeout))
+            .await
+            .expect("flush task")
+            .map_err(|e| CaptureError::kafka("flushing", e))?;
+        match self.acks.failure() {
+            Some(e) => Err(CaptureError::kafka("delivering a change event", e)),
+            None => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lsn_advances_only_when_every_earlier_batch_is_delivered() {
+        let acks = Acks::default();
+        let a = acks.open();
+        acks.sending(a, 10);
+        let b = acks.open();
+        acks.sending(b, 10);
+        acks.seal(b, Some(200));
+        acks.complete(b, 10, None);
+        // b is done but a is still open: nothing acknowledged.
+        assert_eq!(acks.acked_lsn(), 0);
+        acks.seal(a, Some(100));
+        assert_eq!(acks.acked_lsn(), 0);
+        acks.complete(a, 10, None);
+        assert_eq!(acks.acked_lsn(), 200);
+        assert_eq!(acks.in_flight_bytes(), 0);
+        acks.mark(300);
+        assert_eq!(acks.acked_lsn(), 300);
+    }
+
+    #[test]
+    fn a_mark_waits_behind_pending_batches() {
+        let acks = Acks::default();
+        let a = acks.open();
+        acks.sending(a, 1);
+        acks.seal(a, Some(100));
+        acks.mark(150);
+        assert_eq!(acks.acked_lsn(), 0);
+        acks.complete(a, 1, None);
+        assert_eq!(acks.acked_lsn(), 150);
+    }
+
+    #[test]
+    fn a_hold_keeps_the_batch_open() {
+        let acks = Acks::default();
+        let a = acks.open();
+        acks.hold(a);
+        acks.seal(a, Some(10));
+        assert_eq!(acks.acked_lsn(), 0);
+        acks.release(a);
+        assert_eq!(acks.acked_lsn(), 10);
+    }
+}

@@ -1,0 +1,606 @@
+//! The streaming loop: replication events in, Kafka events out, acknowledged
+//! LSN back to PostgreSQL.
+//!
+//! ```text
+//!  ReplicationClient ─► Begin ─► [Origin] ─► Relation/Insert/Update/Delete/Truncate ─► Commit
+//!        │                drop/tag own writes        │ envelope + key + headers    │ seal batch
+//!        │                                           ▼                             ▼
+//!        └◄── update_applied_lsn(acked) ◄── Acks ◄── CaptureProducer ──► <prefix>.cdc.<schema>.<table>
+//! ```
+//!
+//! Events are produced as they are decoded, so a huge transaction never sits
+//! in memory; its LSN is acknowledged once Kafka has every event of it.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use pgwire_replication::ReplicationEvent;
+use tokio::sync::mpsc;
+use tokio_postgres::Client;
+
+use super::envelope::{self, Envelope, Op, SnapshotMark, Source, TxRef};
+use super::error::CaptureError;
+use super::heartbeat;
+use super::metrics as m;
+use super::pgoutput::{self, Cell, Message, OldKind, Tuple};
+use super::producer::{CaptureProducer, Outgoing};
+use super::relations::{self, Relations, Table};
+use super::setup::Settings;
+use super::snapshot::{self, Chunk};
+use super::toast::ToastCache;
+use crate::config::OwnWrites;
+
+/// A snapshot request seen in the stream: tables, and the batch held until
+/// the request is recorded.
+pub type SnapshotRequest = (Vec<String>, Option<u64>);
+
+struct Tx {
+    batch: u64,
+    xid: u32,
+    commit_ms: i64,
+    origin: Option<String>,
+    skip: bool,
+    seq: u64,
+    lsn_text: String,
+    id: String,
+    /// `{"id":"<xid>:<lsn>"}`: the key of transaction markers.
+    key: String,
+    begun: bool,
+    counts: Vec<(String, u64)>,
+}
+
+struct Window {
+    table: String,
+    touched: HashSet<Vec<u8>>,
+}
+
+/// Reusable encoding buffers.
+#[derive(Default)]
+struct Scratch {
+    key: Vec<u8>,
+    old_key: Vec<u8>,
+    before: Vec<u8>,
+    after: Vec<u8>,
+    payload: Vec<u8>,
+    idem: String,
+    unavailable: Vec<usize>,
+    filled: Vec<(usize, Arc<[u8]>)>,
+}
+
+/// State of one replication session.
+pub struct Stream {
+    settings: Arc<Settings>,
+    database: Arc<str>,
+    sql: Client,
+    producer: Arc<CaptureProducer>,
+    relations: Relations,
+    toast: ToastCache,
+    tx: Option<Tx>,
+    windows: HashMap<u64, Window>,
+    chunks: mpsc::Receiver<Chunk>,
+    ready_chunks: HashMap<u64, Chunk>,
+    requests: mpsc::UnboundedSender<SnapshotRequest>,
+    scratch: Scratch,
+    tx_topic: String,
+    counted: u64,
+}
+
+impl Stream {
+    pub fn new(
+        settings: Arc<Settings>,
+        database: Arc<str>,
+        sql: Client,
+        producer: Arc<CaptureProducer>,
+        toast: ToastCache,
+        chunks: mpsc::Receiver<Chunk>,
+        requests: mpsc::UnboundedSender<SnapshotRequest>,
+    ) -> Self {
+        Self {
+            relations: Relations::new(settings.topics.clone()),
+            tx_topic: settings.topics.cdc_transactions(),
+            settings,
+            database,
+            sql,
+            producer,
+            toast,
+            tx: None,
+            windows: HashMap::new(),
+            chunks,
+            ready_chunks: HashMap::new(),
+            requests,
+            scratch: Scratch::default(),
+            counted: 0,
+        }
+    }
+
+    /// Handles one replication event.
+    pub async fn handle(&mut self, ev: ReplicationEvent) -> Result<(), CaptureError> {
+        match ev {
+            ReplicationEvent::Begin {
+                final_lsn,
+                xid,
+                commit_time_micros,
+            } => {
+                let final_lsn = final_lsn.as_u64();
+                self.tx = Some(Tx {
+                    batch: self.producer.acks().open(),
+                    xid,
+                    commit_ms: (commit_time_micros + envelope::PG_EPOCH_OFFSET_US) / 1000,
+                    origin: None,
+                    skip: false,
+                    seq: 0,
+                    lsn_text: envelope::lsn_text(final_lsn),
+                    id: format!("{xid}:{final_lsn}"),
+                    key: format!("{{\"id\":\"{xid}:{final_lsn}\"}}"),
+                    begun: false,
+                    counts: Vec::new(),
+                });
+            }
+            ReplicationEvent::Commit { end_lsn, .. } => self.commit(end_lsn.as_u64()).await?,
+            ReplicationEvent::Message {
+                transactional,
+                lsn,
+                prefix,
+                content,
+            } => {
+                self.message(transactional, lsn.as_u64(), &prefix, content)
+                    .await?
+            }
+            ReplicationEvent::XLogData {
+                wal_start, data, ..
+            } => self.data(wal_start.as_u64(), data).await?,
+            ReplicationEvent::KeepAlive { wal_end, .. } => {
+                if self.tx.is_none() {
+                    self.producer.acks().mark(wal_end.as_u64());
+                }
+            }
+            ReplicationEvent::StoppedAt { .. } => {}
+        }
+        Ok(())
+    }
+
+    /// Flushes the local event counter into the metric.
+    pub fn flush_metrics(&mut self) {
+        if self.counted > 0 {
+            metrics::counter!(m::EVENTS_TOTAL).increment(self.counted);
+            self.counted = 0;
+        }
+    }
+
+    async fn commit(&mut self, end_lsn: u64) -> Result<(), CaptureError> {
+        let Some(tx) = self.tx.take() else {
+            return Ok(());
+        };
+        if tx.begun && self.settings.transaction_events {
+            let s = &mut self.scratch;
+            s.payload.clear();
+            envelope::write_tx_marker(&mut s.payload, false, &tx.id, tx.commit_ms, &tx.counts);
+            s.idem.clear();
+            s.idem.push_str(&tx.lsn_text);
+            s.idem.push_str("/end");
+            self.producer
+                .send(
+                    tx.batch,
+                    Outgoing {
+                        topic: &self.tx_topic,
+                        key: Some(tx.key.as_bytes()),
+                        payload: &s.payload,
+                        commit_lsn: &tx.lsn_text,
+                        xid: Some(tx.xid),
+                        idempotency_key: &s.idem,
+                    },
+                )
+                .await?;
+        }
+        let outcome = if tx.skip {
+            "dropped_own_write"
+        } else {
+            "emitted"
+        };
+        metrics::counter!(m::TRANSACTIONS_TOTAL, "outcome" => outcome).increment(1);
+        self.producer.acks().seal(tx.batch, Some(end_lsn));
+        if self.counted >= 10_000 {
+            self.flush_metrics();
+        }
+        Ok(())
+    }
+
+    async fn message(
+        &mut self,
+        transactional: bool,
+        lsn: u64,
+        prefix: &str,
+        content: Bytes,
+    ) -> Result<(), CaptureError> {
+        match prefix {
+            heartbeat::PREFIX if self.tx.is_none() => self.producer.acks().mark(lsn),
+            snapshot::WATERMARK_PREFIX if transactional => {
+                let text = String::from_utf8_lossy(&content);
+                let Some((high, id, table)) = snapshot::parse_watermark(&self.settings.slot, &text)
+                else {
+                    return Ok(());
+                };
+                if !high {
+                    self.windows.insert(
+                        id,
+                        Window {
+                            table: table.to_string(),
+                            touched: HashSet::new(),
+                        },
+                    );
+                } else {
+                    self.emit_chunk(id, lsn).await?;
+                }
+            }
+            snapshot::REQUEST_PREFIX => {
+                let tables: Vec<String> = String::from_utf8_lossy(&content)
+                    .split(',')
+                    .map(|t| t.trim().to_string())
+                    .filter(|t| !t.is_empty())
+                    .collect();
+                let hold = self.tx.as_ref().map(|t| t.batch);
+                if let Some(b) = hold {
+                    self.producer.acks().hold(b);
+                }
+                tracing::info!(tables = tables.len(), "snapshot requested");
+                if self.requests.send((tables, hold)).is_err()
+                    && let Some(b) = hold
+                {
+                    self.producer.acks().release(b);
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Emits the rows of chunk `id` whose keys did not change inside its window.
+    async fn emit_chunk(&mut self, id: u64, lsn: u64) -> Result<(), CaptureError> {
+        let window = self.windows.remove(&id);
+        while let Ok(c) = self.chunks.try_recv() {
+            self.ready_chunks.insert(c.id, c);
+        }
+        let (Some(window), Some(chunk), Some(tx)) =
+            (window, self.ready_chunks.remove(&id), self.tx.as_ref())
+        else {
+            return Ok(());
+        };
+        let now = envelope::now_ms();
+        let lsn_text = envelope::lsn_text(lsn);
+        let mut emitted = 0u64;
+        for (key, row) in &chunk.rows {
+            if window.touched.contains(key) {
+                continue;
+            }
+            let s = &mut self.scratch;
+            s.payload.clear();
+            Envelope {
+                op: Op::Read,
+                before: None,
+                after: Some(row),
+                source: Source {
+                    name: &self.settings.pipeline,
+                    db: &self.database,
+                    schema: &chunk.schema,
+                    table: &chunk.name,
+                    ts_ms: now,
+                    tx_id: None,
+                    lsn,
+                    snapshot: SnapshotMark::Incremental,
+                    origin: None,
+                },
+                unavailable: &[],
+                transaction: None,
+                ts_ms: now,
+            }
+            .write(&mut s.payload);
+            s.idem.clear();
+            s.idem.push_str("r/");
+            s.idem.push_str(&lsn_text);
+            s.idem.push('/');
+            s.idem.push_str(&chunk.table);
+            s.idem.push('/');
+            s.idem.push_str(&String::from_utf8_lossy(key));
+            self.producer
+                .send(
+                    tx.batch,
+                    Outgoing {
+                        topic: &chunk.topic,
+                        key: Some(key),
+                        payload: &s.payload,
+                        commit_lsn: &tx.lsn_text,
+                        xid: Some(tx.xid),
+                        idempotency_key: &s.idem,
+                    },
+                )
+                .await?;
+            emitted += 1;
+        }
+        metrics::counter!(m::EVENTS_TOTAL, "op" => "r").increment(emitted);
+        let _ = chunk.done.send(tx.batch);
+        Ok(())
+    }
+
+    async fn data(&mut self, lsn: u64, data: Bytes) -> Result<(), CaptureError> {
+        match pgoutput::decode(data)? {
+            Message::Origin { name, .. } => {
+                if let Some(tx) = self.tx.as_mut() {
+                    tx.skip =
+                        name == self.settings.origin && self.settings.own_writes == OwnWrites::Drop;
+                    tx.origin = Some(name);
+                }
+            }
+            Message::Relation(body) => {
+                self.relations.apply(&self.sql, body).await?;
+            }
+            Message::Insert { rel, new } => {
+                let t = self.table(rel, "Insert")?;
+                self.change(lsn, &t, Op::Create, None, Some(&new)).await?;
+            }
+            Message::Update { rel, old, new } => {
+                let t = self.table(rel, "Update")?;
+                self.change(
+                    lsn,
+                    &t,
+                    Op::Update,
+                    old.as_ref().map(|(k, t)| (*k, t)),
+                    Some(&new),
+                )
+                .await?;
+            }
+            Message::Delete { rel, old } => {
+                let t = self.table(rel, "Delete")?;
+                self.change(lsn, &t, Op::Delete, Some((old.0, &old.1)), None)
+                    .await?;
+            }
+            Message::Truncate { rels, .. } => {
+                for rel in rels {
+                    let t = self.table(rel, "Truncate")?;
+                    self.change(lsn, &t, Op::Truncate, None, None).await?;
+                }
+            }
+            Message::LogicalMessage {
+                transactional,
+                lsn,
+                prefix,
+                content,
+            } => self.message(transactional, lsn, &prefix, content).await?,
+            Message::Begin { .. } | Message::Commit { .. } | Message::Type { .. } => {}
+            Message::Unknown(tag) => {
+                tracing::debug!(tag = %(tag as char), "ignoring pgoutput message")
+            }
+        }
+        Ok(())
+    }
+
+    fn table(&self, rel: u32, kind: &'static str) -> Result<Arc<Table>, CaptureError> {
+        self.relations
+            .get(rel)
+            .cloned()
+            .ok_or(CaptureError::UnknownRelation(kind, rel))
+    }
+
+    /// Encodes and produces one change.
+    async fn change(
+        &mut self,
+        lsn: u64,
+        table: &Table,
+        op: Op,
+        old: Option<(OldKind, &Tuple)>,
+        new: Option<&Tuple>,
+    ) -> Result<(), CaptureError> {
+        let numeric = self.settings.numeric;
+        let s = &mut self.scratch;
+        s.key.clear();
+        s.old_key.clear();
+        let has_key = match (new, old) {
+            (Some(n), _) => relations::write_key(&mut s.key, table, &n.cells, numeric),
+            (None, Some((_, o))) => relations::write_key(&mut s.key, table, &o.cells, numeric),
+            _ => false,
+        };
+        // A key change is a delete of the old key and a create of the new one,
+        // so that each key's partition sees its own history.
+        let mut key_changed = false;
+        if let (Some((_, o)), Op::Update) = (old, op)
+            && relations::write_key(&mut s.old_key, table, &o.cells, numeric)
+            && s.old_key != s.key
+        {
+            key_changed = true;
+        }
+        if !self.windows.is_empty() && has_key {
+            let q = table.qualified();
+            for w in self.windows.values_mut().filter(|w| w.table == q) {
+                w.touched.insert(s.key.clone());
+                if key_changed {
+                    w.touched.insert(s.old_key.clone());
+                }
+            }
+        }
+        let Some(tx) = self.tx.as_mut() else {
+            return Ok(());
+        };
+        if tx.skip {
+            return Ok(());
+        }
+
+        // Row images.
+        s.before.clear();
+        s.after.clear();
+        s.unavailable.clear();
+        s.filled.clear();
+        let mut before = false;
+        if let Some((kind, o)) = old {
+            match kind {
+                OldKind::Full => {
+                    relations::write_row(
+                        &mut s.before,
+                        table,
+                        &o.cells,
+                        numeric,
+                        &mut |_| None,
+                        &mut Vec::new(),
+                    );
+                    before = true;
+                }
+                OldKind::Key if op == Op::Delete || key_changed => {
+                    s.before
+                        .extend_from_slice(if key_changed { &s.old_key } else { &s.key });
+                    before = true;
+                }
+                OldKind::Key => {}
+            }
+        }
+        let mut after = false;
+        if let Some(n) = new {
+            let toast = &self.toast;
+            let key = &s.key;
+            let filled = &mut s.filled;
+            relations::write_row(
+                &mut s.after,
+                table,
+                &n.cells,
+                numeric,
+                &mut |i| {
+                    let v = if has_key {
+                        toast.lookup(table, key, i)
+                    } else {
+                        None
+                    };
+                    if let Some(v) = &v {
+                        filled.push((i, v.clone()));
+                    }
+                    v
+                },
+                &mut s.unavailable,
+            );
+            after = true;
+            if has_key
+                && (!s.filled.is_empty()
+                    || toast_sized(&n.cells)
+                    || (op == Op::Update && self.toast.entry_count() > 0))
+            {
+                self.toast
+                    .remember_with(table, &s.key, &n.cells, numeric, &s.filled);
+            }
+        } else if op == Op::Delete && has_key && self.toast.entry_count() > 0 {
+            self.toast.forget(table, &s.key);
+        }
+
+        if self.settings.transaction_events && !tx.begun {
+            tx.begun = true;
+            s.payload.clear();
+            envelope::write_tx_marker(&mut s.payload, true, &tx.id, tx.commit_ms, &[]);
+            s.idem.clear();
+            s.idem.push_str(&tx.lsn_text);
+            s.idem.push_str("/begin");
+            self.producer
+                .send(
+                    tx.batch,
+                    Outgoing {
+                        topic: &self.tx_topic,
+                        key: Some(tx.key.as_bytes()),
+                        payload: &s.payload,
+                        commit_lsn: &tx.lsn_text,
+                        xid: Some(tx.xid),
+                        idempotency_key: &s.idem,
+                    },
+                )
+                .await?;
+        }
+
+        let unavailable: Vec<&str> = s
+            .unavailable
+            .iter()
+            .map(|&i| table.columns[i].name.as_str())
+            .collect();
+        let origin = tx.origin.as_deref();
+        let emits: &[(Op, bool)] = if key_changed {
+            &[(Op::Delete, true), (Op::Create, false)]
+        } else {
+            &[(op, false)]
+        };
+        for &(op, old_side) in emits {
+            tx.seq += 1;
+            if self.settings.transaction_events {
+                let q = table.qualified();
+                match tx.counts.iter_mut().find(|(n, _)| *n == q) {
+                    Some((_, c)) => *c += 1,
+                    None => tx.counts.push((q, 1)),
+                }
+            }
+            s.payload.clear();
+            let (b, a) = if key_changed {
+                if old_side {
+                    (Some(s.before.as_slice()), None)
+                } else {
+                    (None, Some(s.after.as_slice()))
+                }
+            } else {
+                (
+                    before.then_some(s.before.as_slice()),
+                    after.then_some(s.after.as_slice()),
+                )
+            };
+            Envelope {
+                op,
+                before: b,
+                after: a,
+                source: Source {
+                    name: &self.settings.pipeline,
+                    db: &self.database,
+                    schema: &table.schema,
+                    table: &table.name,
+                    ts_ms: tx.commit_ms,
+                    tx_id: Some(tx.xid),
+                    lsn,
+                    snapshot: SnapshotMark::False,
+                    origin,
+                },
+                unavailable: &unavailable,
+                transaction: self.settings.transaction_events.then_some(TxRef {
+                    id: &tx.id,
+                    total_order: tx.seq,
+                }),
+                ts_ms: envelope::now_ms(),
+            }
+            .write(&mut s.payload);
+            s.idem.clear();
+            s.idem.push_str(&tx.lsn_text);
+            s.idem.push('/');
+            s.idem.push_str(itoa(tx.seq).as_str());
+            let key: Option<&[u8]> = if old_side {
+                Some(&s.old_key)
+            } else if has_key {
+                Some(&s.key)
+            } else {
+                None
+            };
+            self.producer
+                .send(
+                    tx.batch,
+                    Outgoing {
+                        topic: &table.topic,
+                        key,
+                        payload: &s.payload,
+                        commit_lsn: &tx.lsn_text,
+                        xid: Some(tx.xid),
+                        idempotency_key: &s.idem,
+                    },
+                )
+                .await?;
+            self.counted += 1;
+        }
+        Ok(())
+    }
+}
+
+fn toast_sized(cells: &[Cell]) -> bool {
+    cells
+        .iter()
+        .any(|c| matches!(c, Cell::Text(b) if b.len() >= super::toast::MIN_CACHED_VALUE_BYTES))
+}
+
+fn itoa(n: u64) -> String {
+    n.to_string()
+}
