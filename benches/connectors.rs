@@ -2,6 +2,8 @@
 //! line: `cargo bench --bench connectors [-- <system>…]`.
 //! Each system lives in `benches/connectors/<system>.rs`.
 
+#[path = "connectors/hubspot.rs"]
+mod hubspot;
 #[path = "connectors/salesforce.rs"]
 mod salesforce;
 
@@ -17,5 +19,8 @@ fn main() {
         .expect("runtime");
     if runs("salesforce") {
         rt.block_on(salesforce::run());
+    }
+    if runs("hubspot") {
+        rt.block_on(hubspot::run());
     }
 }

@@ -37,6 +37,13 @@ struct Filter {
     high_value: Option<Value>,
     #[serde(default)]
     values: Option<Vec<Value>>,
+    /// `value`, `highValue` and `values` parsed once per request.
+    #[serde(skip)]
+    want: Option<Key>,
+    #[serde(skip)]
+    high: Option<Key>,
+    #[serde(skip)]
+    keys: Vec<Key>,
 }
 
 #[derive(Deserialize)]
@@ -149,35 +156,42 @@ impl Filter {
         Ok(())
     }
 
+    /// Parses the filter's values once, before the scan.
+    fn prepare(&mut self) {
+        let name = self.property_name.as_str();
+        self.want = self.value.as_ref().map(|v| key_of(name, &text(v)));
+        self.high = self.high_value.as_ref().map(|v| key_of(name, &text(v)));
+        self.keys = self
+            .values
+            .iter()
+            .flatten()
+            .map(|v| key_of(name, &text(v)))
+            .collect();
+    }
+
     fn matches(&self, ty: ObjectType, rec: &Record) -> bool {
         let name = self.property_name.as_str();
         let actual = record_key(ty, rec, name);
-        let cmp = |v: &Option<Value>| -> Option<Ordering> {
-            let want = key_of(name, &text(v.as_ref()?));
-            compare(actual.as_ref()?, &want)
-        };
+        let cmp =
+            |want: &Option<Key>| -> Option<Ordering> { compare(actual.as_ref()?, want.as_ref()?) };
         let in_values = || {
             let Some(a) = actual.as_ref() else {
                 return false;
             };
-            self.values
+            self.keys
                 .iter()
-                .flatten()
-                .any(|v| compare(a, &key_of(name, &text(v))) == Some(Ordering::Equal))
+                .any(|k| compare(a, k) == Some(Ordering::Equal))
         };
         match self.operator.as_str() {
-            "EQ" => cmp(&self.value) == Some(Ordering::Equal),
-            "NEQ" => cmp(&self.value) != Some(Ordering::Equal),
-            "GT" => cmp(&self.value) == Some(Ordering::Greater),
-            "GTE" => matches!(cmp(&self.value), Some(Ordering::Greater | Ordering::Equal)),
-            "LT" => cmp(&self.value) == Some(Ordering::Less),
-            "LTE" => matches!(cmp(&self.value), Some(Ordering::Less | Ordering::Equal)),
+            "EQ" => cmp(&self.want) == Some(Ordering::Equal),
+            "NEQ" => cmp(&self.want) != Some(Ordering::Equal),
+            "GT" => cmp(&self.want) == Some(Ordering::Greater),
+            "GTE" => matches!(cmp(&self.want), Some(Ordering::Greater | Ordering::Equal)),
+            "LT" => cmp(&self.want) == Some(Ordering::Less),
+            "LTE" => matches!(cmp(&self.want), Some(Ordering::Less | Ordering::Equal)),
             "BETWEEN" => {
-                matches!(cmp(&self.value), Some(Ordering::Greater | Ordering::Equal))
-                    && matches!(
-                        cmp(&self.high_value),
-                        Some(Ordering::Less | Ordering::Equal)
-                    )
+                matches!(cmp(&self.want), Some(Ordering::Greater | Ordering::Equal))
+                    && matches!(cmp(&self.high), Some(Ordering::Less | Ordering::Equal))
             }
             "IN" => in_values(),
             "NOT_IN" => !in_values(),
@@ -197,6 +211,9 @@ impl Filter {
     }
 }
 
+/// A matching record: its sort key, its tie-break rank, the record.
+type Hit<'a> = (Option<Key>, u64, &'a Record);
+
 /// A stable order for records that tie on the sort property, unrelated to ids.
 fn scramble(id: u64) -> u64 {
     id.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(29)
@@ -209,7 +226,7 @@ pub async fn search(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let ty = object_type(&object)?;
-    let req: SearchRequest = parse_body(&body)?;
+    let mut req: SearchRequest = parse_body(&body)?;
     let limit = req.limit.unwrap_or(DEFAULT_LIMIT);
     if limit > MAX_LIMIT {
         return Err(ApiError::validation(format!(
@@ -243,8 +260,9 @@ pub async fn search(
             "Too many filters: at most {MAX_FILTER_GROUPS} filterGroups, {MAX_FILTERS_PER_GROUP} filters per group and {MAX_FILTERS} in total."
         )));
     }
-    for f in req.filter_groups.iter().flat_map(|g| &g.filters) {
+    for f in req.filter_groups.iter_mut().flat_map(|g| &mut g.filters) {
         f.check()?;
+        f.prepare();
         if !sim.store().known_property(ty, &f.property_name) {
             return Err(ApiError::validation(format!(
                 "Property \"{}\" does not exist",
@@ -258,7 +276,7 @@ pub async fn search(
         .is_some_and(|d| d.eq_ignore_ascii_case("DESCENDING"));
     let query = req.query.as_deref().map(str::to_lowercase);
     let (total, page) = sim.store().scan(ty, |records| {
-        let mut hits: Vec<(Option<Key>, u64, &Record)> = records
+        let mut hits: Vec<Hit<'_>> = records
             .filter(|r| !r.archived)
             .filter(|r| {
                 req.filter_groups.is_empty()
@@ -280,8 +298,8 @@ pub async fn search(
                 (key, scramble(r.id), r)
             })
             .collect();
-        match sort {
-            Some(_) => hits.sort_by(|a, b| {
+        let order = |a: &Hit<'_>, b: &Hit<'_>| match sort {
+            Some(_) => {
                 let by_key = match (&a.0, &b.0) {
                     (Some(x), Some(y)) => {
                         let o = compare(x, y).unwrap_or(Ordering::Equal);
@@ -292,10 +310,17 @@ pub async fn search(
                     (None, None) => Ordering::Equal,
                 };
                 by_key.then(a.1.cmp(&b.1))
-            }),
-            None => hits.sort_by_key(|h| h.2.id),
-        }
+            }
+            None => a.2.id.cmp(&b.2.id),
+        };
         let total = hits.len();
+        // Only the first `after + limit` need ordering: select them, then sort those.
+        let wanted = (after + limit).min(total);
+        if wanted > 0 && wanted < total {
+            hits.select_nth_unstable_by(wanted - 1, order);
+            hits.truncate(wanted);
+        }
+        hits.sort_by(order);
         let sel = if req.properties.is_empty() {
             Selection::Default
         } else {
