@@ -13,9 +13,10 @@
 //!
 //! Values are always bound as parameters, in their text form (JSON text for
 //! `json`/`jsonb` columns, array elements for array columns), and cast to
-//! the column's type by the server. Identifiers are quoted. A value the
-//! column rejects (a data or constraint error) fails that write only; the
-//! rest of the batch commits.
+//! the column's type by the server. Identifiers are quoted. The updates of
+//! a batch are pipelined on the connection; when a value is rejected (a data
+//! or constraint error) the batch is rolled back and applied again one write
+//! at a time under savepoints, so that write alone fails and the rest commits.
 //!
 //! PostgreSQL 15 lets one session at a time use an origin, so the writer
 //! holds it only for the length of a batch; writers in other processes wait
@@ -418,12 +419,12 @@ async fn apply(
     writes: &[BillingWrite],
     plans: &[Plan],
 ) -> Result<Vec<DeliveryOutcome>, BillingError> {
+    if session.statements.len() >= STATEMENT_CACHE {
+        session.statements.clear();
+    }
     for p in plans {
         for sql in [&p.update, &p.exists] {
             if !session.statements.contains_key(sql) {
-                if session.statements.len() >= STATEMENT_CACHE {
-                    session.statements.clear();
-                }
                 let st = session
                     .client
                     .prepare(sql)
@@ -433,6 +434,100 @@ async fn apply(
             }
         }
     }
+    match apply_pipelined(session, writes, plans).await? {
+        Some(outcomes) => Ok(outcomes),
+        None => apply_isolated(session, writes, plans).await,
+    }
+}
+
+fn params(p: &Plan) -> Vec<&(dyn tokio_postgres::types::ToSql + Sync)> {
+    p.params
+        .iter()
+        .map(|v| v as &(dyn tokio_postgres::types::ToSql + Sync))
+        .collect()
+}
+
+/// Whether the key's row exists, for a write whose guarded update changed nothing.
+async fn skipped_or_missing(
+    tx: &tokio_postgres::Transaction<'_>,
+    exists: &Statement,
+    w: &BillingWrite,
+    p: &Plan,
+) -> Result<DeliveryOutcome, BillingError> {
+    let all = params(p);
+    let found = tx
+        .query(exists, &all[all.len() - w.key.len()..])
+        .await
+        .map_err(pg("checking a row's existence"))?;
+    Ok(if found.is_empty() {
+        outcome(
+            p,
+            OutcomeKind::Failed,
+            None,
+            Some((
+                ErrorClass::NotFound,
+                format!("{}: no row with this key", w.table),
+            )),
+        )
+    } else {
+        outcome(p, OutcomeKind::Skipped, None, None)
+    })
+}
+
+/// The common case: every update sent at once (pipelined on the
+/// connection), one round trip for the batch. `None` when a value was
+/// refused: the transaction is rolled back and the batch goes through
+/// [`apply_isolated`] instead.
+async fn apply_pipelined(
+    session: &mut Session,
+    writes: &[BillingWrite],
+    plans: &[Plan],
+) -> Result<Option<Vec<DeliveryOutcome>>, BillingError> {
+    let tx = session
+        .client
+        .transaction()
+        .await
+        .map_err(pg("starting the transaction"))?;
+    let all_params: Vec<_> = plans.iter().map(params).collect();
+    let answers = futures::future::join_all(
+        plans
+            .iter()
+            .zip(&all_params)
+            .map(|(p, ps)| tx.query(&session.statements[&p.update], ps)),
+    )
+    .await;
+    let mut updated = Vec::with_capacity(plans.len());
+    for answer in answers {
+        match answer {
+            Ok(rows) => updated.push(!rows.is_empty()),
+            Err(e) if is_value_error(&e) => {
+                tx.rollback()
+                    .await
+                    .map_err(pg("rolling back a refused batch"))?;
+                return Ok(None);
+            }
+            Err(e) => return Err(pg("applying a billing write")(e)),
+        }
+    }
+    let mut outcomes = Vec::with_capacity(plans.len());
+    for ((w, p), updated) in writes.iter().zip(plans).zip(updated) {
+        outcomes.push(if updated {
+            outcome(p, OutcomeKind::Updated, Some(w.as_of), None)
+        } else {
+            skipped_or_missing(&tx, &session.statements[&p.exists], w, p).await?
+        });
+    }
+    tx.commit().await.map_err(pg("committing"))?;
+    Ok(Some(outcomes))
+}
+
+/// One write at a time, each under a savepoint, so a refused value fails
+/// only its own write.
+async fn apply_isolated(
+    session: &mut Session,
+    writes: &[BillingWrite],
+    plans: &[Plan],
+) -> Result<Vec<DeliveryOutcome>, BillingError> {
     let tx = session
         .client
         .transaction()
@@ -441,37 +536,13 @@ async fn apply(
     let mut outcomes = Vec::with_capacity(plans.len());
     for (w, p) in writes.iter().zip(plans) {
         let update = &session.statements[&p.update];
-        let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = p
-            .params
-            .iter()
-            .map(|v| v as &(dyn tokio_postgres::types::ToSql + Sync))
-            .collect();
+        let params = params(p);
         tx.batch_execute("SAVEPOINT extsync_write")
             .await
             .map_err(pg("setting a savepoint"))?;
         let outcome = match tx.query(update, &params).await {
             Ok(rows) if !rows.is_empty() => outcome(p, OutcomeKind::Updated, Some(w.as_of), None),
-            Ok(_) => {
-                let key_params = &params[params.len() - w.key.len()..];
-                let exists = &session.statements[&p.exists];
-                let found = tx
-                    .query(exists, key_params)
-                    .await
-                    .map_err(pg("checking a row's existence"))?;
-                if found.is_empty() {
-                    outcome(
-                        p,
-                        OutcomeKind::Failed,
-                        None,
-                        Some((
-                            ErrorClass::NotFound,
-                            format!("{}: no row with this key", w.table),
-                        )),
-                    )
-                } else {
-                    outcome(p, OutcomeKind::Skipped, None, None)
-                }
-            }
+            Ok(_) => skipped_or_missing(&tx, &session.statements[&p.exists], w, p).await?,
             Err(e) if is_value_error(&e) => {
                 tx.batch_execute("ROLLBACK TO SAVEPOINT extsync_write")
                     .await
