@@ -27,6 +27,7 @@ CREATE TABLE IF NOT EXISTS subscriptions (
     product         text NOT NULL,
     stage           text NOT NULL DEFAULT 'Prospecting',
     current_version jsonb NOT NULL DEFAULT '{}'::jsonb,
+    started_on      date NOT NULL DEFAULT current_date,
     external_id     text,
     updated_at      timestamptz NOT NULL DEFAULT now()
 );
@@ -53,3 +54,6 @@ BEGIN
     PERFORM setval(pg_get_serial_sequence('subscriptions', 'id'), GREATEST((SELECT max(id) FROM subscriptions), 1));
 END
 $$;
+
+-- Columns added after the first demo release.
+ALTER TABLE subscriptions ADD COLUMN IF NOT EXISTS started_on date NOT NULL DEFAULT current_date;

@@ -41,6 +41,27 @@ enum Command {
         /// Pipeline file, e.g. pipelines/demo.yaml.
         pipeline: PathBuf,
     },
+    /// Run only ingest: external changes (webhooks, streams, polling) into Kafka.
+    Ingest {
+        /// Pipeline file, e.g. pipelines/demo.yaml.
+        pipeline: PathBuf,
+    },
+    /// Run only the processor: link, map, resolve and deliver.
+    Process {
+        /// Pipeline file, e.g. pipelines/demo.yaml.
+        pipeline: PathBuf,
+    },
+    /// Re-process an integration's retained change topics (backfill, re-sync).
+    Replay {
+        /// Pipeline file, e.g. pipelines/demo.yaml.
+        pipeline: PathBuf,
+        /// Integration id, e.g. salesforce.
+        #[arg(long)]
+        integration: String,
+        /// `earliest`, or an RFC 3339 time such as 2026-11-01T00:00:00Z.
+        #[arg(long, default_value = "earliest")]
+        from: extsync::processor::replay::ReplayFrom,
+    },
     /// Serve a simulator of an external system's API until SIGINT/SIGTERM.
     Simulate {
         system: SimulatedSystem,
@@ -93,6 +114,26 @@ async fn run_pipeline(file: PathBuf, stages: &[&'static str]) -> anyhow::Result<
                 let r = capture::run(&p, st).await.map(|_| ()).context("capture");
                 (stage, r)
             }),
+            "ingest" => tasks.spawn(async move {
+                let r = async {
+                    extsync::ingest::service::start(&p, st).await?.join().await;
+                    Ok::<_, extsync::ingest::service::IngestError>(())
+                }
+                .await
+                .context("ingest");
+                (stage, r)
+            }),
+            "process" => tasks.spawn(async move {
+                let r = async {
+                    for t in extsync::processor::service::start(&p, st).await? {
+                        let _ = t.await;
+                    }
+                    Ok::<_, extsync::processor::service::ProcessError>(())
+                }
+                .await
+                .context("processor");
+                (stage, r)
+            }),
             other => unreachable!("unknown stage {other}"),
         };
     }
@@ -109,6 +150,34 @@ async fn run_pipeline(file: PathBuf, stages: &[&'static str]) -> anyhow::Result<
         }
     }
     first_error.map_or(Ok(()), Err)
+}
+
+/// Replays one integration's change topics with a progress bar, then prints
+/// what it did.
+async fn replay(
+    file: PathBuf,
+    integration: String,
+    from: extsync::processor::replay::ReplayFrom,
+) -> anyhow::Result<()> {
+    let pipeline = load(&file)?;
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} replay {bar:40} {pos}/{len} changes ({per_sec}, eta {eta})")
+            .expect("valid template"),
+    );
+    let summary = extsync::processor::service::replay(&pipeline, &integration, from, |done, total| {
+        bar.set_length(total);
+        bar.set_position(done);
+    })
+    .await
+    .context("replay")?;
+    bar.finish_and_clear();
+    let c = &summary.counts;
+    println!(
+        "replayed {} changes for {integration}: {} synced, {} created, {} updated, {} deleted, {} skipped, {} failed, {} conflicts",
+        summary.messages, c.synced, c.created, c.updated, c.deleted, c.skipped, c.failed, c.conflicts
+    );
+    Ok(())
 }
 
 /// External systems `extsync simulate` can stand in for.
@@ -183,9 +252,16 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Run { pipeline } => {
-            run_async(run_pipeline(pipeline, &["capture"]))
+            run_async(run_pipeline(pipeline, &["capture", "ingest", "process"]))
         }
         Command::Capture { pipeline } => run_async(run_pipeline(pipeline, &["capture"])),
+        Command::Ingest { pipeline } => run_async(run_pipeline(pipeline, &["ingest"])),
+        Command::Process { pipeline } => run_async(run_pipeline(pipeline, &["process"])),
+        Command::Replay {
+            pipeline,
+            integration,
+            from,
+        } => run_async(replay(pipeline, integration, from)),
         Command::Simulate {
             system,
             port,

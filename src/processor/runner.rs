@@ -255,6 +255,7 @@ async fn processor_session(
                 }
             }
         };
+        announce(&events);
         producer.begin_transaction()?;
         let result = async {
             let mut sends = Vec::with_capacity(events.len());
@@ -290,4 +291,62 @@ async fn processor_session(
         }
     }
     Ok(())
+}
+
+/// One log line per record written, conflict or error: what the sync did.
+fn announce(events: &[super::events::SyncEvent]) {
+    use super::events::SyncEvent;
+    for ev in events {
+        match ev {
+            SyncEvent::Record {
+                integration,
+                entity,
+                billing_id,
+                external_id,
+                flow,
+                outcome,
+                fields,
+                ..
+            } => {
+                tracing::info!(integration, entity, billing_id, external_id = external_id.as_deref().unwrap_or("-"), ?flow, ?outcome, fields = %fields.join(","), "synced");
+            }
+            SyncEvent::Conflict {
+                integration,
+                entity,
+                billing_id,
+                field,
+                strategy,
+                winner,
+                ..
+            } => {
+                tracing::info!(
+                    integration,
+                    entity,
+                    billing_id,
+                    field,
+                    strategy,
+                    winner,
+                    "conflict"
+                );
+            }
+            SyncEvent::Error {
+                integration,
+                entity,
+                billing_id,
+                error_type,
+                message,
+                ..
+            } => {
+                tracing::warn!(
+                    integration,
+                    entity,
+                    billing_id,
+                    error_type,
+                    message,
+                    "sync failed"
+                );
+            }
+            SyncEvent::Completed { .. } => {}
+        }
+    }
 }

@@ -23,3 +23,21 @@ pub trait BillingSink: Send + Sync {
     /// One outcome per write, in input order.
     async fn apply(&self, writes: Vec<BillingWrite>) -> Result<Vec<DeliveryOutcome>, SinkError>;
 }
+
+#[async_trait]
+impl ExternalSink for crate::delivery::external::ExternalWriter {
+    async fn deliver(&self, writes: Vec<ExternalWrite>) -> Result<Vec<DeliveryOutcome>, SinkError> {
+        self.write(&writes)
+            .await
+            .map_err(|e| SinkError(e.to_string()))
+    }
+}
+
+#[async_trait]
+impl BillingSink for crate::delivery::billing::BillingWriter {
+    async fn apply(&self, writes: Vec<BillingWrite>) -> Result<Vec<DeliveryOutcome>, SinkError> {
+        self.write(&writes)
+            .await
+            .map_err(|e| SinkError(e.to_string()))
+    }
+}

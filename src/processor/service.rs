@@ -1,0 +1,138 @@
+//! Running the processor for a pipeline: compiled mappings, durable state,
+//! one external writer per integration, the billing writer, and the router
+//! and processor loops.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::batch::Processor;
+use super::mapping::Mappings;
+use super::runner::{self, RunError, RunnerConfig};
+use super::sinks::ExternalSink;
+use super::state::StateStore;
+use crate::config::Pipeline;
+use crate::connectors::registry::{self, ConnectError};
+use crate::delivery::billing::{BillingWriter, BillingWriterConfig};
+use crate::delivery::external::{ExternalWriter, ExternalWriterConfig};
+use crate::kafka::{self, Topics};
+use crate::store;
+
+/// Records whose state the processor keeps in memory.
+pub const STATE_CACHE_CAPACITY: u64 = 200_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ResolveError),
+    #[error(transparent)]
+    Transform(#[from] super::transform::CompileError),
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    #[error("billing writer: {0}")]
+    Billing(#[from] crate::delivery::billing::BillingError),
+    #[error(transparent)]
+    Run(#[from] RunError),
+}
+
+/// Builds the processor of `pipeline`.
+pub async fn processor(pipeline: &Pipeline) -> Result<Arc<Processor>, ProcessError> {
+    let url = pipeline.postgres.url.resolve()?;
+    let mut db = store::connect(&url).await?;
+    store::migrate(&mut db).await?;
+    let db = Arc::new(db);
+    let mappings = Arc::new(Mappings::compile(pipeline)?);
+    let mut external: HashMap<String, Arc<dyn ExternalSink>> = HashMap::new();
+    for (id, integration) in pipeline
+        .integrations
+        .iter()
+        .filter(|(_, i)| i.enabled && !i.entities.is_empty())
+    {
+        let connector = registry::connect(id.as_str(), integration)?;
+        let writer = ExternalWriter::new(id.as_str(), connector, ExternalWriterConfig::default());
+        external.insert(id.to_string(), Arc::new(writer));
+    }
+    let billing = BillingWriter::connect(
+        &url,
+        BillingWriterConfig {
+            origin: pipeline.postgres.origin.clone(),
+            ..BillingWriterConfig::default()
+        },
+    )
+    .await?;
+    Ok(Arc::new(Processor {
+        mappings,
+        state: StateStore::new(db.clone(), STATE_CACHE_CAPACITY),
+        billing: db,
+        external,
+        billing_sink: Arc::new(billing),
+    }))
+}
+
+/// Starts the router and the processor loops of `pipeline`.
+pub async fn start(
+    pipeline: &Pipeline,
+    stop: CancellationToken,
+) -> Result<Vec<JoinHandle<()>>, ProcessError> {
+    let processor = processor(pipeline).await?;
+    let cfg = RunnerConfig {
+        topics: Topics::new(&pipeline.kafka.topic_prefix),
+        kafka: kafka::client_config(&pipeline.kafka)?,
+        instance: std::env::var("EXTSYNC_INSTANCE").unwrap_or_else(|_| pipeline.name.to_string()),
+    };
+    cfg.ensure_topics().await?;
+    let router = tokio::spawn(runner::run_router(
+        cfg.clone(),
+        processor.mappings.clone(),
+        processor.state.clone(),
+        stop.clone(),
+    ));
+    let proc = tokio::spawn(runner::run_processor(cfg, processor, stop));
+    Ok(vec![router, proc])
+}
+
+/// The pipeline reduced to one integration, for a replay of it alone.
+fn only(pipeline: &Pipeline, integration: &str) -> Option<Pipeline> {
+    let mut p = pipeline.clone();
+    p.integrations.retain(|id, _| id.as_str() == integration);
+    (!p.integrations.is_empty()).then_some(p)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayCommandError {
+    #[error("integration {0:?} is not in the pipeline")]
+    UnknownIntegration(String),
+    #[error(transparent)]
+    Setup(#[from] ProcessError),
+    #[error(transparent)]
+    Replay(#[from] super::replay::ReplayError),
+}
+
+/// Replays the change topics of one integration (its entities' tables and
+/// its system's external topic).
+pub async fn replay(
+    pipeline: &Pipeline,
+    integration: &str,
+    from: super::replay::ReplayFrom,
+    progress: impl Fn(u64, u64),
+) -> Result<super::replay::ReplaySummary, ReplayCommandError> {
+    let p = only(pipeline, integration)
+        .ok_or_else(|| ReplayCommandError::UnknownIntegration(integration.into()))?;
+    let processor = processor(&p).await?;
+    let topics = Topics::new(&p.kafka.topic_prefix);
+    let mut names: Vec<String> = Vec::new();
+    for (_, i) in &p.integrations {
+        names.push(topics.external(i.provider.as_str()));
+        for e in i.entities.values() {
+            names.push(topics.cdc(e.table.schema(), e.table.table()));
+        }
+    }
+    names.sort();
+    names.dedup();
+    let kafka = kafka::client_config(&p.kafka).map_err(ProcessError::from)?;
+    Ok(super::replay::replay(processor, kafka, &topics, names, from, progress).await?)
+}

@@ -1,0 +1,458 @@
+//! Two-way sync end to end: real Postgres (captured by logical replication),
+//! real Kafka, the Salesforce simulator. Billing rows become Accounts,
+//! edits flow both ways, extsync's own writes never come back, and both
+//! sides editing at once converge without a loop.
+
+mod support;
+
+use std::sync::{Arc, Once};
+use std::time::Duration;
+
+use extsync::connectors::salesforce::{SalesforceConnector, SalesforceSettings};
+use extsync::connectors::{Connector, Credentials, Cursor, RequestBudget, WriteOp};
+use extsync::simulators::RunningSimulator;
+use extsync::simulators::salesforce::{
+    DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, DEMO_REFRESH_TOKEN, SalesforceSim, SalesforceSimConfig,
+};
+use serde_json::{Value, json};
+use support::{TestDb, TestKafka};
+use tokio_util::sync::CancellationToken;
+
+static ENV: Once = Once::new();
+
+fn credentials_env() {
+    ENV.call_once(|| {
+        // SAFETY: set once, before any task of this test binary reads them.
+        unsafe {
+            std::env::set_var("TEST_SF_CLIENT_ID", DEMO_CLIENT_ID);
+            std::env::set_var("TEST_SF_CLIENT_SECRET", DEMO_CLIENT_SECRET);
+            std::env::set_var("TEST_SF_REFRESH_TOKEN", DEMO_REFRESH_TOKEN);
+        }
+    });
+}
+
+const SCHEMA: &str = "
+CREATE TABLE accounts (
+    id              bigint PRIMARY KEY,
+    name            text NOT NULL,
+    email           text,
+    billing_address jsonb NOT NULL DEFAULT '{}'::jsonb,
+    mrr             numeric(12, 2) NOT NULL DEFAULT 0,
+    external_id     text,
+    updated_at      timestamptz NOT NULL DEFAULT now()
+);";
+
+struct Sync {
+    db: TestDb,
+    kafka: TestKafka,
+    pipeline: Arc<extsync::config::Pipeline>,
+    _running: RunningSimulator,
+    base_url: String,
+    stop: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Sync {
+    async fn start() -> Sync {
+        Self::start_stages(true).await
+    }
+
+    /// Starts capture, and ingest plus the processor when `live`.
+    async fn start_stages(live: bool) -> Sync {
+        credentials_env();
+        let db = TestDb::create().await;
+        db.client().await.batch_execute(SCHEMA).await.unwrap();
+        let kafka = TestKafka::new();
+        let sim = SalesforceSim::new(SalesforceSimConfig::default()).unwrap();
+        let running = sim.serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let name = support::unique("s");
+        let yaml = format!(
+            r#"
+name: {name}
+postgres: {{ url: "{db}", tables: [public.accounts], heartbeatSecs: 1 }}
+kafka: {{ brokers: "{brokers}", topicPrefix: "{prefix}" }}
+telemetry: {{ metricsAddress: "" }}
+ingest: {{ webhookAddress: "", sweepSecs: 1, pollOverlapSecs: 5 }}
+integrations:
+  salesforce:
+    provider: salesforce
+    baseUrl: "{base}"
+    credentials:
+      clientId: ${{TEST_SF_CLIENT_ID}}
+      clientSecret: ${{TEST_SF_CLIENT_SECRET}}
+      refreshToken: ${{TEST_SF_REFRESH_TOKEN}}
+    rateLimit: {{ requests: 10000, burst: 1000 }}
+    entities:
+      accounts:
+        externalObject: Account
+        table: public.accounts
+        billingIdField: Alguna_Id__c
+        mappings:
+          - {{ alguna: name, external: Name }}
+          - {{ alguna: email, external: Email__c }}
+          - {{ alguna: billingAddress.line1, external: BillingStreet, direction: alguna_to_external }}
+          - {{ alguna: mrr, external: MRR__c, direction: alguna_to_external, transform: number_to_currency }}
+        conflictResolution:
+          default: latest_wins
+"#,
+            db = db.url,
+            brokers = kafka.brokers,
+            prefix = kafka.prefix,
+            base = running.base_url()
+        );
+        let pipeline = Arc::new(extsync::config::parse_str(&yaml, "sync.yaml").unwrap());
+        let stop = CancellationToken::new();
+        let mut tasks = Vec::new();
+        let (p, s) = (pipeline.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            extsync::capture::run(&p, s).await.expect("capture runs");
+        }));
+        if live {
+            let ingest = extsync::ingest::service::start(&pipeline, stop.clone())
+                .await
+                .unwrap();
+            tasks.push(tokio::spawn(ingest.join()));
+            tasks.extend(
+                extsync::processor::service::start(&pipeline, stop.clone())
+                    .await
+                    .unwrap(),
+            );
+        }
+        Sync {
+            db,
+            kafka,
+            pipeline,
+            base_url: running.base_url(),
+            _running: running,
+            stop,
+            tasks,
+        }
+    }
+
+    /// A person working in Salesforce (not extsync: no `client=extsync`).
+    fn person(&self) -> SalesforceConnector {
+        let creds = Credentials {
+            client_id: DEMO_CLIENT_ID.into(),
+            client_secret: DEMO_CLIENT_SECRET.into(),
+            refresh_token: Some(DEMO_REFRESH_TOKEN.into()),
+            webhook_secret: None,
+        };
+        let mut s = SalesforceSettings::new(&self.base_url, creds);
+        s.budget = RequestBudget::unlimited();
+        s.call_client = "person".into();
+        SalesforceConnector::new(s)
+    }
+
+    async fn accounts(&self) -> Vec<extsync::connectors::ExternalRecord> {
+        let c = self.person();
+        let mut out = Vec::new();
+        let mut page = None;
+        loop {
+            let p = c
+                .list_changes("Account", &Cursor::start(), page.as_deref())
+                .await
+                .unwrap();
+            out.extend(p.records);
+            match p.next_page {
+                Some(n) => page = Some(n),
+                None => return out,
+            }
+        }
+    }
+
+    async fn account_for(&self, billing_id: &str) -> Option<extsync::connectors::ExternalRecord> {
+        self.accounts()
+            .await
+            .into_iter()
+            .find(|r| !r.deleted && r.fields.get("Alguna_Id__c") == Some(&json!(billing_id)))
+    }
+
+    async fn extsync_writes(&self) -> usize {
+        let v: Value = reqwest::get(format!("{}/__admin/written", self.base_url))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["written"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|w| w["client"] == json!("extsync"))
+            .count()
+    }
+
+    async fn billing_name(&self, id: i64) -> String {
+        self.db
+            .client()
+            .await
+            .query_one("SELECT name FROM accounts WHERE id = $1", &[&id])
+            .await
+            .unwrap()
+            .get(0)
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        for t in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(20), t).await;
+        }
+    }
+}
+
+async fn eventually<F, Fut>(what: &str, limit: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    while tokio::time::Instant::now() < deadline {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    panic!("timed out waiting until {what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_become_accounts_and_edits_flow_both_ways_without_echo() {
+    let s = Sync::start().await;
+    let db = s.db.client().await;
+    db.execute(
+        "INSERT INTO accounts (id, name, email, billing_address, mrr) VALUES (1, 'Acme', 'a@acme.test', '{\"line1\": \"1 Market St\"}', 1250.50)",
+        &[],
+    )
+    .await
+    .unwrap();
+
+    eventually("the Account exists", Duration::from_secs(60), || async {
+        s.account_for("1").await.is_some()
+    })
+    .await;
+    let acct = s.account_for("1").await.unwrap();
+    assert_eq!(acct.fields["Name"], json!("Acme"));
+    assert_eq!(acct.fields["Email__c"], json!("a@acme.test"));
+    assert_eq!(acct.fields["BillingStreet"], json!("1 Market St"));
+    assert_eq!(acct.fields["MRR__c"], json!(1250.5));
+
+    // A person renames the Account in Salesforce: the billing row follows.
+    let person = s.person();
+    person
+        .write(
+            "Account",
+            WriteOp::Update {
+                id: acct.id.clone(),
+                fields: json!({"Name": "Acme Corp"}).as_object().unwrap().clone(),
+            },
+        )
+        .await
+        .unwrap();
+    eventually(
+        "the billing row is renamed",
+        Duration::from_secs(60),
+        || async { s.billing_name(1).await == "Acme Corp" },
+    )
+    .await;
+
+    // A billing edit goes out; nothing echoes back and forth afterwards.
+    db.execute("UPDATE accounts SET mrr = 99.99 WHERE id = 1", &[])
+        .await
+        .unwrap();
+    eventually("MRR__c is updated", Duration::from_secs(60), || async {
+        s.account_for("1")
+            .await
+            .is_some_and(|a| a.fields["MRR__c"] == json!(99.99))
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let writes = s.extsync_writes().await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        s.extsync_writes().await,
+        writes,
+        "extsync kept writing: a loop"
+    );
+    assert_eq!(s.billing_name(1).await, "Acme Corp");
+    // One create, one MRR update: the rename was never written back to Salesforce.
+    assert_eq!(writes, 2, "extsync wrote {writes} times");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_sides_editing_at_once_converge_without_flip_flop() {
+    let s = Sync::start().await;
+    let db = s.db.client().await;
+    for i in 1..=5i64 {
+        db.execute(
+            "INSERT INTO accounts (id, name, email, mrr) VALUES ($1, $2, $3, 10)",
+            &[&i, &format!("Co {i}"), &format!("co{i}@x.test")],
+        )
+        .await
+        .unwrap();
+    }
+    eventually("all Accounts exist", Duration::from_secs(60), || async {
+        let all = s.accounts().await;
+        (1..=5).all(|i| {
+            all.iter()
+                .any(|a| a.fields.get("Alguna_Id__c") == Some(&json!(i.to_string())))
+        })
+    })
+    .await;
+    let ids: Vec<(i64, String)> = {
+        let all = s.accounts().await;
+        (1..=5)
+            .map(|i| {
+                (
+                    i,
+                    all.iter()
+                        .find(|a| a.fields["Alguna_Id__c"] == json!(i.to_string()))
+                        .unwrap()
+                        .id
+                        .clone(),
+                )
+            })
+            .collect()
+    };
+    // Billing renames every record while Salesforce changes every email.
+    let person = s.person();
+    for round in 0..3 {
+        for (i, sf) in &ids {
+            db.execute(
+                "UPDATE accounts SET name = $2 WHERE id = $1",
+                &[i, &format!("Co {i} r{round}")],
+            )
+            .await
+            .unwrap();
+            person
+                .write(
+                    "Account",
+                    WriteOp::Update {
+                        id: sf.clone(),
+                        fields: json!({"Email__c": format!("co{i}.r{round}@crm.test")})
+                            .as_object()
+                            .unwrap()
+                            .clone(),
+                    },
+                )
+                .await
+                .unwrap();
+        }
+    }
+    let converged = || async {
+        let all = s.accounts().await;
+        let rows =
+            s.db.client()
+                .await
+                .query("SELECT id, name, email FROM accounts ORDER BY id", &[])
+                .await
+                .unwrap();
+        rows.iter().all(|r| {
+            let id: i64 = r.get(0);
+            let a = all
+                .iter()
+                .find(|a| a.fields["Alguna_Id__c"] == json!(id.to_string()))
+                .unwrap();
+            a.fields["Name"] == json!(r.get::<_, String>(1))
+                && a.fields["Email__c"] == json!(r.get::<_, String>(2))
+                && r.get::<_, String>(1) == format!("Co {id} r2")
+                && r.get::<_, String>(2) == format!("co{id}.r2@crm.test")
+        })
+    };
+    eventually(
+        "both sides hold the latest edits of both",
+        Duration::from_secs(90),
+        converged,
+    )
+    .await;
+    let writes = s.extsync_writes().await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        s.extsync_writes().await,
+        writes,
+        "writes continued after convergence: a loop"
+    );
+    assert!(converged().await, "values flipped after convergence");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replaying_history_twice_creates_once_and_changes_nothing() {
+    let s = Sync::start_stages(false).await;
+    let db = s.db.client().await;
+    for i in 1..=20i64 {
+        db.execute("INSERT INTO accounts (id, name, email, mrr) VALUES ($1, $2, $3, $1::bigint * 10 + 0.5)", &[&i, &format!("Co {i}"), &format!("co{i}@x.test")])
+            .await
+            .unwrap();
+    }
+    db.execute(
+        "UPDATE accounts SET name = name || ' Ltd' WHERE id <= 5",
+        &[],
+    )
+    .await
+    .unwrap();
+    // Wait until capture has put every row in Kafka: 20 snapshot rows or
+    // inserts, plus the 5 updates when the slot existed before them.
+    let topic = format!("{}.cdc.public.accounts", s.kafka.prefix);
+    let consumer: rdkafka::consumer::BaseConsumer = s.kafka.config().create().unwrap();
+    eventually(
+        "capture wrote every change",
+        Duration::from_secs(60),
+        || {
+            let marks: Vec<_> = (0..4)
+                .map(|p| {
+                    rdkafka::consumer::Consumer::fetch_watermarks(
+                        &consumer,
+                        &topic,
+                        p,
+                        Duration::from_secs(5),
+                    )
+                })
+                .collect();
+            let total: i64 = marks
+                .iter()
+                .filter_map(|m| m.as_ref().ok())
+                .map(|(_, high)| high)
+                .sum();
+            async move { total >= 20 }
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let from = extsync::processor::replay::ReplayFrom::Earliest;
+    let first = extsync::processor::service::replay(&s.pipeline, "salesforce", from, |_, _| {})
+        .await
+        .unwrap();
+    assert_eq!(first.counts.created, 20, "{first:?}");
+    let after_first = s.accounts().await;
+    assert_eq!(after_first.iter().filter(|a| !a.deleted).count(), 20);
+    assert!(
+        after_first
+            .iter()
+            .any(|a| a.fields["Name"] == json!("Co 3 Ltd"))
+    );
+
+    let second = extsync::processor::service::replay(&s.pipeline, "salesforce", from, |_, _| {})
+        .await
+        .unwrap();
+    assert_eq!(
+        (second.counts.created, second.counts.updated),
+        (0, 0),
+        "{second:?}"
+    );
+    let after_second = s.accounts().await;
+    let key = |r: &extsync::connectors::ExternalRecord| {
+        (
+            r.id.clone(),
+            r.version.clone(),
+            Value::Object(r.fields.clone()),
+        )
+    };
+    let mut a: Vec<_> = after_first.iter().map(key).collect();
+    let mut b: Vec<_> = after_second.iter().map(key).collect();
+    a.sort_by(|x, y| x.0.cmp(&y.0));
+    b.sort_by(|x, y| x.0.cmp(&y.0));
+    assert_eq!(a, b, "the second replay changed the external state");
+    s.stop().await;
+}
