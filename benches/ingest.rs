@@ -65,14 +65,14 @@ integrations:
   hubspot:
     provider: hubspot
     baseUrl: "{hubspot}"
-    credentials: {{ clientId: ${{BENCH_HS_ID}}, clientSecret: ${{BENCH_HS_SECRET}}, refreshToken: ${{BENCH_HS_REFRESH}} }}
+    credentials: {{ clientId: "${{BENCH_HS_ID}}", clientSecret: "${{BENCH_HS_SECRET}}", refreshToken: "${{BENCH_HS_REFRESH}}" }}
     rateLimit: {{ requests: 1000000, burst: 100000 }}
     entities:
       contacts: {{ externalObject: contacts, table: public.contacts, mappings: [{{ alguna: email, external: email }}] }}
   salesforce:
     provider: salesforce
     baseUrl: "{salesforce}"
-    credentials: {{ clientId: ${{BENCH_SF_ID}}, clientSecret: ${{BENCH_SF_SECRET}}, refreshToken: ${{BENCH_SF_REFRESH}} }}
+    credentials: {{ clientId: "${{BENCH_SF_ID}}", clientSecret: "${{BENCH_SF_SECRET}}", refreshToken: "${{BENCH_SF_REFRESH}}" }}
     rateLimit: {{ requests: 1000000, burst: 100000 }}
     entities:
       accounts: {{ externalObject: Account, table: public.accounts, mappings: [{{ alguna: name, external: Name }}] }}
