@@ -214,8 +214,9 @@ pub enum NumericEncoding {
 pub struct KafkaConfig {
     /// Bootstrap servers, e.g. `${EXTSYNC_KAFKA_BROKERS}`.
     pub brokers: EnvString,
-    /// Prefix of every topic extsync reads or writes.
-    #[serde(default = "default_prefix")]
+    /// Prefix of every topic extsync reads or writes (letters, digits, `.`, `_`, `-`).
+    #[serde(default = "default_prefix", deserialize_with = "topic_prefix")]
+    #[schemars(regex(pattern = r"^[A-Za-z0-9._-]{1,200}$"))]
     pub topic_prefix: String,
     /// librdkafka properties passed through unchanged (e.g. `compression.type`).
     #[serde(default)]
@@ -224,6 +225,21 @@ pub struct KafkaConfig {
 
 fn default_prefix() -> String {
     DEFAULT_TOPIC_PREFIX.to_string()
+}
+
+fn topic_prefix<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let s = String::deserialize(d)?;
+    let ok = !s.is_empty()
+        && s.len() <= 200
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if ok {
+        Ok(s)
+    } else {
+        Err(serde::de::Error::custom(format!(
+            "invalid topic prefix {s:?}: use letters, digits, '.', '_' or '-' (Kafka topic characters)"
+        )))
+    }
 }
 
 /// Metrics and logs.
