@@ -101,7 +101,8 @@ pub async fn start(pipeline: &Pipeline, stop: CancellationToken) -> Result<Inges
             tasks.push(tokio::spawn(poller.run(schedule, every, stop)));
         }
         if integration.provider == Provider::Salesforce {
-            let settings = SalesforceSettings::from_integration(integration)?;
+            let mut settings = SalesforceSettings::from_integration(integration)?;
+            settings.budget = registry::budget_for(id.as_str(), integration);
             let sf = Arc::new(SalesforceConnector::new(settings));
             tasks.push(tokio::spawn(stream_changes(
                 sf,

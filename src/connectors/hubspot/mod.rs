@@ -170,6 +170,12 @@ impl HubSpotConnector {
         self
     }
 
+    /// Spends `budget` (shared with the integration's other clients) on every call.
+    pub fn with_budget(mut self, budget: RequestBudget) -> Self {
+        self.budget = budget;
+        self
+    }
+
     /// The secret webhook signatures are checked with.
     pub fn with_webhook_secret(mut self, secret: impl Into<String>) -> Self {
         self.webhook_secret = Some(secret.into());
