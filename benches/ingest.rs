@@ -44,9 +44,11 @@ async fn fresh_database() -> String {
     tokio::spawn(conn);
     let name = format!("bench_ingest_{}", std::process::id());
     client
-        .batch_execute(&format!(
-            "DROP DATABASE IF EXISTS {name}; CREATE DATABASE {name}"
-        ))
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {name}"))
+        .await
+        .unwrap();
+    client
+        .batch_execute(&format!("CREATE DATABASE {name}"))
         .await
         .unwrap();
     let cut = url.rfind('/').unwrap();
