@@ -22,7 +22,8 @@ pub enum MatchResult {
     NoMatch,
 }
 
-/// Lowercased, trimmed, inner whitespace collapsed, punctuation removed.
+/// Lowercased, trimmed, inner whitespace collapsed, punctuation removed
+/// (an email keeps its `@` and dots).
 pub fn normalize(v: &Value) -> Option<String> {
     let s = match v {
         Value::String(s) => s.clone(),
@@ -30,11 +31,12 @@ pub fn normalize(v: &Value) -> Option<String> {
         Value::Bool(b) => b.to_string(),
         _ => return None,
     };
+    let email = s.contains('@');
     let cleaned: String = s
         .to_lowercase()
         .chars()
         .map(|c| {
-            if c.is_alphanumeric() || c == '@' || c == '.' {
+            if c.is_alphanumeric() || (email && (c == '@' || c == '.')) {
                 c
             } else {
                 ' '
