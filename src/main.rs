@@ -75,7 +75,14 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Measure a stage on this machine; the last output line is JSON.
+    Bench {
+        #[command(subcommand)]
+        which: bench::Bench,
+    },
 }
+
+mod bench;
 
 /// Builds the runtime of a long-running command and maps its outcome to an
 /// exit code: 0 after a clean stop, 1 on error (the error chain on stderr).
@@ -162,20 +169,30 @@ async fn replay(
     let pipeline = load(&file)?;
     let bar = indicatif::ProgressBar::new(0);
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{spinner} replay {bar:40} {pos}/{len} changes ({per_sec}, eta {eta})")
-            .expect("valid template"),
+        indicatif::ProgressStyle::with_template(
+            "{spinner} replay {bar:40} {pos}/{len} changes ({per_sec}, eta {eta})",
+        )
+        .expect("valid template"),
     );
-    let summary = extsync::processor::service::replay(&pipeline, &integration, from, |done, total| {
-        bar.set_length(total);
-        bar.set_position(done);
-    })
-    .await
-    .context("replay")?;
+    let summary =
+        extsync::processor::service::replay(&pipeline, &integration, from, |done, total| {
+            bar.set_length(total);
+            bar.set_position(done);
+        })
+        .await
+        .context("replay")?;
     bar.finish_and_clear();
     let c = &summary.counts;
     println!(
         "replayed {} changes for {integration}: {} synced, {} created, {} updated, {} deleted, {} skipped, {} failed, {} conflicts",
-        summary.messages, c.synced, c.created, c.updated, c.deleted, c.skipped, c.failed, c.conflicts
+        summary.messages,
+        c.synced,
+        c.created,
+        c.updated,
+        c.deleted,
+        c.skipped,
+        c.failed,
+        c.conflicts
     );
     Ok(())
 }
@@ -268,5 +285,6 @@ fn main() -> ExitCode {
             bind,
             config,
         } => run_async(simulate(system, (bind, port).into(), config)),
+        Command::Bench { which } => run_async(bench::run(which)),
     }
 }

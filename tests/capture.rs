@@ -56,6 +56,50 @@ fn slot(db: &TestDb) -> String {
     format!("{}_slot", db.name)
 }
 
+/// Drops the test's slot when the test ends, passed or failed, so retained
+/// WAL does not pile up across runs.
+struct SlotGuard {
+    url: String,
+    slot: String,
+}
+
+fn guard(db: &TestDb) -> SlotGuard {
+    SlotGuard {
+        url: db.url.clone(),
+        slot: slot(db),
+    }
+}
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        let (url, slot) = (self.url.clone(), self.slot.clone());
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                let c = support::connect(&url).await;
+                for _ in 0..50 {
+                    let r = c
+                        .execute(
+                            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1 AND NOT active",
+                            &[&slot],
+                        )
+                        .await;
+                    let left = c
+                        .query_opt("SELECT 1 FROM pg_replication_slots WHERE slot_name = $1", &[&slot])
+                        .await
+                        .map(|r| r.is_some())
+                        .unwrap_or(false);
+                    if r.is_ok() && !left {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
 async fn start(p: &extsync::config::Pipeline) -> Running {
     let stop = CancellationToken::new();
     let (p2, s2) = (p.clone(), stop.clone());
@@ -224,6 +268,7 @@ fn expected_types_after(id: i64) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_type_round_trips_in_snapshot_and_stream() {
     let (db, kafka) = (TestDb::create().await, TestKafka::new());
+    let _slot = guard(&db);
     let c = db.client().await;
     c.batch_execute(ALL_TYPES).await.unwrap();
     c.batch_execute(&ALL_TYPES_ROW.replace("ID", "1"))
@@ -256,6 +301,7 @@ async fn every_type_round_trips_in_snapshot_and_stream() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn numeric_as_number_when_configured() {
     let (db, kafka) = (TestDb::create().await, TestKafka::new());
+    let _slot = guard(&db);
     let c = db.client().await;
     c.batch_execute("CREATE TABLE m (id int PRIMARY KEY, amount numeric(12,2)); INSERT INTO m VALUES (1, 12.50)")
         .await
@@ -269,6 +315,7 @@ async fn numeric_as_number_when_configured() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn insert_update_delete_truncate_with_envelope_key_and_headers() {
     let (db, kafka) = (TestDb::create().await, TestKafka::new());
+    let _slot = guard(&db);
     let c = db.client().await;
     c.batch_execute("CREATE TABLE acc (id int PRIMARY KEY, name text, mrr numeric(12,2))")
         .await
@@ -325,6 +372,11 @@ async fn insert_update_delete_truncate_with_envelope_key_and_headers() {
             .iter()
             .any(|d| d.key == Some(json!({"id": 1})) && d.value["after"] == Value::Null)
     );
+    for e in &events {
+        let typed: capture::schema::ChangeEvent = serde_json::from_value(e.value.clone())
+            .unwrap_or_else(|err| panic!("event does not match the schema: {err}: {}", e.value));
+        assert_eq!(typed.source.connector, "postgresql");
+    }
     let trunc = &by_op("t")[0];
     assert_eq!(trunc.key, None);
     // Debezium-compatible source block.
@@ -354,6 +406,7 @@ async fn insert_update_delete_truncate_with_envelope_key_and_headers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unchanged_toast_is_filled_from_the_last_image_or_listed_unavailable() {
     let (db, kafka) = (TestDb::create().await, TestKafka::new());
+    let _slot = guard(&db);
     let c = db.client().await;
     c.batch_execute(
         "CREATE TABLE docs (id int PRIMARY KEY, title text, body text);
@@ -465,6 +518,7 @@ async fn table_state(c: &tokio_postgres::Client, sql: &str) -> BTreeMap<String, 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshot_under_concurrent_writes_yields_each_committed_row_once() {
     let (db, kafka) = (TestDb::create().await, TestKafka::new());
+    let _slot = guard(&db);
     let c = db.client().await;
     c.batch_execute("CREATE TABLE s (id int PRIMARY KEY, v int NOT NULL); INSERT INTO s SELECT g, 0 FROM generate_series(1, 20000) g")
         .await
@@ -529,6 +583,7 @@ async fn snapshot_under_concurrent_writes_yields_each_committed_row_once() {
 async fn own_writes_are_dropped_or_tagged() {
     for mode in ["drop", "tag"] {
         let (db, kafka) = (TestDb::create().await, TestKafka::new());
+        let _slot = guard(&db);
         let c = db.client().await;
         c.batch_execute("CREATE TABLE o (id int PRIMARY KEY, who text)")
             .await
@@ -587,6 +642,7 @@ async fn own_writes_are_dropped_or_tagged() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transaction_markers_count_the_events() {
     let (db, kafka) = (TestDb::create().await, TestKafka::new());
+    let _slot = guard(&db);
     let c = db.client().await;
     c.batch_execute("CREATE TABLE a (id int PRIMARY KEY); CREATE TABLE b (id int PRIMARY KEY)")
         .await
@@ -605,6 +661,14 @@ async fn transaction_markers_count_the_events() {
     let markers = read_topic(&kafka, &format!("{}.cdc.transactions", kafka.prefix), 2).await;
     let rows = read_topic(&kafka, &topic(&kafka, "a"), 2).await;
     run.stop().await;
+    for m in &markers {
+        let _: capture::schema::TransactionMarker = serde_json::from_value(m.value.clone())
+            .unwrap_or_else(|err| panic!("marker does not match the schema: {err}: {}", m.value));
+        assert!(m.key.as_ref().is_some_and(|k| k["id"] == m.value["id"]));
+    }
+    for r in &rows {
+        let _: capture::schema::ChangeEvent = serde_json::from_value(r.value.clone()).unwrap();
+    }
     let begin = markers
         .iter()
         .find(|m| m.value["status"] == "BEGIN")
@@ -632,6 +696,7 @@ async fn transaction_markers_count_the_events() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn incremental_snapshot_on_request_while_streaming() {
     let (db, kafka) = (TestDb::create().await, TestKafka::new());
+    let _slot = guard(&db);
     let c = db.client().await;
     c.batch_execute("CREATE TABLE r (id int PRIMARY KEY, v int NOT NULL); INSERT INTO r SELECT g, 0 FROM generate_series(1, 10000) g")
         .await
@@ -689,6 +754,7 @@ async fn incremental_snapshot_on_request_while_streaming() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_publication_with_busy_unpublished_tables_keeps_slot_lag_bounded() {
     let (db, kafka) = (TestDb::create().await, TestKafka::new());
+    let _slot = guard(&db);
     let c = db.client().await;
     c.batch_execute(
         "CREATE TABLE quiet (id int PRIMARY KEY); CREATE TABLE busy (id int, pad text)",
@@ -767,6 +833,7 @@ async fn setup_error(db: &TestDb, kafka: &TestKafka, url: Option<&str>, tables: 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn setup_errors_name_the_fix() {
     let (db, kafka) = (TestDb::create().await, TestKafka::new());
+    let _slot = guard(&db);
     let c = db.client().await;
     c.batch_execute(
         "CREATE TABLE nokey (a int, b text);
@@ -852,4 +919,31 @@ async fn setup_errors_name_the_fix() {
     c.batch_execute(&format!("DROP OWNED BY {role}; DROP ROLE {role}"))
         .await
         .unwrap();
+}
+
+fn assert_schema_current(file: &str, generated: String) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("schemas")
+        .join(file);
+    if std::env::var_os("EXTSYNC_BLESS").is_some() {
+        std::fs::write(&path, &generated).unwrap();
+    }
+    let committed =
+        std::fs::read_to_string(&path).unwrap_or_else(|_| panic!("schemas/{file} exists"));
+    assert!(
+        committed == generated,
+        "schemas/{file} is stale: regenerate with `EXTSYNC_BLESS=1 cargo test --test capture schema`"
+    );
+}
+
+#[test]
+fn envelope_schemas_are_current() {
+    assert_schema_current(
+        "cdc-envelope.schema.json",
+        capture::schema::envelope_schema_json(),
+    );
+    assert_schema_current(
+        "cdc-transaction.schema.json",
+        capture::schema::transaction_schema_json(),
+    );
 }

@@ -46,6 +46,8 @@ pub enum CaptureError {
         #[source]
         source: rdkafka::error::KafkaError,
     },
+    #[error("starting the capture thread: {0}")]
+    Runtime(#[source] std::io::Error),
     #[error("snapshot of {table}: {message}")]
     Snapshot { table: String, message: String },
 }

@@ -17,6 +17,7 @@ pub mod pgoutput;
 mod producer;
 mod relations;
 mod replication;
+pub mod schema;
 mod setup;
 mod snapshot;
 mod stream;
@@ -69,7 +70,36 @@ pub async fn run(pipeline: &Pipeline, stop: CancellationToken) -> Result<RunSumm
 
 /// Like [`run`], and also returns once everything up to `until` (an LSN) is
 /// acknowledged — used by the benchmark.
+///
+/// Capture runs on its own thread with a single-threaded runtime: the
+/// replication reader, decoder and producer hand events to each other
+/// without cross-thread wake-ups (librdkafka keeps its own threads).
 pub async fn run_until(
+    pipeline: &Pipeline,
+    stop: CancellationToken,
+    until: Option<u64>,
+) -> Result<RunSummary, CaptureError> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let pipeline = pipeline.clone();
+    std::thread::Builder::new()
+        .name("extsync-capture".into())
+        .spawn(move || {
+            let result = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(CaptureError::Runtime)
+                .and_then(|rt| rt.block_on(run_here(&pipeline, stop, until)));
+            let _ = tx.send(result);
+        })
+        .map_err(CaptureError::Runtime)?;
+    rx.await.unwrap_or_else(|_| {
+        Err(CaptureError::Runtime(std::io::Error::other(
+            "the capture thread ended without a result",
+        )))
+    })
+}
+
+async fn run_here(
     pipeline: &Pipeline,
     stop: CancellationToken,
     until: Option<u64>,

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use rdkafka::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use tokio::sync::Notify;
 
@@ -140,12 +140,31 @@ impl Acks {
         self.complete(id, 0, None);
     }
 
+    #[cfg(test)]
     fn sending(&self, id: u64, bytes: u64) {
         let mut s = self.state.lock().expect("ack state");
         s.in_flight_bytes += bytes;
         if let Some(b) = s.find(id) {
             b.outstanding += 1;
         }
+    }
+
+    /// Reserves room for one event of `bytes`: `Ok(true)` when it fits the
+    /// in-flight bound (and is now counted against batch `id`), `Ok(false)`
+    /// when the caller must wait for deliveries.
+    fn reserve(&self, id: u64, bytes: u64, max: u64) -> Result<bool, KafkaError> {
+        let mut s = self.state.lock().expect("ack state");
+        if let Some(e) = &s.failure {
+            return Err(e.clone());
+        }
+        if s.in_flight_bytes + bytes > max && s.in_flight_bytes > 0 {
+            return Ok(false);
+        }
+        s.in_flight_bytes += bytes;
+        if let Some(b) = s.find(id) {
+            b.outstanding += 1;
+        }
+        Ok(true)
     }
 
     fn complete(&self, id: u64, bytes: u64, error: Option<KafkaError>) {
@@ -173,7 +192,8 @@ impl Acks {
         s.acked_lsn = s.acked_lsn.max(lsn);
     }
 
-    pub fn in_flight_bytes(&self) -> u64 {
+    #[cfg(test)]
+    fn in_flight_bytes(&self) -> u64 {
         self.state.lock().expect("ack state").in_flight_bytes
     }
 
@@ -212,16 +232,26 @@ pub struct CaptureContext {
 impl ClientContext for CaptureContext {}
 
 impl ProducerContext for CaptureContext {
-    type DeliveryOpaque = Box<(u64, u64)>;
+    /// The batch id; the size is recomputed from the message.
+    type DeliveryOpaque = usize;
 
     fn delivery(&self, result: &DeliveryResult<'_>, opaque: Self::DeliveryOpaque) {
-        let (id, bytes) = *opaque;
-        match result {
-            Ok(_) => self.acks.complete(id, bytes, None),
-            Err((e, _)) => self.acks.complete(id, bytes, Some(e.clone())),
-        }
+        let (m, error) = match result {
+            Ok(m) => (m, None),
+            Err((e, m)) => (m, Some(e.clone())),
+        };
+        let bytes = event_bytes(m.payload_len(), m.key().map_or(0, <[u8]>::len));
+        self.acks.complete(opaque as u64, bytes, error);
     }
 }
+
+/// What one event counts against the in-flight bound.
+fn event_bytes(payload: usize, key: usize) -> u64 {
+    (payload + key + 64) as u64
+}
+
+/// Compression of change batches unless `kafka.options` sets `compression.type`.
+pub const DEFAULT_COMPRESSION: &str = "none";
 
 /// One event ready for Kafka.
 pub struct Outgoing<'a> {
@@ -244,12 +274,20 @@ impl CaptureProducer {
     /// `cc` carries brokers and pass-through options; durability settings are
     /// added here.
     pub fn new(cc: ClientConfig, max_in_flight_bytes: u64) -> Result<Self, CaptureError> {
+        let user_compression = cc.get("compression.type").map(str::to_string);
         let mut cc = crate::kafka::durable_producer(cc);
+        // Compression costs CPU twice (producer and broker validation) and
+        // this pipeline is usually CPU-bound; `kafka.options` can turn it on.
+        cc.set(
+            "compression.type",
+            user_compression.as_deref().unwrap_or(DEFAULT_COMPRESSION),
+        );
         let kbytes = (max_in_flight_bytes / 1024).clamp(1024, 2 * 1024 * 1024);
         cc.set("queue.buffering.max.kbytes", kbytes.to_string())
             .set("queue.buffering.max.messages", "1000000")
             .set("batch.size", "1000000")
-            .set("linger.ms", "10")
+            .set("linger.ms", "50")
+            .set("batch.num.messages", "100000")
             .set("message.max.bytes", "10000000");
         let acks = Arc::new(Acks::default());
         let producer = cc
@@ -269,16 +307,12 @@ impl CaptureProducer {
     /// Produces one event of batch `batch`; waits while the in-flight bound
     /// is reached. Fails on the first delivery error seen.
     pub async fn send(&self, batch: u64, ev: Outgoing<'_>) -> Result<(), CaptureError> {
-        let bytes = (ev.payload.len() + ev.key.map_or(0, <[u8]>::len) + 64) as u64;
-        loop {
-            if let Some(e) = self.acks.failure() {
-                return Err(CaptureError::kafka("delivering a change event", e));
-            }
-            if self.acks.in_flight_bytes() + bytes <= self.max_in_flight_bytes
-                || self.acks.in_flight_bytes() == 0
-            {
-                break;
-            }
+        let bytes = event_bytes(ev.payload.len(), ev.key.map_or(0, <[u8]>::len));
+        while !self
+            .acks
+            .reserve(batch, bytes, self.max_in_flight_bytes)
+            .map_err(|e| CaptureError::kafka("delivering a change event", e))?
+        {
             self.acks.changed(Duration::from_millis(50)).await;
         }
         let xid_text;
@@ -298,8 +332,7 @@ impl CaptureProducer {
                 value: Some(&xid_text),
             });
         }
-        self.acks.sending(batch, bytes);
-        let mut record = BaseRecord::with_opaque_to(ev.topic, Box::new((batch, bytes)))
+        let mut record = BaseRecord::with_opaque_to(ev.topic, batch as usize)
             .payload(ev.payload)
             .headers(headers);
         if let Some(k) = ev.key {
