@@ -60,6 +60,10 @@ impl Sync {
     /// Starts capture, and ingest plus the processor when `live`.
     async fn start_stages(live: bool) -> Sync {
         credentials_env();
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(std::env::var("EXTSYNC_LOG").unwrap_or_else(|_| "warn".into()))
+            .with_test_writer()
+            .try_init();
         let db = TestDb::create().await;
         db.client().await.batch_execute(SCHEMA).await.unwrap();
         let kafka = TestKafka::new();
@@ -197,6 +201,14 @@ integrations:
         for t in self.tasks {
             let _ = tokio::time::timeout(Duration::from_secs(20), t).await;
         }
+        // Slots hold WAL for the whole cluster: drop this test's.
+        let admin = support::connect(&support::pg_url()).await;
+        let _ = admin
+            .execute(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = $1 AND NOT active",
+                &[&self.db.name],
+            )
+            .await;
     }
 }
 

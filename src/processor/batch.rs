@@ -74,6 +74,8 @@ struct Pending {
     billing: Option<BillingWrite>,
     /// Children wait for this parent key's create.
     waits_for: Option<RecordKey>,
+    /// Billing view paths the billing write sets.
+    billing_paths: Vec<String>,
 }
 
 impl Processor {
@@ -136,7 +138,7 @@ impl Processor {
         let loaded = self.state.load_many(&keys).await?;
         let mut states: HashMap<RecordKey, RecordState> =
             keys.iter().cloned().zip(loaded).collect();
-        let views = self.load_views(&work).await?;
+        let mut views = self.load_views(&work).await?;
         let mut candidates: HashMap<(String, String), Vec<(String, Map<String, Value>)>> =
             HashMap::new();
 
@@ -275,6 +277,16 @@ impl Processor {
                     billing,
                     resolutions: rs,
                 } => {
+                    // Later changes of this record in the batch merge with the
+                    // row as this write leaves it.
+                    if let (Some(cols), Some(view)) = (
+                        &billing,
+                        views.get_mut(&(e.table.to_string(), key.billing_id.clone())),
+                    ) {
+                        for (col, v) in cols {
+                            view.insert(record::camel_case(col), v.clone());
+                        }
+                    }
                     for r in rs {
                         resolutions.push((key.clone(), external_id.clone(), r));
                     }
@@ -293,6 +305,20 @@ impl Processor {
                         states.insert(key, decision.state);
                         continue;
                     }
+                    // The mapped fields living in the columns the write sets.
+                    let billing_paths: Vec<String> = billing
+                        .as_ref()
+                        .map(|cols| {
+                            e.fields
+                                .iter()
+                                .filter(|f| {
+                                    let top = f.alguna.segments().next().unwrap_or_default();
+                                    cols.contains_key(&record::snake_case(top))
+                                })
+                                .map(|f| f.alguna.as_str().to_string())
+                                .collect()
+                        })
+                        .unwrap_or_default();
                     let billing = billing.map(|columns| BillingWrite {
                         table: e.table.to_string(),
                         key: pk_of(w.change, &key),
@@ -308,6 +334,7 @@ impl Processor {
                         external,
                         billing,
                         waits_for,
+                        billing_paths,
                     });
                 }
             }
@@ -377,6 +404,21 @@ impl Processor {
                         if let Some(id) = &o.external_id {
                             st.external_id = Some(id.clone());
                         }
+                        // External images modified before now are stale for these fields.
+                        let written_at = Utc::now();
+                        if let Some(e) = self
+                            .mappings
+                            .for_external(&p.key.integration, &p.key.entity)
+                        {
+                            for f in e
+                                .fields
+                                .iter()
+                                .filter(|f| x.fields.contains_key(f.external.as_str()))
+                            {
+                                st.external_written
+                                    .insert(f.alguna.as_str().to_string(), written_at);
+                            }
+                        }
                         if o.version.is_some() {
                             st.external_version = o.version.clone();
                         }
@@ -417,6 +459,13 @@ impl Processor {
                 } else {
                     if o.kind == OutcomeKind::Updated {
                         c.updated += 1;
+                        // Row images captured before this write are stale for these fields.
+                        let written_at = Utc::now();
+                        if let Some(st) = states.get_mut(&p.key) {
+                            for path in p.billing_paths.iter() {
+                                st.billing_written.insert(path.clone(), written_at);
+                            }
+                        }
                     } else {
                         c.skipped += 1;
                     }

@@ -128,7 +128,19 @@ pub fn billing_change(
             state: next,
         };
     };
-    let view = record::billing_view(row);
+    let mut view = record::billing_view(row);
+    // A row image committed before extsync's last write of a field holds a
+    // stale value for it: keep the value extsync wrote (the base).
+    for (field, written_at) in &state.billing_written {
+        if change.committed_at <= *written_at {
+            if let (Ok(path), Some(v)) = (
+                field.parse::<crate::config::FieldPath>(),
+                state.base.alguna.get(field),
+            ) {
+                record::set(&mut view, &path, v.clone());
+            }
+        }
+    }
     next.billing_changed_at = Some(change.committed_at);
 
     let parent_field = match (&entity.parent, parent_external_id) {
@@ -313,7 +325,19 @@ pub fn external_change(
             state: next,
         };
     }
-    let after = change.after.clone().unwrap_or_default();
+    let mut after = change.after.clone().unwrap_or_default();
+    // An image modified before extsync's last write of a field holds a stale
+    // value for it: keep the value extsync wrote (the base).
+    for (field, written_at) in &state.external_written {
+        if change.modified_at <= *written_at {
+            if let (Some(f), Some(v)) = (
+                entity.fields.iter().find(|f| f.alguna.as_str() == field),
+                state.base.external.get(field),
+            ) {
+                record::set(&mut after, &f.external, v.clone());
+            }
+        }
+    }
     let echo_by_origin = change
         .origin
         .as_deref()

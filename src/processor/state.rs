@@ -41,6 +41,10 @@ pub struct RecordState {
     pub billing_changed_at: Option<DateTime<Utc>>,
     pub external_changed_at: Option<DateTime<Utc>>,
     pub deleted: bool,
+    /// When extsync last wrote each billing field (view path → time).
+    pub billing_written: std::collections::BTreeMap<String, DateTime<Utc>>,
+    /// When extsync last wrote each external field (billing view path → time).
+    pub external_written: std::collections::BTreeMap<String, DateTime<Utc>>,
 }
 
 /// Durable state with a bounded in-memory front.
@@ -92,7 +96,8 @@ impl StateStore {
                 .db
                 .query(
                     "SELECT r.integration, r.entity, r.billing_id, r.external_id, r.base, r.external_image,
-                            r.external_version, r.written_hash, r.billing_changed_at, r.external_changed_at, r.deleted
+                            r.external_version, r.written_hash, r.billing_changed_at, r.external_changed_at, r.deleted,
+                            r.billing_written, r.external_written
                        FROM extsync.records r
                        JOIN unnest($1::text[], $2::text[], $3::text[]) AS k(integration, entity, billing_id)
                       USING (integration, entity, billing_id)",
@@ -122,6 +127,10 @@ impl StateStore {
                         billing_changed_at: row.get(8),
                         external_changed_at: row.get(9),
                         deleted: row.get(10),
+                        billing_written: serde_json::from_value(row.get::<_, Value>(11))
+                            .unwrap_or_default(),
+                        external_written: serde_json::from_value(row.get::<_, Value>(12))
+                            .unwrap_or_default(),
                     },
                 );
             }
@@ -183,19 +192,30 @@ impl StateStore {
         let eat: Vec<Option<DateTime<Utc>>> =
             states.iter().map(|s| s.1.external_changed_at).collect();
         let del: Vec<bool> = states.iter().map(|s| s.1.deleted).collect();
+        let written: Vec<Value> = states
+            .iter()
+            .map(|s| serde_json::to_value(&s.1.billing_written).expect("times serialize"))
+            .collect();
+        let ext_written: Vec<Value> = states
+            .iter()
+            .map(|s| serde_json::to_value(&s.1.external_written).expect("times serialize"))
+            .collect();
         self.db
             .execute(
                 "INSERT INTO extsync.records AS r (integration, entity, billing_id, external_id, base, external_image,
-                        external_version, written_hash, billing_changed_at, external_changed_at, deleted)
+                        external_version, written_hash, billing_changed_at, external_changed_at, deleted,
+                        billing_written, external_written)
                  SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::jsonb[],
-                                      $7::text[], $8::text[], $9::timestamptz[], $10::timestamptz[], $11::bool[])
+                                      $7::text[], $8::text[], $9::timestamptz[], $10::timestamptz[], $11::bool[],
+                                      $12::jsonb[], $13::jsonb[])
                  ON CONFLICT (integration, entity, billing_id) DO UPDATE SET
                         external_id = excluded.external_id, base = excluded.base,
                         external_image = excluded.external_image, external_version = excluded.external_version,
                         written_hash = excluded.written_hash, billing_changed_at = excluded.billing_changed_at,
                         external_changed_at = excluded.external_changed_at, deleted = excluded.deleted,
+                        billing_written = excluded.billing_written, external_written = excluded.external_written,
                         updated_at = now()",
-                &[&ints, &ents, &ids, &ext, &bases, &images, &versions, &hashes, &bat, &eat, &del],
+                &[&ints, &ents, &ids, &ext, &bases, &images, &versions, &hashes, &bat, &eat, &del, &written, &ext_written],
             )
             .await?;
         for (k, s) in states {
