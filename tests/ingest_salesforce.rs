@@ -88,6 +88,10 @@ async fn read_all(kafka: &TestKafka, expect: usize, limit: Duration) -> Vec<Exte
         };
         match tokio::time::timeout(wait, consumer.recv()).await {
             Ok(Ok(m)) => out.push(serde_json::from_slice(m.payload().unwrap()).unwrap()),
+            // The topic may not exist yet: keep waiting.
+            Ok(Err(_)) if out.len() < expect => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
             _ => return out,
         }
     }
@@ -120,6 +124,10 @@ async fn change_events_from_the_stream_arrive_once() {
             .unwrap();
         ids.push(out.id);
     }
+    // Records are re-read when their event arrives, so let the creates land
+    // before the update (else the create already carries the update).
+    let created = read_all(&kafka, 3, Duration::from_secs(30)).await;
+    assert_eq!(created.len(), 3, "{created:?}");
     org.connector
         .write(
             "Account",

@@ -146,6 +146,7 @@ impl Processor {
         let mut pending: Vec<Pending> = Vec::new();
         let mut resolutions: Vec<(RecordKey, Option<String>, Resolution)> = Vec::new();
         let mut failures: Vec<(RecordKey, Option<String>, String, String)> = Vec::new();
+        let mut decided: Vec<(String, chrono::DateTime<Utc>)> = Vec::new();
         for w in &work {
             let Some(key) = w.key.clone() else { continue };
             let e = w.entity;
@@ -328,6 +329,12 @@ impl Processor {
                             Change::Billing(b) => b.committed_at,
                         },
                     });
+                    // Row images of this batch predate the write: they are
+                    // stale for its fields until the write's time is known.
+                    let decided_at = Utc::now();
+                    for path in &billing_paths {
+                        decided.push((path.clone(), decided_at));
+                    }
                     pending.push(Pending {
                         key: key.clone(),
                         before: state.clone(),
@@ -338,7 +345,11 @@ impl Processor {
                     });
                 }
             }
-            states.insert(key, decision.state);
+            let mut next_state = decision.state;
+            for (path, at) in decided.drain(..) {
+                next_state.billing_written.insert(path, at);
+            }
+            states.insert(key, next_state);
         }
 
         // 5. Deliver: parents first, then children waiting on a parent's create.
