@@ -435,7 +435,8 @@ pub async fn prepare(sql: &Client, s: &Settings) -> Result<Plan, CaptureError> {
         }
     }
     sql.batch_execute(&format!(
-        "CREATE SCHEMA IF NOT EXISTS {STATE_SCHEMA};
+        "SELECT pg_advisory_xact_lock({lock});
+         CREATE SCHEMA IF NOT EXISTS {STATE_SCHEMA};
          CREATE TABLE IF NOT EXISTS {STATE_SCHEMA}.capture_snapshots (
              slot_name  text NOT NULL,
              table_name text NOT NULL,
@@ -443,7 +444,8 @@ pub async fn prepare(sql: &Client, s: &Settings) -> Result<Plan, CaptureError> {
              last_key   text[],
              rows       bigint NOT NULL DEFAULT 0,
              updated_at timestamptz NOT NULL DEFAULT now(),
-             PRIMARY KEY (slot_name, table_name));"
+             PRIMARY KEY (slot_name, table_name));",
+        lock = crate::store::MIGRATION_LOCK
     ))
     .await
     .map_err(e("creating the state schema"))?;

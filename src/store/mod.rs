@@ -12,8 +12,9 @@ mod embedded {
     refinery::embed_migrations!("migrations");
 }
 
-/// Advisory-lock key serializing migrations between processes.
-const MIGRATION_LOCK: i64 = 0x6578_7473_796e_6301;
+/// Advisory-lock key serializing changes to schema `extsync` between
+/// processes and stages (capture takes it too).
+pub const MIGRATION_LOCK: i64 = 0x6578_7473_796e_6301;
 
 /// Errors reaching or migrating the state database.
 #[derive(Debug, thiserror::Error)]
@@ -42,15 +43,20 @@ pub async fn connect(url: &str) -> Result<Client, StoreError> {
 /// Creates schema `extsync` and applies pending migrations, one process at a time.
 pub async fn migrate(client: &mut Client) -> Result<(), StoreError> {
     client
-        .batch_execute("CREATE SCHEMA IF NOT EXISTS extsync")
-        .await?;
-    client
         .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
         .await?;
-    let result = embedded::migrations::runner()
-        .set_migration_table_name("extsync.schema_history")
-        .run_async(client)
-        .await;
+    let result = match client
+        .batch_execute("CREATE SCHEMA IF NOT EXISTS extsync")
+        .await
+    {
+        Ok(()) => embedded::migrations::runner()
+            .set_migration_table_name("extsync.schema_history")
+            .run_async(client)
+            .await
+            .map(|_| ())
+            .map_err(StoreError::from),
+        Err(e) => Err(StoreError::from(e)),
+    };
     client
         .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
         .await?;
