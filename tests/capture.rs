@@ -277,6 +277,10 @@ async fn every_type_round_trips_in_snapshot_and_stream() {
     let p = pipeline(&db, &kafka, &["public.types"], "");
     let run = start(&p).await;
     wait_streaming(&c, &slot(&db)).await;
+    // The snapshot of row 1 is in Kafka before row 2 is written, so row 2
+    // can only arrive through the stream.
+    let snapshot = read_topic(&kafka, &topic(&kafka, "types"), 1).await;
+    assert_eq!(snapshot.len(), 1, "{snapshot:?}");
     c.batch_execute(&ALL_TYPES_ROW.replace("ID", "2"))
         .await
         .unwrap();
