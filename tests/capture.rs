@@ -9,9 +9,7 @@ use std::time::{Duration, Instant};
 
 use extsync::capture::{self, CaptureError, RunSummary};
 use rdkafka::Message;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Headers;
-use rdkafka::{Offset, TopicPartitionList};
 use serde_json::{Value, json};
 use support::{TestDb, TestKafka};
 use tokio::task::JoinHandle;
@@ -141,31 +139,9 @@ struct Event {
 /// Reads `topic` from the beginning until `want` events arrived (or 60 s);
 /// `usize::MAX` reads until the topic is quiet.
 fn read_topic_blocking(kafka: &TestKafka, topic: &str, want: usize, wait: Duration) -> Vec<Event> {
-    let consumer: BaseConsumer = kafka
-        .config()
-        .set("group.id", format!("{}-reader", kafka.prefix))
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     // Capture creates its topics at start; wait for them.
-    let parts = loop {
-        let md = consumer
-            .fetch_metadata(Some(topic), Duration::from_secs(10))
-            .unwrap();
-        let n = md.topics()[0].partitions().len();
-        if n > 0 {
-            break n;
-        }
-        assert!(Instant::now() < deadline, "topic {topic} was not created");
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..parts as i32 {
-        tpl.add_partition_offset(topic, p, Offset::Beginning)
-            .unwrap();
-    }
-    consumer.assign(&tpl).unwrap();
+    let consumer = kafka.reader_from_start(topic, deadline);
     let mut out = Vec::new();
     let mut last = Instant::now();
     let deadline = deadline.min(Instant::now() + wait);

@@ -9,9 +9,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
-use rdkafka::{Offset, TopicPartitionList};
 use serde_json::{Value, json};
 use support::{TestDb, TestKafka};
 
@@ -24,30 +22,9 @@ struct Event {
 
 /// Reads the whole topic until `done` holds for what was read (or 60 s).
 fn read_until(kafka: &TestKafka, topic: &str, done: impl Fn(&[Event]) -> bool) -> Vec<Event> {
-    let consumer: BaseConsumer = kafka
-        .config()
-        .set("group.id", format!("{}-reader", kafka.prefix))
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
-    let parts = loop {
-        let md = consumer
-            .fetch_metadata(Some(topic), Duration::from_secs(10))
-            .unwrap();
-        let n = md.topics()[0].partitions().len();
-        if n > 0 {
-            break n;
-        }
-        assert!(Instant::now() < deadline, "topic {topic} was not created");
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..parts as i32 {
-        tpl.add_partition_offset(topic, p, Offset::Beginning)
-            .unwrap();
-    }
-    consumer.assign(&tpl).unwrap();
+    // Capture creates its topics at start; wait for them.
+    let consumer = kafka.reader_from_start(topic, deadline);
     let mut out = Vec::new();
     // Partitions are read concurrently: once `done` holds, drain until quiet.
     let mut quiet_since: Option<Instant> = None;

@@ -8,8 +8,7 @@ use std::time::{Duration, Instant};
 
 use extsync::capture::{self, CaptureError, RunSummary};
 use extsync::delivery::{BillingWrite, BillingWriter, BillingWriterConfig, OutcomeKind};
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{Message, Offset, TopicPartitionList};
+use rdkafka::Message;
 use serde_json::{Value, json};
 use support::{TestDb, TestKafka};
 use tokio_util::sync::CancellationToken;
@@ -22,30 +21,9 @@ fn read_events(
     want: usize,
     settle: Duration,
 ) -> Vec<(Value, String)> {
-    let consumer: BaseConsumer = kafka
-        .config()
-        .set("group.id", format!("{}-reader", kafka.prefix))
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
-    let parts = loop {
-        let md = consumer
-            .fetch_metadata(Some(topic), Duration::from_secs(10))
-            .unwrap();
-        let n = md.topics()[0].partitions().len();
-        if n > 0 {
-            break n;
-        }
-        assert!(Instant::now() < deadline, "topic {topic} was not created");
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..parts as i32 {
-        tpl.add_partition_offset(topic, p, Offset::Beginning)
-            .unwrap();
-    }
-    consumer.assign(&tpl).unwrap();
+    // Capture creates its topics at start; wait for them.
+    let consumer = kafka.reader_from_start(topic, deadline);
     let mut out = Vec::new();
     let mut quiet_since = Instant::now();
     while Instant::now() < deadline {

@@ -133,3 +133,42 @@ impl Default for TestKafka {
         Self::new()
     }
 }
+
+impl TestKafka {
+    /// A consumer assigned to every partition of `topic` from the beginning;
+    /// waits (up to `deadline`) for the topic to be created.
+    pub fn reader_from_start(
+        &self,
+        topic: &str,
+        deadline: std::time::Instant,
+    ) -> rdkafka::consumer::BaseConsumer {
+        use rdkafka::consumer::Consumer;
+        let consumer: rdkafka::consumer::BaseConsumer = self
+            .config()
+            .set("group.id", format!("{}-reader", self.prefix))
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        let parts = loop {
+            let md = consumer
+                .fetch_metadata(Some(topic), Duration::from_secs(10))
+                .unwrap();
+            let n = md.topics()[0].partitions().len();
+            if n > 0 {
+                break n;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "topic {topic} was not created"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        for p in 0..parts as i32 {
+            tpl.add_partition_offset(topic, p, rdkafka::Offset::Beginning)
+                .unwrap();
+        }
+        consumer.assign(&tpl).unwrap();
+        consumer
+    }
+}
