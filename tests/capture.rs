@@ -105,26 +105,37 @@ async fn start(p: &extsync::config::Pipeline) -> Running {
     Running { stop, handle }
 }
 
-/// Waits until the slot streams (exists and is active).
+/// Waits until capture streams: its walsender has sent `START_REPLICATION`
+/// (state `streaming`), so the slot is consistent and the initial snapshot
+/// is done.
 async fn wait_streaming(client: &tokio_postgres::Client, slot: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_secs(90);
     loop {
-        let active = client
+        let streaming = client
             .query_opt(
-                "SELECT active FROM pg_replication_slots WHERE slot_name = $1",
+                "SELECT 1 FROM pg_replication_slots s JOIN pg_stat_replication r ON r.pid = s.active_pid \
+                 WHERE s.slot_name = $1 AND r.state = 'streaming'",
                 &[&slot],
             )
             .await
             .unwrap()
-            .map(|r| r.get::<_, bool>(0))
-            .unwrap_or(false);
-        if active {
+            .is_some();
+        if streaming {
             return;
         }
-        assert!(
-            Instant::now() < deadline,
-            "slot {slot} did not become active"
-        );
+        if Instant::now() >= deadline {
+            let waits = client
+                .query(
+                    "SELECT coalesce(application_name, '') || ': ' || coalesce(state, '') || ' ' || \
+                     coalesce(wait_event_type, '') || '/' || coalesce(wait_event, '') || ' ' || left(coalesce(query, ''), 80) \
+                     FROM pg_stat_activity WHERE pid <> pg_backend_pid()",
+                    &[],
+                )
+                .await
+                .map(|rows| rows.iter().map(|r| r.get::<_, String>(0)).collect::<Vec<_>>())
+                .unwrap_or_default();
+            panic!("slot {slot} did not start streaming within 90 s; sessions: {waits:#?}");
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -172,6 +183,13 @@ fn read_topic_blocking(kafka: &TestKafka, topic: &str, want: usize, wait: Durati
                 .unwrap_or(Value::Null),
             headers,
         });
+    }
+    if want != usize::MAX && out.len() < want {
+        eprintln!(
+            "{topic}: read {} of {want} events; in Kafka: {}",
+            out.len(),
+            kafka.watermarks(topic)
+        );
     }
     out
 }
@@ -674,7 +692,6 @@ async fn transaction_markers_count_the_events() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "intermittently never marks the table done under a loaded full run (issue 3); run with --ignored"]
 async fn incremental_snapshot_on_request_while_streaming() {
     let (db, kafka) = (TestDb::create().await, TestKafka::new());
     let _slot = guard(&db);

@@ -147,6 +147,9 @@ impl TestKafka {
             .config()
             .set("group.id", format!("{}-reader", self.prefix))
             .set("enable.auto.commit", "false")
+            // A partition whose start offset cannot be resolved yet (a topic
+            // created a moment ago) must still be read from its start.
+            .set("auto.offset.reset", "earliest")
             .create()
             .unwrap();
         let parts = loop {
@@ -170,5 +173,26 @@ impl TestKafka {
         }
         consumer.assign(&tpl).unwrap();
         consumer
+    }
+
+    /// `partition: low..high` of every partition of `topic`, for failure
+    /// messages that must say whether the data reached Kafka.
+    pub fn watermarks(&self, topic: &str) -> String {
+        use rdkafka::consumer::Consumer;
+        let consumer: rdkafka::consumer::BaseConsumer = self.config().create().unwrap();
+        let Ok(md) = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)) else {
+            return "metadata unavailable".into();
+        };
+        md.topics()[0]
+            .partitions()
+            .iter()
+            .map(
+                |p| match consumer.fetch_watermarks(topic, p.id(), Duration::from_secs(10)) {
+                    Ok((lo, hi)) => format!("{}: {lo}..{hi}", p.id()),
+                    Err(e) => format!("{}: {e}", p.id()),
+                },
+            )
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
