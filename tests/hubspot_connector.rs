@@ -163,13 +163,13 @@ async fn batch_writes_map_partial_failures_to_their_inputs() {
     assert!(results[0].as_ref().unwrap().created);
     let e1 = results[1].as_ref().unwrap_err();
     assert_eq!(e1.class, ErrorClass::FieldValidation);
-    assert_eq!(e1.fields, vec!["email".to_string()]);
+    assert_eq!(*e1.fields, ["email".to_string()]);
     let e2 = results[2].as_ref().unwrap_err();
     assert_eq!(e2.class, ErrorClass::FieldValidation);
     assert_eq!(e2.code.as_deref(), Some("CONFLICT"));
     assert_eq!(e2.existing_id.as_deref(), Some(existing.id.as_str()));
     let e3 = results[3].as_ref().unwrap_err();
-    assert_eq!(e3.fields, vec!["favourite_colour".to_string()]);
+    assert_eq!(*e3.fields, ["favourite_colour".to_string()]);
     assert_eq!(results[4].as_ref().unwrap().id, existing.id);
     assert_eq!(results[5].as_ref().unwrap_err().class, ErrorClass::NotFound);
     assert!(results[6].as_ref().unwrap().created);
@@ -235,7 +235,7 @@ async fn validation_errors_name_the_fields() {
     assert_eq!(e.class, ErrorClass::FieldValidation);
     assert_eq!(e.status, Some(400));
     assert_eq!(e.code.as_deref(), Some("VALIDATION_ERROR"));
-    assert_eq!(e.fields, vec!["shoe_size".to_string()]);
+    assert_eq!(*e.fields, ["shoe_size".to_string()]);
     assert!(e.message.contains("does not exist"), "{}", e.message);
 
     // Required properties and custom rules.
@@ -258,7 +258,7 @@ async fn validation_errors_name_the_fields() {
     assert_eq!(e.class, ErrorClass::FieldValidation);
     let mut f = e.fields.clone();
     f.sort();
-    assert_eq!(f, vec!["dealstage".to_string(), "tier".to_string()]);
+    assert_eq!(*f, ["dealstage".to_string(), "tier".to_string()]);
     c.write(
         "deals",
         WriteOp::Create {

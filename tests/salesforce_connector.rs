@@ -151,7 +151,7 @@ async fn batch_writes_keep_order_and_fail_per_record() {
     let bad = results[10].as_ref().unwrap_err();
     assert_eq!(bad.class, ErrorClass::FieldValidation);
     assert_eq!(bad.code.as_deref(), Some("REQUIRED_FIELD_MISSING"));
-    assert_eq!(bad.fields, vec!["Name"]);
+    assert_eq!(*bad.fields, ["Name"]);
     let ids: Vec<String> = results
         .iter()
         .filter_map(|r| r.as_ref().ok())
@@ -229,7 +229,7 @@ async fn field_validation_errors_carry_vendor_codes() {
         .unwrap_err();
     assert_eq!(e.class, ErrorClass::FieldValidation);
     assert_eq!(e.code.as_deref(), Some("REQUIRED_FIELD_MISSING"));
-    assert_eq!(e.fields, vec!["LastName"]);
+    assert_eq!(*e.fields, ["LastName"]);
     assert_eq!(e.status, Some(400));
 
     let e = create("Account", json!({"Name": "x", "Colour__c": "red"}))
@@ -246,7 +246,7 @@ async fn field_validation_errors_carry_vendor_codes() {
     .unwrap_err();
     assert_eq!(e.code.as_deref(), Some("FIELD_CUSTOM_VALIDATION_EXCEPTION"));
     assert_eq!(e.message, "Amount cannot be negative");
-    assert_eq!(e.fields, vec!["Amount"]);
+    assert_eq!(*e.fields, ["Amount"]);
 
     let e = create("Contact", json!({"LastName": "B", "Email": "not-an-email"}))
         .await
@@ -284,7 +284,7 @@ async fn field_validation_errors_carry_vendor_codes() {
     .await
     .unwrap_err();
     assert_eq!(e.code.as_deref(), Some("INVALID_CROSS_REFERENCE_KEY"));
-    assert_eq!(e.fields, vec!["AccountId"]);
+    assert_eq!(*e.fields, ["AccountId"]);
 
     let e = create("Account", json!({"Name": "x", "MRR__c": "lots"}))
         .await

@@ -73,10 +73,11 @@ fn bare_message(full: &str, path: &str) -> String {
     }
     // serde_yaml_ng prefixes the path of the enclosing node, which is a
     // prefix of (or equal to) the full path.
-    if let Some((prefix, rest)) = msg.split_once(": ") {
-        if !prefix.is_empty() && path.starts_with(prefix) {
-            msg = rest;
-        }
+    if let Some((prefix, rest)) = msg.split_once(": ")
+        && !prefix.is_empty()
+        && path.starts_with(prefix)
+    {
+        msg = rest;
     }
     msg.to_string()
 }

@@ -59,9 +59,9 @@ pub struct ConnectorError {
     /// How long the vendor asked to wait (Retry-After, limit headers).
     pub retry_after: Option<Duration>,
     /// Fields the vendor blamed.
-    pub fields: Vec<String>,
+    pub fields: Box<[String]>,
     /// Vendor error code, e.g. `REQUIRED_FIELD_MISSING`, `VALIDATION_ERROR`.
-    pub code: Option<String>,
+    pub code: Option<Box<str>>,
     /// For duplicates: the id of the record that already exists.
     pub existing_id: Option<String>,
     #[source]
@@ -75,7 +75,7 @@ impl ConnectorError {
             message: message.into(),
             status: None,
             retry_after: None,
-            fields: Vec::new(),
+            fields: Box::default(),
             code: None,
             existing_id: None,
             source: None,
@@ -93,12 +93,12 @@ impl ConnectorError {
     }
 
     pub fn with_fields(mut self, fields: Vec<String>) -> Self {
-        self.fields = fields;
+        self.fields = fields.into_boxed_slice();
         self
     }
 
     pub fn with_code(mut self, code: impl Into<String>) -> Self {
-        self.code = Some(code.into());
+        self.code = Some(code.into().into_boxed_str());
         self
     }
 

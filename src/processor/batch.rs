@@ -28,6 +28,8 @@ use super::state::{RecordKey, RecordState, StateStore};
 use crate::delivery::{BillingWrite, DeliveryOutcome, ExternalWrite, ExternalWriteOp, OutcomeKind};
 use crate::ingest::{ChangeSource, ExternalChange};
 
+/// Unlinked external records of one (integration, entity): id and fields.
+type Candidates = Vec<(String, Map<String, Value>)>;
 /// How long a child waits, in total, for its parent to be linked.
 pub const PARENT_WAIT: Duration = Duration::from_secs(10);
 /// Most unlinked records considered when matching.
@@ -139,8 +141,7 @@ impl Processor {
         let mut states: HashMap<RecordKey, RecordState> =
             keys.iter().cloned().zip(loaded).collect();
         let mut views = self.load_views(&work).await?;
-        let mut candidates: HashMap<(String, String), Vec<(String, Map<String, Value>)>> =
-            HashMap::new();
+        let mut candidates: HashMap<(String, String), Candidates> = HashMap::new();
 
         // 4. Decide, record by record, in order.
         let mut pending: Vec<Pending> = Vec::new();
@@ -298,10 +299,10 @@ impl Processor {
                                 .as_ref()
                                 .is_some_and(|x| x.op == ExternalWriteOp::Create)
                     }) {
-                        if let (Some(px), Some(nx)) = (p.external.as_mut(), external.as_ref()) {
-                            if !matches!(nx.op, ExternalWriteOp::Delete { .. }) {
-                                px.fields.extend(nx.fields.clone());
-                            }
+                        if let (Some(px), Some(nx)) = (p.external.as_mut(), external.as_ref())
+                            && !matches!(nx.op, ExternalWriteOp::Delete { .. })
+                        {
+                            px.fields.extend(nx.fields.clone());
                         }
                         states.insert(key, decision.state);
                         continue;
@@ -365,14 +366,13 @@ impl Processor {
                 .position(|p| p.key == parent)
                 .and_then(|j| outcomes.get(&j))
                 .and_then(|o| o.external_id.clone());
-            if let (Some(ext), Some(x)) = (parent_ext, pending[i].external.as_mut()) {
-                if let Some(p) = &self
+            if let (Some(ext), Some(x)) = (parent_ext, pending[i].external.as_mut())
+                && let Some(p) = &self
                     .mappings
                     .for_external(&x.integration, &x.entity)
                     .and_then(|e| e.parent.clone())
-                {
-                    x.fields.insert(p.external.clone(), Value::String(ext));
-                }
+            {
+                x.fields.insert(p.external.clone(), Value::String(ext));
             }
         }
         let pending = pending;
@@ -638,7 +638,7 @@ impl Processor {
     async fn unlinked_billing_rows(
         &self,
         e: &EntityMap,
-    ) -> Result<Vec<(String, Map<String, Value>)>, tokio_postgres::Error> {
+    ) -> Result<Candidates, tokio_postgres::Error> {
         let pk = self.primary_key(e).await?;
         let sql = format!(
             "SELECT t.{pk}::text, to_jsonb(t) FROM {table} t
@@ -666,10 +666,7 @@ impl Processor {
     }
 
     /// Unlinked external records of the entity, for match rules.
-    async fn candidates(
-        &self,
-        e: &EntityMap,
-    ) -> Result<Vec<(String, Map<String, Value>)>, tokio_postgres::Error> {
+    async fn candidates(&self, e: &EntityMap) -> Result<Candidates, tokio_postgres::Error> {
         let rows = self
             .billing
             .query(

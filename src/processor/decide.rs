@@ -22,7 +22,11 @@ use crate::delivery::{ExternalWrite, ExternalWriteOp};
 use crate::ingest::ExternalChange;
 
 /// What the engine should do.
+///
+/// One plan exists per change and is moved once into the batch's writes, so
+/// the size of `Write` costs nothing worth a box.
 #[derive(Debug, Clone, PartialEq)]
+#[allow(clippy::large_enum_variant)]
 pub enum Plan {
     /// Nothing to write; the reason is for sync events and debugging.
     Nothing(&'static str),
@@ -132,13 +136,13 @@ pub fn billing_change(
     // A row image committed before extsync's last write of a field holds a
     // stale value for it: keep the value extsync wrote (the base).
     for (field, written_at) in &state.billing_written {
-        if change.committed_at <= *written_at {
-            if let (Ok(path), Some(v)) = (
+        if change.committed_at <= *written_at
+            && let (Ok(path), Some(v)) = (
                 field.parse::<crate::config::FieldPath>(),
                 state.base.alguna.get(field),
-            ) {
-                record::set(&mut view, &path, v.clone());
-            }
+            )
+        {
+            record::set(&mut view, &path, v.clone());
         }
     }
     next.billing_changed_at = Some(change.committed_at);
@@ -256,10 +260,10 @@ pub fn billing_change(
     next.base = std::mem::take(&mut m.base);
     let external_id = next.external_id.clone().expect("linked");
     let mut to_external = m.to_external;
-    if !to_external.is_empty() {
-        if let Some((f, v)) = parent_field {
-            to_external.entry(f).or_insert(v);
-        }
+    if !to_external.is_empty()
+        && let Some((f, v)) = parent_field
+    {
+        to_external.entry(f).or_insert(v);
     }
     let external = (!to_external.is_empty()).then(|| {
         for (k, v) in &to_external {
@@ -329,13 +333,13 @@ pub fn external_change(
     // An image modified before extsync's last write of a field holds a stale
     // value for it: keep the value extsync wrote (the base).
     for (field, written_at) in &state.external_written {
-        if change.modified_at <= *written_at {
-            if let (Some(f), Some(v)) = (
+        if change.modified_at <= *written_at
+            && let (Some(f), Some(v)) = (
                 entity.fields.iter().find(|f| f.alguna.as_str() == field),
                 state.base.external.get(field),
-            ) {
-                record::set(&mut after, &f.external, v.clone());
-            }
+            )
+        {
+            record::set(&mut after, &f.external, v.clone());
         }
     }
     let echo_by_origin = change

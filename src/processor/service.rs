@@ -125,7 +125,7 @@ pub async fn replay(
     let processor = processor(&p).await?;
     let topics = Topics::new(&p.kafka.topic_prefix);
     let mut names: Vec<String> = Vec::new();
-    for (_, i) in &p.integrations {
+    for i in p.integrations.values() {
         names.push(topics.external(i.provider.as_str()));
         for e in i.entities.values() {
             names.push(topics.cdc(e.table.schema(), e.table.table()));

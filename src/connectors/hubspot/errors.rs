@@ -222,7 +222,7 @@ mod tests {
     fn validation_names_fields_from_message() {
         let body = br#"{"status":"error","message":"Property values were not valid: [{\"isValid\":false,\"message\":\"Property \\\"foo\\\" does not exist\",\"error\":\"PROPERTY_DOESNT_EXIST\",\"name\":\"foo\"}]","category":"VALIDATION_ERROR"}"#;
         let e = classify(400, &HeaderMap::new(), body);
-        assert_eq!(e.fields, vec!["foo".to_string()]);
+        assert_eq!(&*e.fields, ["foo".to_string()]);
     }
 
     #[test]

@@ -159,7 +159,7 @@ mod tests {
             wait,
         );
         assert_eq!(e.class, ErrorClass::FieldValidation);
-        assert_eq!(e.fields, vec!["Name"]);
+        assert_eq!(&*e.fields, ["Name"]);
         let e = from_response(StatusCode::BAD_GATEWAY, &h, b"<html>", wait);
         assert_eq!(e.class, ErrorClass::Transient);
         let e = from_response(
