@@ -30,6 +30,7 @@ use crate::ingest::{ChangeSource, ExternalChange};
 
 /// Unlinked external records of one (integration, entity): id and fields.
 type Candidates = Vec<(String, Map<String, Value>)>;
+
 /// How long a child waits, in total, for its parent to be linked.
 pub const PARENT_WAIT: Duration = Duration::from_secs(10);
 /// Most unlinked records considered when matching.
