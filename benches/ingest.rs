@@ -55,14 +55,33 @@ async fn fresh_database() -> String {
     format!("{}/{name}", &url[..cut])
 }
 
-fn pipeline(db: &str, prefix: &str, hubspot: &str, salesforce: &str) -> extsync::config::Pipeline {
+/// The bench pipeline; `salesforce: None` leaves Salesforce out.
+fn pipeline(
+    db: &str,
+    prefix: &str,
+    hubspot: &str,
+    salesforce: Option<&str>,
+) -> extsync::config::Pipeline {
+    let salesforce = salesforce.map_or(String::new(), |url| {
+        format!(
+            r#"
+  salesforce:
+    provider: salesforce
+    baseUrl: "{url}"
+    credentials: {{ clientId: "${{BENCH_SF_ID}}", clientSecret: "${{BENCH_SF_SECRET}}", refreshToken: "${{BENCH_SF_REFRESH}}" }}
+    rateLimit: {{ requests: 1000000, burst: 100000 }}
+    entities:
+      accounts: {{ externalObject: Account, table: public.accounts, mappings: [{{ alguna: name, external: Name }}] }}
+"#
+        )
+    });
     let yaml = format!(
         r#"
 name: bench
 postgres: {{ url: "{db}" }}
 kafka: {{ brokers: "{brokers}", topicPrefix: "{prefix}" }}
 telemetry: {{ metricsAddress: "" }}
-ingest: {{ webhookAddress: "127.0.0.1:0", sweepSecs: 86400 }}
+ingest: {{ webhookAddress: "127.0.0.1:0", sweepSecs: 86400, pollOverlapSecs: 0 }}
 integrations:
   hubspot:
     provider: hubspot
@@ -71,14 +90,7 @@ integrations:
     rateLimit: {{ requests: 1000000, burst: 100000 }}
     entities:
       contacts: {{ externalObject: contacts, table: public.contacts, mappings: [{{ alguna: email, external: email }}] }}
-  salesforce:
-    provider: salesforce
-    baseUrl: "{salesforce}"
-    credentials: {{ clientId: "${{BENCH_SF_ID}}", clientSecret: "${{BENCH_SF_SECRET}}", refreshToken: "${{BENCH_SF_REFRESH}}" }}
-    rateLimit: {{ requests: 1000000, burst: 100000 }}
-    entities:
-      accounts: {{ externalObject: Account, table: public.accounts, mappings: [{{ alguna: name, external: Name }}] }}
-"#,
+{salesforce}"#,
         brokers = setting("EXTSYNC_KAFKA_BROKERS"),
     );
     extsync::config::parse_str(&yaml, "bench.yaml").unwrap()
@@ -138,7 +150,12 @@ async fn main() {
     let sf_running = sf.serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
     let db = fresh_database().await;
     let prefix = format!("bench{}", std::process::id());
-    let p = pipeline(&db, &prefix, &hs_running.base_url(), &sf_running.base_url());
+    let p = pipeline(
+        &db,
+        &prefix,
+        &hs_running.base_url(),
+        Some(&sf_running.base_url()),
+    );
 
     // Seed: contacts to change in HubSpot, accounts to catch up on in Salesforce.
     let hs = extsync::connectors::hubspot::HubSpotConnector::new(
@@ -148,9 +165,12 @@ async fn main() {
         ),
         RequestBudget::unlimited(),
     );
-    let mut contact_ids = Vec::new();
-    for chunk in 0..10 {
-        let ops = (0..100)
+    // One contact per event, so every event is a version never emitted
+    // before and goes all the way to Kafka (none collapse as duplicates).
+    let contacts = (rate * secs) as usize * batch;
+    let mut contact_ids = Vec::with_capacity(contacts);
+    for chunk in 0..contacts.div_ceil(100) {
+        let ops = (0..(contacts - chunk * 100).min(100))
             .map(|i| WriteOp::Create {
                 fields: json!({"email": format!("c{chunk}-{i}@bench.test")})
                     .as_object()
@@ -200,8 +220,26 @@ async fn main() {
         seed_started.elapsed().as_secs_f64()
     );
 
+    // The webhook phase measures webhooks alone: HubSpot only, its polling
+    // cursor already past the seeded contacts, so no sweep runs beside it.
+    let mut state = extsync::store::connect(&db).await.unwrap();
+    extsync::store::migrate(&mut state).await.unwrap();
+    let state = Arc::new(state);
+    let cursors = extsync::ingest::cursor::CursorStore::new(state.clone());
+    cursors
+        .advance(
+            "hubspot",
+            "contacts",
+            &extsync::connectors::Cursor {
+                modified_at: chrono::Utc::now() + chrono::Duration::seconds(1),
+                id: String::new(),
+            },
+        )
+        .await
+        .unwrap();
+    let webhook_only = pipeline(&db, &prefix, &hs_running.base_url(), None);
     let stop = CancellationToken::new();
-    let ingest = extsync::ingest::service::start(&p, stop.clone())
+    let ingest = extsync::ingest::service::start(&webhook_only, stop.clone())
         .await
         .unwrap();
     let url = format!("http://{}/webhooks/hubspot", ingest.webhook_addr.unwrap());
@@ -241,27 +279,32 @@ async fn main() {
             .body(body);
         tasks.push(tokio::spawn(async move {
             let t = Instant::now();
-            let ok = req
-                .send()
-                .await
-                .map(|r| r.status().is_success())
-                .unwrap_or(false);
-            (ok, t.elapsed().as_secs_f64() * 1000.0)
+            let accepted = match req.send().await {
+                Ok(r) if r.status().is_success() => {
+                    let ms = t.elapsed().as_secs_f64() * 1000.0;
+                    let body: serde_json::Value = r.json().await.unwrap_or_default();
+                    Some((body["accepted"].as_u64().unwrap_or(0), ms))
+                }
+                _ => None,
+            };
+            accepted
         }));
     }
     let mut latencies = Vec::with_capacity(tasks.len());
-    let mut failed = 0;
+    let (mut failed, mut accepted) = (0, 0);
     for t in tasks {
-        let (ok, ms) = t.await.unwrap();
-        if ok {
-            latencies.push(ms);
-        } else {
-            failed += 1;
+        match t.await.unwrap() {
+            Some((n, ms)) => {
+                accepted += n;
+                latencies.push(ms);
+            }
+            None => failed += 1,
         }
     }
     let elapsed = started.elapsed().as_secs_f64();
     latencies.sort_by(f64::total_cmp);
-    let events_per_s = (latencies.len() * batch) as f64 / elapsed;
+    // Events written to Kafka (acknowledged), not merely received.
+    let events_per_s = accepted as f64 / elapsed;
     eprintln!(
         "webhooks: {} requests ({failed} failed), {:.0} events/s, p50 {:.1} ms, p99 {:.1} ms",
         latencies.len(),
@@ -281,9 +324,6 @@ async fn main() {
             .clone(),
         sfc.clone(),
     ));
-    let mut state = extsync::store::connect(&db).await.unwrap();
-    extsync::store::migrate(&mut state).await.unwrap();
-    let state = Arc::new(state);
     let producer =
         extsync::kafka::durable_producer(extsync::kafka::client_config(&p.kafka).unwrap())
             .create()
@@ -297,7 +337,7 @@ async fn main() {
         target,
         entity: "accounts".into(),
         object: "Account".into(),
-        cursors: extsync::ingest::cursor::CursorStore::new(state),
+        cursors,
         emitter,
         overlap: Duration::from_secs(60),
     };
@@ -319,6 +359,7 @@ async fn main() {
             "events_per_request": batch,
             "webhook_events_per_s": events_per_s.round(),
             "webhook_failed": failed,
+            "webhook_events_accepted": accepted,
             "ack_p50_ms": (percentile(&latencies, 0.5) * 10.0).round() / 10.0,
             "ack_p99_ms": (percentile(&latencies, 0.99) * 10.0).round() / 10.0,
             "poll_records": stats.read,
