@@ -279,15 +279,14 @@ async fn main() {
             .body(body);
         tasks.push(tokio::spawn(async move {
             let t = Instant::now();
-            let accepted = match req.send().await {
+            match req.send().await {
                 Ok(r) if r.status().is_success() => {
                     let ms = t.elapsed().as_secs_f64() * 1000.0;
                     let body: serde_json::Value = r.json().await.unwrap_or_default();
                     Some((body["accepted"].as_u64().unwrap_or(0), ms))
                 }
                 _ => None,
-            };
-            accepted
+            }
         }));
     }
     let mut latencies = Vec::with_capacity(tasks.len());
