@@ -231,7 +231,12 @@ fn echoes_of_own_writes_are_dropped_by_content_hash_and_origin() {
     assert_eq!(d.plan, Plan::Nothing("echo of extsync's own write"));
     assert_eq!(d.state.external_version.as_deref(), Some("v2"));
 
-    let mut by_origin = external("001ABC", "v3", json!({"Name": "Changed"}), 6);
+    let mut by_origin = external(
+        "001ABC",
+        "v3",
+        json!({"Name": "Acme", "Email__c": "a@x.test", "MRR__c": 10.0, "Code__c": "A"}),
+        6,
+    );
     by_origin.origin = Some("com/salesforce/api/rest/60.0;client=extsync".into());
     assert_eq!(
         external_change(&m, e, &state, "7", &by_origin, Some(&view)).plan,
@@ -241,6 +246,41 @@ fn echoes_of_own_writes_are_dropped_by_content_hash_and_origin() {
     // The same version twice is not processed twice.
     let d2 = external_change(&m, e, &d.state, "7", &echo, Some(&view));
     assert_eq!(d2.plan, Plan::Nothing("version already seen"));
+}
+
+#[test]
+fn an_echo_carrying_someone_elses_edit_is_not_dropped() {
+    // extsync wrote Name; just before its write landed, a person changed
+    // Email__c. The version extsync's write returned, and the image read
+    // for the echo (tagged with extsync's origin), both include that edit.
+    let m = mappings();
+    let e = m.for_external("sf", "accounts").unwrap();
+    let mut state = linked();
+    state.external_image =
+        obj(json!({"Name": "Acme Two", "Email__c": "a@x.test", "MRR__c": 10.0, "Code__c": "A"}));
+    state.written_hash = Some(extsync::processor::decide::external_hash(
+        e,
+        &state.external_image,
+    ));
+    state.external_version = Some("v5".into());
+    let view = obj(json!({"name": "Acme Two", "email": "a@x.test", "mrr": "10", "code": "A"}));
+    let mut echo = external(
+        "001ABC",
+        "v5",
+        json!({"Name": "Acme Two", "Email__c": "person@x.test", "MRR__c": 10.0, "Code__c": "A"}),
+        9,
+    );
+    echo.origin = Some("com/salesforce/api/rest/60.0;client=extsync".into());
+    let d = external_change(&m, e, &state, "7", &echo, Some(&view));
+    let Plan::Write {
+        billing: Some(cols),
+        ..
+    } = d.plan
+    else {
+        panic!("the person's edit must reach billing: {:?}", d.plan);
+    };
+    assert_eq!(cols.get("email"), Some(&json!("person@x.test")));
+    assert!(!cols.contains_key("name"), "{cols:?}");
 }
 
 #[test]

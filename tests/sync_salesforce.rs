@@ -297,7 +297,6 @@ async fn rows_become_accounts_and_edits_flow_both_ways_without_echo() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known lost update under concurrent two-sided edits (issue 6); run with --ignored"]
 async fn both_sides_editing_at_once_converge_without_flip_flop() {
     let _slot = PIPELINE_SLOT.lock().await;
     let s = Sync::start().await;
@@ -358,7 +357,8 @@ async fn both_sides_editing_at_once_converge_without_flip_flop() {
                 .unwrap();
         }
     }
-    let converged = || async {
+    // What differs from the expected final state, record by record.
+    let differences = || async {
         let all = s.accounts().await;
         let rows =
             s.db.client()
@@ -366,24 +366,39 @@ async fn both_sides_editing_at_once_converge_without_flip_flop() {
                 .query("SELECT id, name, email FROM accounts ORDER BY id", &[])
                 .await
                 .unwrap();
-        rows.iter().all(|r| {
-            let id: i64 = r.get(0);
-            let a = all
-                .iter()
-                .find(|a| a.fields["Alguna_Id__c"] == json!(id.to_string()))
-                .unwrap();
-            a.fields["Name"] == json!(r.get::<_, String>(1))
-                && a.fields["Email__c"] == json!(r.get::<_, String>(2))
-                && r.get::<_, String>(1) == format!("Co {id} r2")
-                && r.get::<_, String>(2) == format!("co{id}.r2@crm.test")
-        })
+        rows.iter()
+            .filter_map(|r| {
+                let id: i64 = r.get(0);
+                let (name, email) = (r.get::<_, String>(1), r.get::<_, String>(2));
+                let a = all
+                    .iter()
+                    .find(|a| a.fields["Alguna_Id__c"] == json!(id.to_string()))
+                    .unwrap();
+                let ok = a.fields["Name"] == json!(name)
+                    && a.fields["Email__c"] == json!(email)
+                    && name == format!("Co {id} r2")
+                    && email == format!("co{id}.r2@crm.test");
+                (!ok).then(|| {
+                    format!(
+                        "{id}: billing ({name}, {email}), Salesforce ({}, {})",
+                        a.fields["Name"], a.fields["Email__c"]
+                    )
+                })
+            })
+            .collect::<Vec<_>>()
     };
-    eventually(
-        "both sides hold the latest edits of both",
-        Duration::from_secs(90),
-        converged,
-    )
-    .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let diff = differences().await;
+        if diff.is_empty() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "both sides do not hold the latest edits of both: {diff:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     let writes = s.extsync_writes().await;
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert_eq!(
@@ -391,7 +406,11 @@ async fn both_sides_editing_at_once_converge_without_flip_flop() {
         writes,
         "writes continued after convergence: a loop"
     );
-    assert!(converged().await, "values flipped after convergence");
+    let diff = differences().await;
+    assert!(
+        diff.is_empty(),
+        "values flipped after convergence: {diff:#?}"
+    );
     s.stop().await;
 }
 

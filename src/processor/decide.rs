@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 
 use super::change::BillingChange;
 use super::link::{self, MatchResult};
-use super::mapping::{EntityMap, Mappings};
+use super::mapping::{EntityMap, FieldMap, Mappings};
 use super::merge::{self, Resolution, Side};
 use super::record;
 use super::state::RecordState;
@@ -58,10 +58,22 @@ pub struct Decision {
 /// `changeOrigin` carries the client id `extsync`).
 pub const ORIGIN_MARKER: &str = "extsync";
 
-/// Hash of the mapped external fields of an image, to recognise echoes.
+/// Hash of the external fields extsync writes, to recognise echoes.
 pub fn external_hash(entity: &EntityMap, fields: &Map<String, Value>) -> String {
+    hash_fields(entity.fields.iter().filter(|f| f.to_external), fields)
+}
+
+/// Hash of every mapped field of an external image, whatever its direction.
+fn mapped_hash(entity: &EntityMap, fields: &Map<String, Value>) -> String {
+    hash_fields(entity.fields.iter(), fields)
+}
+
+fn hash_fields<'a>(
+    mapped: impl Iterator<Item = &'a FieldMap>,
+    fields: &Map<String, Value>,
+) -> String {
     let mut picked = Map::new();
-    for f in entity.fields.iter().filter(|f| f.to_external) {
+    for f in mapped {
         if let Some(v) = record::get(fields, &f.external) {
             picked.insert(f.external.as_str().to_string(), v.clone());
         }
@@ -307,17 +319,17 @@ pub fn external_change(
     billing_view: Option<&Map<String, Value>>,
 ) -> Decision {
     let mut next = state.clone();
-    // The same version again, or an older one: nothing new.
-    if state.external_version.as_deref() == Some(change.version.as_str())
-        || state
-            .external_changed_at
-            .is_some_and(|t| t > change.modified_at)
+    // An image older than one already processed: nothing new.
+    if state
+        .external_changed_at
+        .is_some_and(|t| t > change.modified_at)
     {
         return Decision {
-            plan: Plan::Nothing("version already seen"),
+            plan: Plan::Nothing("older version"),
             state: next,
         };
     }
+    let same_version = state.external_version.as_deref() == Some(change.version.as_str());
     next.external_version = Some(change.version.clone());
     next.external_changed_at = Some(change.modified_at);
     if change.op == ChangeOp::Delete {
@@ -342,18 +354,29 @@ pub fn external_change(
             record::set(&mut after, &f.external, v.clone());
         }
     }
-    let echo_by_origin = change
+    // Nothing new when the mapped fields are what extsync already knows the
+    // record holds. Neither the version nor `changeOrigin` alone is enough:
+    // the version extsync's write returned, and the image read for an echo,
+    // can both include a change someone made just before that write, which
+    // the merge below must still see.
+    let known = mapped_hash(entity, &after) == mapped_hash(entity, &state.external_image);
+    let own = change
         .origin
         .as_deref()
-        .is_some_and(|o| o.contains(ORIGIN_MARKER));
-    let echo_by_hash = state
-        .written_hash
-        .as_deref()
-        .is_some_and(|h| h == external_hash(entity, &after));
+        .is_some_and(|o| o.contains(ORIGIN_MARKER))
+        || state
+            .written_hash
+            .as_deref()
+            .is_some_and(|h| h == external_hash(entity, &after));
     next.external_image = after;
-    if echo_by_origin || echo_by_hash {
+    if known {
+        let why = match (same_version, own) {
+            (true, _) => "version already seen",
+            (false, true) => "echo of extsync's own write",
+            (false, false) => "no mapped field changed",
+        };
         return Decision {
-            plan: Plan::Nothing("echo of extsync's own write"),
+            plan: Plan::Nothing(why),
             state: next,
         };
     }

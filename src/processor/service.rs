@@ -78,6 +78,7 @@ pub async fn start(
     pipeline: &Pipeline,
     stop: CancellationToken,
 ) -> Result<Vec<JoinHandle<()>>, ProcessError> {
+    crate::delivery::metrics::describe();
     let processor = processor(pipeline).await?;
     let cfg = RunnerConfig {
         topics: Topics::new(&pipeline.kafka.topic_prefix),
