@@ -175,6 +175,15 @@ impl Connector for Scripted {
         Ok(Vec::new())
     }
 
+    async fn find_by_field(
+        &self,
+        _object: &str,
+        _field: &str,
+        _values: &[String],
+    ) -> Result<Vec<ExternalRecord>, ConnectorError> {
+        Ok(Vec::new())
+    }
+
     async fn list_changes(
         &self,
         _object: &str,

@@ -405,3 +405,37 @@ fn deletes_propagate_once_and_never_resurrect() {
         Plan::Nothing("record was deleted")
     );
 }
+
+#[test]
+fn a_record_already_carrying_the_billing_id_is_adopted_not_written_over() {
+    // A create landed, then extsync died before remembering it; meanwhile
+    // someone changed the email in Salesforce. The replayed insert adopts
+    // the record and brings that email to billing instead of overwriting it.
+    let m = mappings();
+    let e = m.for_external("sf", "accounts").unwrap();
+    let row = json!({"id": 7, "name": "Acme", "email": "a@x.test", "mrr": "10.5", "code": "A1", "external_id": null});
+    let existing = vec![(
+        "001EXISTING".to_string(),
+        obj(
+            json!({"Name": "Acme", "Email__c": "person@x.test", "MRR__c": 10.5, "Code__c": "A1", "Alguna_Id__c": "7"}),
+        ),
+    )];
+    let d = billing_change(
+        &m,
+        e,
+        &RecordState::default(),
+        &billing("accounts", "c", row, 1),
+        &existing,
+        None,
+    );
+    assert_eq!(d.state.external_id.as_deref(), Some("001EXISTING"));
+    let Plan::Write {
+        external: None,
+        billing: Some(cols),
+        ..
+    } = d.plan
+    else {
+        panic!("{:?}", d.plan)
+    };
+    assert_eq!(Value::Object(cols), json!({"email": "person@x.test"}));
+}

@@ -46,6 +46,17 @@ CREATE TABLE accounts (
     updated_at      timestamptz NOT NULL DEFAULT now()
 );";
 
+/// Which stages a test runs inside its own process.
+#[derive(PartialEq, Eq, Clone, Copy)]
+enum Stages {
+    /// None: the test runs `extsync run` as a child process.
+    None,
+    /// Capture only.
+    Capture,
+    /// Capture, ingest and the processor.
+    All,
+}
+
 struct Sync {
     db: TestDb,
     kafka: TestKafka,
@@ -54,15 +65,18 @@ struct Sync {
     base_url: String,
     stop: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// The pipeline file, for `extsync run` as a child process.
+    file: std::path::PathBuf,
 }
 
 impl Sync {
     async fn start() -> Sync {
-        Self::start_stages(true).await
+        Self::start_stages(Stages::All).await
     }
 
-    /// Starts capture, and ingest plus the processor when `live`.
-    async fn start_stages(live: bool) -> Sync {
+    /// Sets up the database, topics and simulator, and starts `stages` in
+    /// this process.
+    async fn start_stages(stages: Stages) -> Sync {
         credentials_env();
         let _ = tracing_subscriber::fmt()
             .with_env_filter(std::env::var("EXTSYNC_LOG").unwrap_or_else(|_| "warn".into()))
@@ -109,13 +123,17 @@ integrations:
             base = running.base_url()
         );
         let pipeline = Arc::new(extsync::config::parse_str(&yaml, "sync.yaml").unwrap());
+        let file = std::env::temp_dir().join(format!("{name}.yaml"));
+        std::fs::write(&file, &yaml).unwrap();
         let stop = CancellationToken::new();
         let mut tasks = Vec::new();
         let (p, s) = (pipeline.clone(), stop.clone());
-        tasks.push(tokio::spawn(async move {
-            extsync::capture::run(&p, s).await.expect("capture runs");
-        }));
-        if live {
+        if stages != Stages::None {
+            tasks.push(tokio::spawn(async move {
+                extsync::capture::run(&p, s).await.expect("capture runs");
+            }));
+        }
+        if stages == Stages::All {
             let ingest = extsync::ingest::service::start(&pipeline, stop.clone())
                 .await
                 .unwrap();
@@ -134,7 +152,23 @@ integrations:
             _running: running,
             stop,
             tasks,
+            file,
         }
+    }
+
+    /// `extsync run` on this test's pipeline, as a child process.
+    fn spawn_run(&self) -> std::process::Child {
+        std::process::Command::new(env!("CARGO_BIN_EXE_extsync"))
+            .arg("run")
+            .arg(&self.file)
+            .env(
+                "EXTSYNC_LOG",
+                std::env::var("EXTSYNC_CHILD_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .expect("starting extsync run")
     }
 
     /// A person working in Salesforce (not extsync: no `client=extsync`).
@@ -417,7 +451,7 @@ async fn both_sides_editing_at_once_converge_without_flip_flop() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replaying_history_twice_creates_once_and_changes_nothing() {
     let _slot = PIPELINE_SLOT.lock().await;
-    let s = Sync::start_stages(false).await;
+    let s = Sync::start_stages(Stages::Capture).await;
     let db = s.db.client().await;
     for i in 1..=20i64 {
         db.execute("INSERT INTO accounts (id, name, email, mrr) VALUES ($1, $2, $3, $1::bigint * 10 + 0.5)", &[&i, &format!("Co {i}"), &format!("co{i}@x.test")])
@@ -493,5 +527,122 @@ async fn replaying_history_twice_creates_once_and_changes_nothing() {
     a.sort_by(|x, y| x.0.cmp(&y.0));
     b.sort_by(|x, y| x.0.cmp(&y.0));
     assert_eq!(a, b, "the second replay changed the external state");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_sync_then_restart_converges_without_duplicates() {
+    let _slot = PIPELINE_SLOT.lock().await;
+    let s = Sync::start_stages(Stages::None).await;
+    let db = s.db.client().await;
+    let mut child = s.spawn_run();
+    for i in 1..=40i64 {
+        db.execute(
+            "INSERT INTO accounts (id, name, email, mrr) VALUES ($1, $2, $3, 10)",
+            &[&i, &format!("Co {i}"), &format!("co{i}@x.test")],
+        )
+        .await
+        .unwrap();
+    }
+    // Kill as soon as part of the work is done: some Accounts exist, others
+    // are in flight.
+    eventually(
+        "the first Accounts exist",
+        Duration::from_secs(60),
+        || async { s.accounts().await.len() >= 5 },
+    )
+    .await;
+    child.kill().expect("kill -9");
+    child.wait().unwrap();
+    // Both sides keep changing while extsync is down.
+    let person = s.person();
+    for account in s.accounts().await {
+        let id = account.fields["Alguna_Id__c"].as_str().unwrap().to_string();
+        person
+            .write(
+                "Account",
+                WriteOp::Update {
+                    id: account.id.clone(),
+                    fields: json!({"Email__c": format!("co{id}@crm.test")})
+                        .as_object()
+                        .unwrap()
+                        .clone(),
+                },
+            )
+            .await
+            .unwrap();
+    }
+    let edited: Vec<i64> = s
+        .accounts()
+        .await
+        .iter()
+        .map(|a| a.fields["Alguna_Id__c"].as_str().unwrap().parse().unwrap())
+        .collect();
+    db.execute("UPDATE accounts SET name = name || ' renamed'", &[])
+        .await
+        .unwrap();
+
+    let mut child = s.spawn_run();
+    let differences = || async {
+        let all = s.accounts().await;
+        let rows = db
+            .query("SELECT id, name, email FROM accounts ORDER BY id", &[])
+            .await
+            .unwrap();
+        let mut diff = Vec::new();
+        for r in &rows {
+            let (id, name, email) = (
+                r.get::<_, i64>(0),
+                r.get::<_, String>(1),
+                r.get::<_, String>(2),
+            );
+            let linked: Vec<_> = all
+                .iter()
+                .filter(|a| a.fields["Alguna_Id__c"] == json!(id.to_string()))
+                .collect();
+            let want_email = if edited.contains(&id) {
+                format!("co{id}@crm.test")
+            } else {
+                format!("co{id}@x.test")
+            };
+            match linked.as_slice() {
+                [a] if a.fields["Name"] == json!(name)
+                    && name == format!("Co {id} renamed")
+                    && email == want_email
+                    && a.fields["Email__c"] == json!(want_email) => {}
+                _ => diff.push(format!(
+                    "{id}: billing ({name}, {email}), Salesforce {:?}",
+                    linked
+                        .iter()
+                        .map(|a| (a.fields["Name"].clone(), a.fields["Email__c"].clone()))
+                        .collect::<Vec<_>>()
+                )),
+            }
+        }
+        diff
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let diff = differences().await;
+        if diff.is_empty() {
+            break;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            panic!("not converged after the restart: {diff:#?}");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(s.accounts().await.len(), 40, "one Account per billing row");
+    let status = std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(exit.success(), "SIGTERM: {exit:?}");
     s.stop().await;
 }

@@ -53,6 +53,16 @@ pub trait Connector: Send + Sync {
         ids: &[String],
     ) -> Result<Vec<ExternalRecord>, ConnectorError>;
 
+    /// Records whose unique field `field` holds one of `values` (extsync's
+    /// billing-id field), in the system's batch form; values without a
+    /// record are left out.
+    async fn find_by_field(
+        &self,
+        object: &str,
+        field: &str,
+        values: &[String],
+    ) -> Result<Vec<ExternalRecord>, ConnectorError>;
+
     /// One page of records modified at or after `since` (a `(timestamp, id)`
     /// watermark), oldest first, ordered by `(modified_at, id)`. `page` is the
     /// token of a previous [`ChangePage::next_page`].

@@ -39,7 +39,7 @@ use super::intent::{DeliveryOutcome, ExternalWrite, ExternalWriteOp, OutcomeKind
 use super::metrics;
 use super::retry::{Attempts, RetryPolicy};
 use crate::connectors::{
-    Connector, ConnectorError, ErrorClass, RequestBudget, WriteOp, WriteOutcome,
+    Connector, ConnectorError, ErrorClass, ExternalRecord, RequestBudget, WriteOp, WriteOutcome,
 };
 
 /// Default capacity of [`MemoryCreateGuard`].
@@ -534,6 +534,39 @@ impl ExternalWriter {
             .into_iter()
             .map(|r| r.expect("every operation answered"))
             .collect())
+    }
+
+    /// Records of `object` whose unique field `field` already holds one of
+    /// `billing_ids`: creates that landed before a crash, or were made
+    /// elsewhere. Retried like writes; an error means "look again later".
+    pub async fn existing(
+        &self,
+        object: &str,
+        field: &str,
+        billing_ids: &[String],
+    ) -> Result<Vec<ExternalRecord>, ConnectorError> {
+        let mut attempts = Attempts::start();
+        let mut reauthenticated = false;
+        loop {
+            if let Some(b) = &self.budget {
+                b.acquire().await;
+            }
+            match self
+                .connector
+                .find_by_field(object, field, billing_ids)
+                .await
+            {
+                Ok(found) => return Ok(found),
+                Err(e) => {
+                    if let Err(stop) = self
+                        .before_retry(e, &mut attempts, &mut reauthenticated)
+                        .await
+                    {
+                        return Err(stop.error);
+                    }
+                }
+            }
+        }
     }
 
     /// One batch call: budget, connector, metrics. A connector that answers

@@ -142,6 +142,7 @@ impl Processor {
         let mut states: HashMap<RecordKey, RecordState> =
             keys.iter().cloned().zip(loaded).collect();
         let mut views = self.load_views(&work).await?;
+        let existing = self.existing(&work, &states).await?;
         let mut candidates: HashMap<(String, String), Candidates> = HashMap::new();
 
         // 4. Decide, record by record, in order.
@@ -174,10 +175,16 @@ impl Processor {
                         let c = self.candidates(e).await?;
                         candidates.insert((e.integration.clone(), e.entity.clone()), c);
                     }
-                    let cands = candidates
-                        .get(&(e.integration.clone(), e.entity.clone()))
-                        .map(Vec::as_slice)
-                        .unwrap_or(&[]);
+                    let ie = (e.integration.clone(), e.entity.clone());
+                    let mut cands = candidates.get(&ie).map(Vec::as_slice).unwrap_or(&[]);
+                    // Records found carrying their billing id join the candidates.
+                    let with_existing;
+                    if state.external_id.is_none()
+                        && let Some(found) = existing.get(&ie)
+                    {
+                        with_existing = [cands, found.as_slice()].concat();
+                        cands = &with_existing;
+                    }
                     let parent_ext = self.parent_external_id(e, b, &states).await?;
                     let mut d = decide::billing_change(
                         &self.mappings,
@@ -256,6 +263,14 @@ impl Processor {
                 .external_id
                 .clone()
                 .or(state.external_id.clone());
+            tracing::debug!(
+                integration = %e.integration,
+                entity = %e.entity,
+                billing_id = %key.billing_id,
+                change = %w.change.describe(),
+                plan = %decision.plan.summary(),
+                "decided"
+            );
             match decision.plan {
                 Plan::Nothing(_) => {}
                 Plan::Review(cands) => {
@@ -664,6 +679,54 @@ impl Processor {
                 )
             })
             .collect())
+    }
+
+    /// External records that already carry the billing id of a record this
+    /// batch would create (per integration and entity): creates that landed
+    /// before a crash, or were made elsewhere, are adopted, not written over.
+    async fn existing(
+        &self,
+        work: &[Work<'_>],
+        states: &HashMap<RecordKey, RecordState>,
+    ) -> Result<HashMap<(String, String), Candidates>, BatchError> {
+        let mut wanted: BTreeMap<(String, String), (&EntityMap, Vec<String>)> = BTreeMap::new();
+        for w in work {
+            let (Change::Billing(b), Some(key), Some(_)) =
+                (w.change, &w.key, &w.entity.billing_id_field)
+            else {
+                continue;
+            };
+            if b.is_delete() || states.get(key).is_some_and(|s| s.external_id.is_some()) {
+                continue;
+            }
+            let ids = &mut wanted
+                .entry((w.entity.integration.clone(), w.entity.entity.clone()))
+                .or_insert((w.entity, Vec::new()))
+                .1;
+            if !ids.contains(&key.billing_id) {
+                ids.push(key.billing_id.clone());
+            }
+        }
+        let mut out = HashMap::new();
+        for (ie, (e, ids)) in wanted {
+            let (Some(sink), Some(field)) =
+                (self.external.get(&e.integration), &e.billing_id_field)
+            else {
+                continue;
+            };
+            let found = sink.existing(&e.object, field, &ids).await?;
+            if !found.is_empty() {
+                out.insert(
+                    ie,
+                    found
+                        .into_iter()
+                        .filter(|r| !r.deleted)
+                        .map(|r| (r.id, r.fields))
+                        .collect(),
+                );
+            }
+        }
+        Ok(out)
     }
 
     /// Unlinked external records of the entity, for match rules.

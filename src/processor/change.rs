@@ -54,3 +54,24 @@ pub enum Change {
     Billing(BillingChange),
     External(ExternalChange),
 }
+
+impl Change {
+    /// One line for logs: which side, which operation, which version.
+    pub fn describe(&self) -> String {
+        match self {
+            Change::Billing(b) => format!("billing {} at {}", b.op, b.committed_at.to_rfc3339()),
+            Change::External(x) => format!(
+                "external {:?} {} version {} at {} via {}{}",
+                x.op,
+                x.external_id,
+                x.version,
+                x.modified_at.to_rfc3339(),
+                x.source.as_str(),
+                x.origin
+                    .as_deref()
+                    .map(|o| format!(" origin {o}"))
+                    .unwrap_or_default()
+            ),
+        }
+    }
+}

@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 use super::change::BillingChange;
 use super::link::{self, MatchResult};
 use super::mapping::{EntityMap, FieldMap, Mappings};
-use super::merge::{self, Resolution, Side};
+use super::merge::{self, Base, Resolution, Side};
 use super::record;
 use super::state::RecordState;
 use crate::connectors::record::ChangeOp;
@@ -45,6 +45,37 @@ pub enum Plan {
         error_type: &'static str,
         message: String,
     },
+}
+
+impl Plan {
+    /// One line for logs: what will be written, or why nothing is.
+    pub fn summary(&self) -> String {
+        match self {
+            Plan::Nothing(why) => format!("nothing: {why}"),
+            Plan::Write {
+                external,
+                billing,
+                resolutions,
+            } => format!(
+                "write external [{}] billing [{}] resolutions {}",
+                external
+                    .as_ref()
+                    .map(|w| w.fields.keys().cloned().collect::<Vec<_>>().join(","))
+                    .unwrap_or_default(),
+                billing
+                    .as_ref()
+                    .map(|b| b.keys().cloned().collect::<Vec<_>>().join(","))
+                    .unwrap_or_default(),
+                resolutions.len()
+            ),
+            Plan::Review(c) => format!("review: {} candidates", c.len()),
+            Plan::NeedsParent { entity, billing_id } => format!("waits for {entity} {billing_id}"),
+            Plan::Failed {
+                error_type,
+                message,
+            } => format!("failed: {error_type}: {message}"),
+        }
+    }
 }
 
 /// A plan and the state to keep once it is carried out.
@@ -180,7 +211,23 @@ pub fn billing_change(
         }
     };
 
-    if state.external_id.is_none() {
+    if state.external_id.is_none()
+        && let Some((id, fields)) = entity.billing_id_field.as_deref().and_then(|f| {
+            candidates
+                .iter()
+                .find(|(_, c)| c.get(f).and_then(value_id).as_deref() == Some(billing_id.as_str()))
+        })
+    {
+        // The external record already carries this billing id: a create
+        // that landed before a crash, or one made elsewhere. Adopt it, with
+        // what the create would have written as the base, so edits made on
+        // it since are merged rather than written over.
+        if let Err(e) = planned(mappings, entity, &view, &mut next.base) {
+            return failed(e, next);
+        }
+        next.external_id = Some(id.clone());
+        next.external_image = fields.clone();
+    } else if state.external_id.is_none() {
         // Link by the external id stored on the billing row.
         if let Some(ext) = entity
             .external_id_field
@@ -252,6 +299,7 @@ pub fn billing_change(
     let external_at = state
         .external_changed_at
         .unwrap_or(DateTime::<Utc>::UNIX_EPOCH);
+    let image = next.external_image.clone();
     let result = merge::merge(
         mappings,
         entity,
@@ -261,7 +309,7 @@ pub fn billing_change(
             changed_at: change.committed_at,
         },
         Side {
-            fields: &state.external_image,
+            fields: &image,
             changed_at: external_at,
         },
     );
@@ -458,6 +506,30 @@ pub fn external_change(
     }
 }
 
+/// The external fields a create of `view` writes; `base` takes the values
+/// both sides hold once it has landed.
+fn planned(
+    mappings: &Mappings,
+    entity: &EntityMap,
+    view: &Map<String, Value>,
+    base: &mut Base,
+) -> Result<Map<String, Value>, String> {
+    let mut fields = Map::new();
+    for f in entity.fields.iter().filter(|f| f.to_external) {
+        if let Some(v) = mappings.to_external(f, view).map_err(|e| e.to_string())? {
+            record::set(&mut fields, &f.external, v);
+        }
+        if let Some(v) = record::get(view, &f.alguna) {
+            base.alguna.insert(f.alguna.as_str().to_string(), v.clone());
+            let ext = record::get(&fields, &f.external)
+                .cloned()
+                .unwrap_or(Value::Null);
+            base.external.insert(f.alguna.as_str().to_string(), ext);
+        }
+    }
+    Ok(fields)
+}
+
 fn create(
     mappings: &Mappings,
     entity: &EntityMap,
@@ -467,25 +539,10 @@ fn create(
     mut next: RecordState,
     parent_field: Option<(String, Value)>,
 ) -> Decision {
-    let mut fields = Map::new();
-    for f in entity.fields.iter().filter(|f| f.to_external) {
-        match mappings.to_external(f, view) {
-            Ok(Some(v)) => record::set(&mut fields, &f.external, v),
-            Ok(None) => {}
-            Err(e) => return failed(e.to_string(), next),
-        }
-        if let Some(v) = record::get(view, &f.alguna) {
-            next.base
-                .alguna
-                .insert(f.alguna.as_str().to_string(), v.clone());
-            let ext = record::get(&fields, &f.external)
-                .cloned()
-                .unwrap_or(Value::Null);
-            next.base
-                .external
-                .insert(f.alguna.as_str().to_string(), ext);
-        }
-    }
+    let mut fields = match planned(mappings, entity, view, &mut next.base) {
+        Ok(f) => f,
+        Err(e) => return failed(e, next),
+    };
     if let Some((f, v)) = parent_field {
         fields.insert(f, v);
     }

@@ -56,7 +56,14 @@ pub struct RunnerConfig {
 impl RunnerConfig {
     fn consumer(&self, group: &str) -> Result<StreamConsumer, RunError> {
         let mut cc = self.kafka.clone();
+        // No static membership (`group.instance.id`): the router subscribes
+        // by pattern, and a static member's new subscription does not
+        // trigger a rebalance, so topics created later would never be read.
+        // A short session instead hands a dead process's partitions over
+        // within seconds.
         cc.set("group.id", group)
+            .set("session.timeout.ms", "10000")
+            .set("heartbeat.interval.ms", "2000")
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
             .set("isolation.level", "read_committed")

@@ -4,6 +4,7 @@
 
 use async_trait::async_trait;
 
+use crate::connectors::ExternalRecord;
 use crate::delivery::{BillingWrite, DeliveryOutcome, ExternalWrite};
 
 /// A batch could not be delivered at all (integration paused, database
@@ -16,6 +17,14 @@ pub struct SinkError(pub String);
 pub trait ExternalSink: Send + Sync {
     /// One outcome per write, in input order.
     async fn deliver(&self, writes: Vec<ExternalWrite>) -> Result<Vec<DeliveryOutcome>, SinkError>;
+
+    /// Records of `object` whose unique `field` holds one of `billing_ids`.
+    async fn existing(
+        &self,
+        object: &str,
+        field: &str,
+        billing_ids: &[String],
+    ) -> Result<Vec<ExternalRecord>, SinkError>;
 }
 
 #[async_trait]
@@ -30,6 +39,17 @@ impl ExternalSink for crate::delivery::external::ExternalWriter {
         self.write(&writes)
             .await
             .map_err(|e| SinkError(e.to_string()))
+    }
+
+    async fn existing(
+        &self,
+        object: &str,
+        field: &str,
+        billing_ids: &[String],
+    ) -> Result<Vec<ExternalRecord>, SinkError> {
+        crate::delivery::external::ExternalWriter::existing(self, object, field, billing_ids)
+            .await
+            .map_err(|e| SinkError(format!("looking up existing records: {e}")))
     }
 }
 

@@ -282,6 +282,15 @@ impl Connector for HubSpotConnector {
         read::read_many(self, object, ids).await
     }
 
+    async fn find_by_field(
+        &self,
+        object: &str,
+        field: &str,
+        values: &[String],
+    ) -> Result<Vec<ExternalRecord>, ConnectorError> {
+        read::read_by_property(self, object, field, values).await
+    }
+
     async fn list_changes(
         &self,
         object: &str,

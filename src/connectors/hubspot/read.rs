@@ -89,16 +89,42 @@ pub async fn read_many(
     object: &str,
     ids: &[String],
 ) -> Result<Vec<ExternalRecord>, ConnectorError> {
-    let props = c.properties_of(object)?;
+    batch_read(c, object, None, ids).await
+}
+
+/// Records whose unique property `property` holds one of `values`.
+pub async fn read_by_property(
+    c: &HubSpotConnector,
+    object: &str,
+    property: &str,
+    values: &[String],
+) -> Result<Vec<ExternalRecord>, ConnectorError> {
+    batch_read(c, object, Some(property), values).await
+}
+
+/// `batch/read` by record id, or by a unique property when `id_property` is set.
+async fn batch_read(
+    c: &HubSpotConnector,
+    object: &str,
+    id_property: Option<&str>,
+    ids: &[String],
+) -> Result<Vec<ExternalRecord>, ConnectorError> {
+    let mut props = c.properties_of(object)?;
+    if let Some(p) = id_property.filter(|p| !props.iter().any(|q| q == p)) {
+        props.push(p.to_string());
+    }
     let mut out = Vec::with_capacity(ids.len());
     for chunk in ids.chunks(super::MAX_BATCH) {
         let mut unique: Vec<&String> = chunk.iter().collect();
         unique.sort();
         unique.dedup();
-        let body = json!({
+        let mut body = json!({
             "properties": props,
             "inputs": unique.iter().map(|id| json!({"id": id})).collect::<Vec<_>>(),
         });
+        if let Some(p) = id_property {
+            body["idProperty"] = json!(p);
+        }
         let answer = c
             .call(
                 Method::POST,

@@ -133,6 +133,15 @@ impl Connector for SalesforceConnector {
         self.read_ids(object, ids).await
     }
 
+    async fn find_by_field(
+        &self,
+        object: &str,
+        field: &str,
+        values: &[String],
+    ) -> Result<Vec<ExternalRecord>, ConnectorError> {
+        self.read_by_field(object, field, values).await
+    }
+
     async fn list_changes(
         &self,
         object: &str,

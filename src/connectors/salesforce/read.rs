@@ -72,6 +72,11 @@ fn check_id(id: &str) -> Result<&str, ConnectorError> {
     }
 }
 
+/// A SOQL string literal: quotes and backslashes escaped.
+fn soql_string(v: &str) -> String {
+    format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
 /// Parses `2024-01-15T10:30:00.000+0000` (or RFC 3339).
 pub(super) fn parse_timestamp(s: &str) -> Option<DateTime<Utc>> {
     DateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f%z")
@@ -218,6 +223,40 @@ impl SalesforceConnector {
         Ok(out)
     }
 
+    pub(super) async fn read_by_field(
+        &self,
+        object: &str,
+        field: &str,
+        values: &[String],
+    ) -> Result<Vec<ExternalRecord>, ConnectorError> {
+        let (object, field) = (check_name(object)?, check_name(field)?);
+        let fields = self.fields_of(object).await?;
+        let mut out = Vec::new();
+        for chunk in values.chunks(READ_CHUNK) {
+            let list: Vec<String> = chunk.iter().map(|v| soql_string(v)).collect();
+            let q = format!(
+                "SELECT {} FROM {object} WHERE {field} IN ({})",
+                fields.join(", "),
+                list.join(", ")
+            );
+            let mut call = Call::new(Method::GET, format!("{}/query", self.data_path()));
+            call.query.push(("q", q));
+            loop {
+                let page: QueryPage = self.send(&call).await?.json()?;
+                for r in page.records {
+                    out.push(to_record(object, r)?);
+                }
+                match page.next_records_url {
+                    Some(next) if next.starts_with("/services/data/") => {
+                        call = Call::new(Method::GET, next);
+                    }
+                    _ => break,
+                }
+            }
+        }
+        Ok(out)
+    }
+
     pub(super) async fn changes(
         &self,
         object: &str,
@@ -286,6 +325,12 @@ mod tests {
             changes_soql("Account", &["Id".into()], &Cursor::start())
                 .contains("SystemModstamp >= 1970-01-01T00:00:00.000Z")
         );
+    }
+
+    #[test]
+    fn string_literals_are_escaped() {
+        assert_eq!(soql_string("7"), "'7'");
+        assert_eq!(soql_string("a'b\\"), "'a\\'b\\\\'");
     }
 
     #[test]
