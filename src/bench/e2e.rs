@@ -1,0 +1,445 @@
+//! `extsync bench e2e`: billing commit → Salesforce simulator write through
+//! the whole pipeline (capture, Kafka, processor, delivery; ingest running
+//! beside it), compared in the same run with a raw rdkafka consume → produce
+//! pipe on the same broker — the floor any Kafka-based pipeline stands on.
+//!
+//! ```text
+//!  1. paced inserts/updates, rate × secs ─► capture ─► Kafka ─► processor ─► simulator
+//!     commit time of each change  ───────────── vs ─────────── written-log time  → p50/p99
+//!  2. max_changes new rows as fast as possible ─► time until all are written → max_rate
+//!  3. max_changes messages: topic A ─► consume ─► produce topic B (acks=all) → raw_pipe_rate
+//! ```
+//!
+//! Reads `EXTSYNC_PG_URL` and `EXTSYNC_KAFKA_BROKERS`; works in a scratch
+//! database and topic prefix it removes at the end.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use chrono::{DateTime, Utc};
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use super::common::{connect, env, peak_rss_mb, quantile, with_database};
+use extsync::simulators::salesforce::{
+    DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, DEMO_REFRESH_TOKEN, SalesforceSim, SalesforceSimConfig,
+};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Changes per second in the paced phase (half inserts, half updates).
+    #[arg(long, default_value_t = 2_000)]
+    pub rate: u64,
+    /// Length of the paced phase, in seconds.
+    #[arg(long, default_value_t = 60)]
+    pub secs: u64,
+    /// New rows written as fast as possible for the maximum rate, and
+    /// messages piped by the raw consume → produce floor.
+    #[arg(long, default_value_t = 60_000)]
+    pub max_changes: u64,
+}
+
+/// Connections the load is spread over.
+const WRITERS: u64 = 4;
+/// Rows per statement in the maximum-rate phase.
+const MAX_ROWS_PER_STATEMENT: u64 = 50;
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    // SAFETY: set before the pipeline starts any thread that reads them.
+    unsafe {
+        std::env::set_var("EXTSYNC_BENCH_SF_ID", DEMO_CLIENT_ID);
+        std::env::set_var("EXTSYNC_BENCH_SF_SECRET", DEMO_CLIENT_SECRET);
+        std::env::set_var("EXTSYNC_BENCH_SF_REFRESH", DEMO_REFRESH_TOKEN);
+    }
+    let admin_url = env("EXTSYNC_PG_URL")?;
+    let brokers = env("EXTSYNC_KAFKA_BROKERS")?;
+    let tag = format!("bench_e2e_{}", std::process::id());
+    let admin = connect(&admin_url).await?;
+    admin
+        .batch_execute(&format!("CREATE DATABASE {tag}"))
+        .await?;
+    let url = with_database(&admin_url, &tag);
+    let result = bench(&args, &url, &brokers, &tag).await;
+    let _ = admin
+        .execute(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = $1 AND NOT active",
+            &[&tag],
+        )
+        .await;
+    let _ = admin
+        .batch_execute(&format!("DROP DATABASE {tag} WITH (FORCE)"))
+        .await;
+    if let Err(e) = delete_topics(&brokers, &tag).await {
+        eprintln!("note: could not delete the bench topics: {e:#}");
+    }
+    println!("{}", result?);
+    Ok(())
+}
+
+async fn bench(args: &Args, url: &str, brokers: &str, tag: &str) -> anyhow::Result<String> {
+    let db = connect(url).await?;
+    db.batch_execute(
+        "CREATE TABLE accounts (id bigint PRIMARY KEY, name text NOT NULL, email text, mrr numeric(12,2) NOT NULL DEFAULT 0)",
+    )
+    .await?;
+    let sim = SalesforceSim::new(SalesforceSimConfig {
+        api_request_limit: u64::MAX / 2,
+        written_retention: 2_000_000,
+        ..SalesforceSimConfig::default()
+    })
+    .map_err(anyhow::Error::msg)?;
+    let running = sim.serve("127.0.0.1:0".parse()?).await?;
+    let pipeline = extsync::config::parse_str(
+        &pipeline_yaml(url, brokers, tag, &running.base_url()),
+        "bench-e2e.yaml",
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+
+    let stop = CancellationToken::new();
+    let mut tasks = Vec::new();
+    let (p, s) = (pipeline.clone(), stop.clone());
+    tasks.push(tokio::spawn(async move {
+        if let Err(e) = extsync::capture::run(&p, s).await {
+            eprintln!("capture stopped: {e}");
+        }
+    }));
+    let ingest = extsync::ingest::service::start(&pipeline, stop.clone()).await?;
+    tasks.push(tokio::spawn(ingest.join()));
+    tasks.extend(extsync::processor::service::start(&pipeline, stop.clone()).await?);
+
+    let written = Written::follow(sim.clone(), stop.clone());
+    // Warm-up: one row all the way through before anything is timed.
+    db.execute("INSERT INTO accounts (id, name) VALUES (0, 'w0')", &[])
+        .await?;
+    written
+        .wait_for(|w| w.contains_key("w0"), Duration::from_secs(120))
+        .await
+        .context("the warm-up row never reached the simulator")?;
+
+    // 1. Paced.
+    let total = args.rate * args.secs;
+    eprintln!("paced: {} changes/s for {} s", args.rate, args.secs);
+    let started = Instant::now();
+    let commits = paced(url, args.rate, total).await?;
+    let paced_secs = started.elapsed().as_secs_f64();
+    let last = format!("s{}", total - 1);
+    let _ = written
+        .wait_for(|w| w.contains_key(&last), Duration::from_secs(120))
+        .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut latencies: Vec<f64> = {
+        let w = written.seen.lock().expect("written log");
+        commits
+            .iter()
+            .filter_map(|(name, at)| w.get(name).map(|t| (*t - *at).num_microseconds()))
+            .flatten()
+            .map(|us| us.max(0) as f64 / 1000.0)
+            .collect()
+    };
+    latencies.sort_by(f64::total_cmp);
+    let achieved = commits.len() as f64 / paced_secs;
+    eprintln!(
+        "paced: {} changes committed at {achieved:.0}/s, {} seen written (the rest coalesced), p50 {:.1} ms, p99 {:.1} ms",
+        commits.len(),
+        latencies.len(),
+        quantile(&latencies, 0.5),
+        quantile(&latencies, 0.99)
+    );
+
+    // 2. As fast as possible.
+    let first_id = total as i64 + 1;
+    let t0 = Instant::now();
+    flood(url, first_id, args.max_changes).await?;
+    let want = args.max_changes as usize;
+    let done = written
+        .wait_for(
+            |w| w.keys().filter(|k| k.starts_with('m')).count() >= want,
+            Duration::from_secs(600),
+        )
+        .await;
+    let max_secs = t0.elapsed().as_secs_f64();
+    if done.is_err() {
+        bail!("the maximum-rate phase did not finish within 600 s");
+    }
+    let max_rate = args.max_changes as f64 / max_secs;
+    eprintln!(
+        "max: {} new rows written in {max_secs:.1} s = {max_rate:.0}/s",
+        args.max_changes
+    );
+
+    stop.cancel();
+    for t in tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(30), t).await;
+    }
+    drop(running);
+
+    // 3. The floor.
+    let raw = raw_pipe(brokers, tag, args.max_changes).await?;
+    eprintln!("raw pipe: {raw:.0} messages/s");
+
+    Ok(json!({
+        "bench": "e2e",
+        "rate": achieved.round(),
+        "p50_ms": (quantile(&latencies, 0.5) * 10.0).round() / 10.0,
+        "p99_ms": (quantile(&latencies, 0.99) * 10.0).round() / 10.0,
+        "max_rate": max_rate.round(),
+        "raw_pipe_rate": raw.round(),
+        "ratio": ((max_rate / raw) * 1000.0).round() / 1000.0,
+        "peak_rss_mb": peak_rss_mb().round(),
+    })
+    .to_string())
+}
+
+fn pipeline_yaml(url: &str, brokers: &str, tag: &str, base_url: &str) -> String {
+    format!(
+        r#"
+name: {tag}
+postgres: {{ url: "{url}", tables: [public.accounts], heartbeatSecs: 1 }}
+kafka: {{ brokers: "{brokers}", topicPrefix: "{tag}" }}
+telemetry: {{ metricsAddress: "" }}
+ingest: {{ webhookAddress: "", sweepSecs: 86400 }}
+integrations:
+  salesforce:
+    provider: salesforce
+    baseUrl: "{base_url}"
+    credentials:
+      clientId: ${{EXTSYNC_BENCH_SF_ID}}
+      clientSecret: ${{EXTSYNC_BENCH_SF_SECRET}}
+      refreshToken: ${{EXTSYNC_BENCH_SF_REFRESH}}
+    rateLimit: {{ requests: 1000000, burst: 100000 }}
+    entities:
+      accounts:
+        externalObject: Account
+        table: public.accounts
+        billingIdField: Alguna_Id__c
+        mappings:
+          - {{ alguna: name, external: Name }}
+          - {{ alguna: email, external: Email__c }}
+          - {{ alguna: mrr, external: MRR__c, direction: alguna_to_external, transform: number_to_currency }}
+"#
+    )
+}
+
+/// `total` changes at `rate` per second over [`WRITERS`] connections:
+/// change `n` inserts row `n / 2 + 1` or renames an earlier row, naming it
+/// `s<n>`. Answers the commit time of each change by name.
+async fn paced(url: &str, rate: u64, total: u64) -> anyhow::Result<Vec<(String, DateTime<Utc>)>> {
+    let start = tokio::time::Instant::now();
+    let mut writers = Vec::new();
+    for k in 0..WRITERS {
+        let c = connect(url).await?;
+        writers.push(tokio::spawn(async move {
+            let insert = c
+                .prepare("INSERT INTO accounts (id, name) VALUES ($1, $2)")
+                .await?;
+            let update = c
+                .prepare("UPDATE accounts SET name = $2 WHERE id = $1")
+                .await?;
+            let mut out = Vec::new();
+            for n in (k..total).step_by(WRITERS as usize) {
+                tokio::time::sleep_until(start + Duration::from_secs_f64(n as f64 / rate as f64))
+                    .await;
+                let name = format!("s{n}");
+                // Even changes insert; odd ones rename a row inserted well before.
+                let (stmt, id) = if n % 2 == 0 {
+                    (&insert, (n / 2 + 1) as i64)
+                } else {
+                    (&update, (n / 2 / 2 + 1) as i64)
+                };
+                c.execute(stmt, &[&id, &name]).await?;
+                out.push((name, Utc::now()));
+            }
+            anyhow::Ok(out)
+        }));
+    }
+    let mut all = Vec::with_capacity(total as usize);
+    for w in writers {
+        all.extend(w.await??);
+    }
+    Ok(all)
+}
+
+/// `count` new rows from id `first`, as fast as [`WRITERS`] connections go.
+async fn flood(url: &str, first: i64, count: u64) -> anyhow::Result<()> {
+    let mut writers = Vec::new();
+    let statements = count.div_ceil(MAX_ROWS_PER_STATEMENT);
+    for k in 0..WRITERS {
+        let c = connect(url).await?;
+        writers.push(tokio::spawn(async move {
+            for s in (k..statements).step_by(WRITERS as usize) {
+                let from = s * MAX_ROWS_PER_STATEMENT;
+                let to = (from + MAX_ROWS_PER_STATEMENT).min(count);
+                c.execute(
+                    "INSERT INTO accounts (id, name) SELECT $1 + g, 'm' || g FROM generate_series($2::bigint, $3::bigint) g",
+                    &[&first, &(from as i64), &(to as i64 - 1)],
+                )
+                .await?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for w in writers {
+        w.await??;
+    }
+    Ok(())
+}
+
+/// The simulator's written log, followed: first write time of each Name.
+struct Written {
+    seen: Arc<Mutex<HashMap<String, DateTime<Utc>>>>,
+}
+
+impl Written {
+    fn follow(sim: SalesforceSim, stop: CancellationToken) -> Written {
+        let seen = Arc::new(Mutex::new(HashMap::new()));
+        let out = seen.clone();
+        tokio::spawn(async move {
+            let mut after = 0;
+            while !stop.is_cancelled() {
+                let batch = sim.written(after);
+                if let Some(last) = batch.last() {
+                    after = last.seq;
+                }
+                {
+                    let mut seen = out.lock().expect("written log");
+                    for w in batch {
+                        let (Some(name), Ok(at)) = (
+                            w.fields.get("Name").and_then(|n| n.as_str()),
+                            DateTime::parse_from_str(&w.at, "%Y-%m-%dT%H:%M:%S%.3f%z"),
+                        ) else {
+                            continue;
+                        };
+                        seen.entry(name.to_string())
+                            .or_insert_with(|| at.with_timezone(&Utc));
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        Written { seen }
+    }
+
+    async fn wait_for(
+        &self,
+        done: impl Fn(&HashMap<String, DateTime<Utc>>) -> bool,
+        limit: Duration,
+    ) -> anyhow::Result<()> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if done(&self.seen.lock().expect("written log")) {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bail!("timed out")
+    }
+}
+
+/// Messages per second through a plain consume → produce pipe (acks=all,
+/// idempotent) on the same broker, for `count` messages the size of a
+/// change event.
+async fn raw_pipe(brokers: &str, tag: &str, count: u64) -> anyhow::Result<f64> {
+    let (input, output) = (format!("{tag}.raw.in"), format!("{tag}.raw.out"));
+    let base = {
+        let mut cc = ClientConfig::new();
+        cc.set("bootstrap.servers", brokers);
+        cc
+    };
+    let producer = |cc: &ClientConfig| -> anyhow::Result<ThreadedProducer<DefaultProducerContext>> {
+        Ok(cc
+            .clone()
+            .set("acks", "all")
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "5")
+            .set("compression.type", "lz4")
+            .create()?)
+    };
+    let payload = vec![b'x'; 400];
+    let seed = producer(&base)?;
+    for i in 0..count {
+        let key = i.to_string();
+        loop {
+            match seed.send(BaseRecord::to(&input).key(&key).payload(&payload)) {
+                Ok(()) => break,
+                Err((e, _))
+                    if e.rdkafka_error_code()
+                        == Some(rdkafka::types::RDKafkaErrorCode::QueueFull) =>
+                {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err((e, _)) => return Err(e.into()),
+            }
+        }
+    }
+    seed.flush(Duration::from_secs(60))?;
+    drop(seed);
+
+    let base2 = base.clone();
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = base2
+            .clone()
+            .set("group.id", format!("{input}-pipe"))
+            .set("auto.offset.reset", "earliest")
+            .set("enable.auto.commit", "true")
+            .create()?;
+        consumer.subscribe(&[&input])?;
+        let out = producer(&base2)?;
+        let started = Instant::now();
+        let mut piped = 0;
+        while piped < count {
+            if started.elapsed() > Duration::from_secs(300) {
+                bail!("the raw pipe did not finish within 300 s");
+            }
+            let Some(m) = consumer.poll(Duration::from_millis(100)) else {
+                continue;
+            };
+            let m = m?;
+            use rdkafka::Message;
+            let mut rec = BaseRecord::to(&output).payload(m.payload().unwrap_or_default());
+            if let Some(k) = m.key() {
+                rec = rec.key(k);
+            }
+            let mut rec = Some(rec);
+            while let Some(r) = rec.take() {
+                if let Err((e, r)) = out.send(r) {
+                    if e.rdkafka_error_code() != Some(rdkafka::types::RDKafkaErrorCode::QueueFull) {
+                        return Err(e.into());
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
+                    rec = Some(r);
+                }
+            }
+            piped += 1;
+        }
+        out.flush(Duration::from_secs(60))?;
+        Ok(count as f64 / started.elapsed().as_secs_f64())
+    })
+    .await?
+}
+
+async fn delete_topics(brokers: &str, tag: &str) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()?;
+    let md = admin
+        .inner()
+        .fetch_metadata(None, Duration::from_secs(10))?;
+    let names: Vec<String> = md
+        .topics()
+        .iter()
+        .map(|t| t.name().to_string())
+        .filter(|n| n.starts_with(&format!("{tag}.")))
+        .collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    if !refs.is_empty() {
+        admin.delete_topics(&refs, &AdminOptions::new()).await?;
+    }
+    Ok(())
+}
