@@ -247,7 +247,12 @@ async fn simulate(
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    telemetry::init_logging(cli.log_format);
+    // Benchmarks measure the pipeline, not its per-record log lines.
+    let default_filter = match cli.command {
+        Command::Bench { .. } => "warn",
+        _ => "info",
+    };
+    telemetry::init_logging(cli.log_format, default_filter);
     match cli.command {
         Command::Validate { file } => match config::load_file(&file) {
             Ok(p) => {

@@ -26,12 +26,12 @@ pub enum LogFormat {
 }
 
 /// Installs the global tracing subscriber. The filter comes from `EXTSYNC_LOG`
-/// (then `RUST_LOG`), default `info`.
-pub fn init_logging(format: LogFormat) {
+/// (then `RUST_LOG`), else `default` (e.g. `info`).
+pub fn init_logging(format: LogFormat, default: &str) {
     let filter = std::env::var("EXTSYNC_LOG")
         .or_else(|_| std::env::var("RUST_LOG"))
         .map(EnvFilter::new)
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+        .unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -14,6 +14,7 @@
 //! database and topic prefix it removes at the end.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -158,9 +159,10 @@ async fn bench(args: &Args, url: &str, brokers: &str, tag: &str) -> anyhow::Resu
     let t0 = Instant::now();
     flood(url, first_id, args.max_changes).await?;
     let want = args.max_changes as usize;
+    let flood = written.flood.clone();
     let done = written
         .wait_for(
-            |w| w.keys().filter(|k| k.starts_with('m')).count() >= want,
+            |_| flood.load(Ordering::Relaxed) >= want,
             Duration::from_secs(600),
         )
         .await;
@@ -294,12 +296,15 @@ async fn flood(url: &str, first: i64, count: u64) -> anyhow::Result<()> {
 /// The simulator's written log, followed: first write time of each Name.
 struct Written {
     seen: Arc<Mutex<HashMap<String, DateTime<Utc>>>>,
+    /// How many names of the maximum-rate phase (`m…`) were seen.
+    flood: Arc<AtomicUsize>,
 }
 
 impl Written {
     fn follow(sim: SalesforceSim, stop: CancellationToken) -> Written {
         let seen = Arc::new(Mutex::new(HashMap::new()));
-        let out = seen.clone();
+        let flood = Arc::new(AtomicUsize::new(0));
+        let (out, flood_out) = (seen.clone(), flood.clone());
         tokio::spawn(async move {
             let mut after = 0;
             while !stop.is_cancelled() {
@@ -316,14 +321,20 @@ impl Written {
                         ) else {
                             continue;
                         };
-                        seen.entry(name.to_string())
-                            .or_insert_with(|| at.with_timezone(&Utc));
+                        if let std::collections::hash_map::Entry::Vacant(v) =
+                            seen.entry(name.to_string())
+                        {
+                            v.insert(at.with_timezone(&Utc));
+                            if name.starts_with('m') {
+                                flood_out.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
                     }
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         });
-        Written { seen }
+        Written { seen, flood }
     }
 
     async fn wait_for(

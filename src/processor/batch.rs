@@ -21,7 +21,7 @@ use super::change::{BillingChange, Change};
 use super::decide::{self, Decision, Plan};
 use super::events::{Counts, Flow, Outcome, SyncEvent};
 use super::mapping::{EntityMap, Mappings};
-use super::merge::{Resolution, Winner};
+use super::merge::{Base, Resolution, Winner};
 use super::record;
 use super::sinks::{BillingSink, ExternalSink, SinkError};
 use super::state::{RecordKey, RecordState, StateStore};
@@ -373,6 +373,16 @@ impl Processor {
         let (first, second): (Vec<usize>, Vec<usize>) =
             (0..pending.len()).partition(|&i| pending[i].waits_for.is_none());
         let mut outcomes: HashMap<usize, DeliveryOutcome> = HashMap::new();
+        let creates: Vec<(&RecordKey, &Base)> = pending
+            .iter()
+            .filter(|p| {
+                p.external
+                    .as_ref()
+                    .is_some_and(|x| x.op == ExternalWriteOp::Create)
+            })
+            .filter_map(|p| states.get(&p.key).map(|s| (&p.key, &s.base)))
+            .collect();
+        self.state.mark_create_sent(&creates).await?;
         self.deliver_external(&pending, &first, &mut outcomes)
             .await?;
         for &i in &second {
@@ -682,8 +692,8 @@ impl Processor {
     }
 
     /// External records that already carry the billing id of a record this
-    /// batch would create (per integration and entity): creates that landed
-    /// before a crash, or were made elsewhere, are adopted, not written over.
+    /// batch would create again (per integration and entity): a create that
+    /// landed before a crash is adopted, not written over.
     async fn existing(
         &self,
         work: &[Work<'_>],
@@ -696,7 +706,12 @@ impl Processor {
             else {
                 continue;
             };
-            if b.is_delete() || states.get(key).is_some_and(|s| s.external_id.is_some()) {
+            // Only a record whose create was sent before may exist already.
+            if b.is_delete()
+                || !states
+                    .get(key)
+                    .is_some_and(|s| s.create_sent && s.external_id.is_none())
+            {
                 continue;
             }
             let ids = &mut wanted

@@ -219,10 +219,13 @@ pub fn billing_change(
         })
     {
         // The external record already carries this billing id: a create
-        // that landed before a crash, or one made elsewhere. Adopt it, with
-        // what the create would have written as the base, so edits made on
-        // it since are merged rather than written over.
-        if let Err(e) = planned(mappings, entity, &view, &mut next.base) {
+        // that landed before extsync could record it. Adopt it, with what
+        // the create wrote as the base (kept when it was sent; this change
+        // may be a later one), so edits made on either side since are
+        // merged rather than written over.
+        if !state.create_sent
+            && let Err(e) = planned(mappings, entity, &view, &mut next.base)
+        {
             return failed(e, next);
         }
         next.external_id = Some(id.clone());
@@ -551,6 +554,7 @@ fn create(
     }
     next.external_image = fields.clone();
     next.written_hash = Some(external_hash(entity, &fields));
+    next.create_sent = true;
     let w = write(
         entity,
         billing_id,

@@ -45,6 +45,9 @@ pub struct RecordState {
     pub billing_written: std::collections::BTreeMap<String, DateTime<Utc>>,
     /// When extsync last wrote each external field (billing view path → time).
     pub external_written: std::collections::BTreeMap<String, DateTime<Utc>>,
+    /// A create was sent; it may have landed even if its answer was never
+    /// recorded, so the record is looked up before creating it again.
+    pub create_sent: bool,
 }
 
 /// Durable state with a bounded in-memory front.
@@ -97,7 +100,7 @@ impl StateStore {
                 .query(
                     "SELECT r.integration, r.entity, r.billing_id, r.external_id, r.base, r.external_image,
                             r.external_version, r.written_hash, r.billing_changed_at, r.external_changed_at, r.deleted,
-                            r.billing_written, r.external_written
+                            r.billing_written, r.external_written, r.create_sent
                        FROM extsync.records r
                        JOIN unnest($1::text[], $2::text[], $3::text[]) AS k(integration, entity, billing_id)
                       USING (integration, entity, billing_id)",
@@ -131,6 +134,7 @@ impl StateStore {
                             .unwrap_or_default(),
                         external_written: serde_json::from_value(row.get::<_, Value>(12))
                             .unwrap_or_default(),
+                        create_sent: row.get(13),
                     },
                 );
             }
@@ -200,27 +204,60 @@ impl StateStore {
             .iter()
             .map(|s| serde_json::to_value(&s.1.external_written).expect("times serialize"))
             .collect();
+        let sent: Vec<bool> = states.iter().map(|s| s.1.create_sent).collect();
         self.db
             .execute(
                 "INSERT INTO extsync.records AS r (integration, entity, billing_id, external_id, base, external_image,
                         external_version, written_hash, billing_changed_at, external_changed_at, deleted,
-                        billing_written, external_written)
+                        billing_written, external_written, create_sent)
                  SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::jsonb[],
                                       $7::text[], $8::text[], $9::timestamptz[], $10::timestamptz[], $11::bool[],
-                                      $12::jsonb[], $13::jsonb[])
+                                      $12::jsonb[], $13::jsonb[], $14::bool[])
                  ON CONFLICT (integration, entity, billing_id) DO UPDATE SET
                         external_id = excluded.external_id, base = excluded.base,
                         external_image = excluded.external_image, external_version = excluded.external_version,
                         written_hash = excluded.written_hash, billing_changed_at = excluded.billing_changed_at,
                         external_changed_at = excluded.external_changed_at, deleted = excluded.deleted,
                         billing_written = excluded.billing_written, external_written = excluded.external_written,
-                        updated_at = now()",
-                &[&ints, &ents, &ids, &ext, &bases, &images, &versions, &hashes, &bat, &eat, &del, &written, &ext_written],
+                        create_sent = excluded.create_sent, updated_at = now()",
+                &[&ints, &ents, &ids, &ext, &bases, &images, &versions, &hashes, &bat, &eat, &del, &written, &ext_written, &sent],
             )
             .await?;
         for (k, s) in states {
             self.cache.insert(k.clone(), Arc::new(s.clone())).await;
         }
+        Ok(())
+    }
+
+    /// Records, before the calls go out, that creates are being sent, each
+    /// with the base it writes (see [`RecordState::create_sent`]).
+    pub async fn mark_create_sent(
+        &self,
+        creates: &[(&RecordKey, &Base)],
+    ) -> Result<(), tokio_postgres::Error> {
+        if creates.is_empty() {
+            return Ok(());
+        }
+        let ints: Vec<&str> = creates
+            .iter()
+            .map(|(k, _)| k.integration.as_str())
+            .collect();
+        let ents: Vec<&str> = creates.iter().map(|(k, _)| k.entity.as_str()).collect();
+        let ids: Vec<&str> = creates.iter().map(|(k, _)| k.billing_id.as_str()).collect();
+        let bases: Vec<Value> = creates
+            .iter()
+            .map(|(_, b)| serde_json::to_value(b).expect("base serializes"))
+            .collect();
+        self.db
+            .execute(
+                "INSERT INTO extsync.records AS r (integration, entity, billing_id, base, create_sent)
+                 SELECT *, true FROM unnest($1::text[], $2::text[], $3::text[], $4::jsonb[])
+                 ON CONFLICT (integration, entity, billing_id) DO UPDATE
+                    SET create_sent = true, base = excluded.base, updated_at = now()
+                  WHERE r.external_id IS NULL",
+                &[&ints, &ents, &ids, &bases],
+            )
+            .await?;
         Ok(())
     }
 

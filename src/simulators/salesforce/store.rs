@@ -844,9 +844,10 @@ impl Store {
 
     /// Entries of the written log after `after`, oldest first.
     pub fn written_since(&self, after: u64, object: Option<&str>) -> Vec<Written> {
+        // Entries are in `seq` order: skip to the first one after `after`.
+        let from = self.written.partition_point(|w| w.seq <= after);
         self.written
-            .iter()
-            .filter(|w| w.seq > after)
+            .range(from..)
             .filter(|w| object.is_none_or(|o| w.object.eq_ignore_ascii_case(o)))
             .cloned()
             .collect()
