@@ -23,11 +23,11 @@ mod snapshot;
 mod stream;
 mod toast;
 pub mod values;
+mod walsender;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use pgwire_replication::{Lsn, ReplicationClient};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::types::RDKafkaErrorCode;
@@ -48,9 +48,13 @@ use setup::CapturedTable;
 use snapshot::SnapshotContext;
 use stream::{SnapshotRequest, Stream};
 use toast::ToastCache;
+use walsender::Walsender;
 
 /// How long a clean stop waits for Kafka to acknowledge what is in flight.
 pub const STOP_FLUSH_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long a clean stop waits for the server to confirm the reported position.
+const FINISH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What a finished run did, for logs and benchmarks.
 #[derive(Debug, Clone, Copy, Default)]
@@ -122,7 +126,7 @@ async fn run_here(
     };
     let mut summary = RunSummary::default();
 
-    let (mut client, resume) = match plan.slot {
+    let (mut client, start, resume) = match plan.slot {
         None => {
             let mut client = replication::open(s, 0).await?;
             let slot = replication::create_slot(&mut client, &s.slot).await?;
@@ -151,7 +155,7 @@ async fn run_here(
                     "initial snapshot done"
                 );
             }
-            (client, Vec::new())
+            (client, 0, Vec::new())
         }
         Some(slot) => {
             let client = replication::open(s, slot.confirmed_flush).await?;
@@ -167,10 +171,10 @@ async fn run_here(
                     _ => {}
                 }
             }
-            (client, resume)
+            (client, slot.confirmed_flush, resume)
         }
     };
-    replication::start(&mut client).await?;
+    replication::start(&mut client, s, start).await?;
     tracing::info!(slot = %s.slot, publication = %s.publication, tables = plan.tables.len(), "streaming changes");
 
     let tasks = CancellationToken::new();
@@ -221,16 +225,10 @@ async fn run_here(
     // Whatever happened, make what is in Kafka count.
     let flushed = producer.flush(STOP_FLUSH_TIMEOUT).await;
     let acked = producer.acks().acked_lsn();
-    client.update_applied_lsn(Lsn::from_u64(acked));
-    let reported = client.metrics();
-    let deadline = tokio::time::Instant::now() + replication::STATUS_INTERVAL * 3;
-    while reported.last_applied_lsn().as_u64() < acked
-        && tokio::time::Instant::now() < deadline
-        && client.is_running()
-    {
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    client.set_flushed(acked);
+    if let Err(e) = client.finish(FINISH_TIMEOUT).await {
+        tracing::warn!(error = %e, "could not confirm the acknowledged position to the server");
     }
-    let _ = tokio::time::timeout(Duration::from_secs(5), client.shutdown()).await;
     summary.acked_lsn = acked;
     tracing::info!(lsn = %lsn_text(acked), "capture stopped");
     result?;
@@ -238,8 +236,12 @@ async fn run_here(
     Ok(summary)
 }
 
+/// Events handled from the read buffer before the loop looks at its other
+/// inputs again.
+const DRAIN_BATCH: usize = 512;
+
 async fn stream_loop(
-    client: &mut ReplicationClient,
+    client: &mut Walsender,
     stream: &mut Stream,
     producer: &CaptureProducer,
     stop: &CancellationToken,
@@ -249,15 +251,20 @@ async fn stream_loop(
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     let mut reported = 0u64;
     let mut driver_done = false;
+    let acks = producer.acks().clone();
     loop {
         tokio::select! {
             biased;
             _ = stop.cancelled() => return Ok(()),
-            ev = client.recv() => match ev {
-                Ok(Some(ev)) => stream.handle(ev).await?,
-                Ok(None) => return Err(CaptureError::Replication(pgwire_replication::PgWireError::Task("the server ended the replication stream".into()))),
-                Err(e) => return Err(CaptureError::Replication(e)),
-            },
+            ev = client.recv() => {
+                stream.handle(ev.map_err(CaptureError::Replication)?).await?;
+                for _ in 1..DRAIN_BATCH {
+                    match client.next_buffered().map_err(CaptureError::Replication)? {
+                        Some(ev) => stream.handle(ev).await?,
+                        None => break,
+                    }
+                }
+            }
             r = &mut *driver, if !driver_done => {
                 driver_done = true;
                 match r {
@@ -266,22 +273,27 @@ async fn stream_loop(
                     Err(e) => return Err(CaptureError::Snapshot { table: "*".into(), message: format!("snapshot task failed: {e}") }),
                 }
             }
+            _ = acks.progressed() => {}
             _ = tick.tick() => {
                 stream.flush_metrics();
-                if let Some(e) = producer.acks().failure() {
+                if let Some(e) = acks.failure() {
                     return Err(CaptureError::kafka("delivering a change event", e));
                 }
             }
         }
-        let acked = producer.acks().acked_lsn();
+        let acked = acks.acked_lsn();
         if acked > reported {
-            client.update_applied_lsn(Lsn::from_u64(acked));
+            client.set_flushed(acked);
             ::metrics::gauge!(metrics::ACKED_LSN).set(acked as f64);
             reported = acked;
             if until.is_some_and(|u| acked >= u) {
                 return Ok(());
             }
         }
+        client
+            .status_if_due()
+            .await
+            .map_err(CaptureError::Replication)?;
     }
 }
 

@@ -59,7 +59,10 @@ impl AckState {
         self.batches.get_mut(idx).filter(|b| b.id == id)
     }
 
-    fn pop_done(&mut self) {
+    /// Drops the finished batches at the front; true when that moved the
+    /// acknowledged LSN.
+    fn pop_done(&mut self) -> bool {
+        let before = self.acked_lsn;
         while let Some(b) = self.batches.front() {
             if !(b.sealed && b.outstanding == 0) {
                 break;
@@ -69,6 +72,7 @@ impl AckState {
             }
             self.batches.pop_front();
         }
+        self.acked_lsn > before
     }
 }
 
@@ -78,6 +82,7 @@ impl AckState {
 pub struct Acks {
     state: Mutex<AckState>,
     changed: Notify,
+    progressed: Notify,
 }
 
 impl Acks {
@@ -104,9 +109,12 @@ impl Acks {
             b.sealed = true;
             b.lsn = lsn;
         }
-        s.pop_done();
+        let progressed = s.pop_done();
         drop(s);
         self.changed.notify_one();
+        if progressed {
+            self.progressed.notify_one();
+        }
     }
 
     /// A position with nothing to deliver (a keepalive, a skipped
@@ -176,9 +184,13 @@ impl Acks {
         if let Some(b) = s.find(id) {
             b.outstanding = b.outstanding.saturating_sub(1);
         }
-        s.pop_done();
+        let progressed = s.pop_done();
+        let failed = s.failure.is_some();
         drop(s);
         self.changed.notify_one();
+        if progressed || failed {
+            self.progressed.notify_one();
+        }
     }
 
     /// The highest LSN whose events are all in Kafka.
@@ -216,6 +228,12 @@ impl Acks {
     /// The first delivery failure, if any: capture stops on it.
     pub fn failure(&self) -> Option<KafkaError> {
         self.state.lock().expect("ack state").failure.clone()
+    }
+
+    /// Completes when the acknowledged LSN moved or a delivery failed since
+    /// the last call.
+    pub async fn progressed(&self) {
+        self.progressed.notified().await
     }
 
     /// Waits until some delivery report or seal arrives (or `max` passes).
