@@ -115,8 +115,25 @@ async fn run_here(
     let plan = setup::prepare(&sql, s).await?;
     let database: Arc<str> = Arc::from(plan.database.as_str());
     let cc = crate::kafka::client_config(&pipeline.kafka)?;
-    ensure_topics(&cc, s, &plan.tables).await?;
-    let producer = Arc::new(CaptureProducer::new(cc, s.max_in_flight_bytes)?);
+    // The producer starts connecting now; the topics, the replication
+    // session and the helper connections are set up side by side.
+    let producer = Arc::new(CaptureProducer::new(cc.clone(), s.max_in_flight_bytes)?);
+    let start = plan.slot.as_ref().map_or(0, |slot| slot.confirmed_flush);
+    let (topics, client, hb_sql, driver_sql) = tokio::join!(
+        ensure_topics(&cc, s, &plan.tables),
+        replication::open(s, start),
+        async {
+            if s.heartbeat_secs > 0 {
+                setup::connect(&s.url).await.map(Some)
+            } else {
+                Ok(None)
+            }
+        },
+        setup::connect(&s.url),
+    );
+    topics?;
+    let client = client?;
+    let (hb_sql, driver_sql) = (hb_sql?, driver_sql?);
     let toast = ToastCache::default();
     let ctx = SnapshotContext {
         settings: settings.clone(),
@@ -126,9 +143,9 @@ async fn run_here(
     };
     let mut summary = RunSummary::default();
 
-    let (mut client, start, resume) = match plan.slot {
+    let (mut client, resume) = match plan.slot {
         None => {
-            let mut client = replication::open(s, 0).await?;
+            let mut client = client;
             let slot = replication::create_slot(&mut client, &s.slot).await?;
             tracing::info!(slot = %s.slot, lsn = %lsn_text(slot.consistent_point), "created replication slot");
             producer.acks().start_at(slot.consistent_point);
@@ -155,10 +172,9 @@ async fn run_here(
                     "initial snapshot done"
                 );
             }
-            (client, 0, Vec::new())
+            (client, Vec::new())
         }
         Some(slot) => {
-            let client = replication::open(s, slot.confirmed_flush).await?;
             producer.acks().start_at(slot.confirmed_flush);
             let progress = snapshot::progress(&sql, &s.slot).await?;
             let mut resume = Vec::new();
@@ -171,15 +187,14 @@ async fn run_here(
                     _ => {}
                 }
             }
-            (client, slot.confirmed_flush, resume)
+            (client, resume)
         }
     };
     replication::start(&mut client, s, start).await?;
     tracing::info!(slot = %s.slot, publication = %s.publication, tables = plan.tables.len(), "streaming changes");
 
     let tasks = CancellationToken::new();
-    if s.heartbeat_secs > 0 {
-        let hb_sql = setup::connect(&s.url).await?;
+    if let Some(hb_sql) = hb_sql {
         tokio::spawn(heartbeat::run(
             hb_sql,
             s.slot.clone(),
@@ -190,7 +205,6 @@ async fn run_here(
     }
     let (chunk_tx, chunk_rx) = mpsc::channel(4);
     let (req_tx, req_rx) = mpsc::unbounded_channel();
-    let driver_sql = setup::connect(&s.url).await?;
     let mut driver = tokio::spawn(snapshot_driver(
         ctx.clone(),
         driver_sql,
