@@ -118,10 +118,22 @@ async fn run_here(
     // The producer starts connecting now; the topics, the replication
     // session and the helper connections are set up side by side.
     let producer = Arc::new(CaptureProducer::new(cc.clone(), s.max_in_flight_bytes)?);
+    let deliveries = CancellationToken::new();
+    tokio::spawn(producer.clone().serve_deliveries(deliveries.clone()));
+    let _stop_deliveries = deliveries.drop_guard();
+    // A known slot starts streaming right away: the walsender decodes while
+    // the topics are checked. A new slot first exports the snapshot.
     let start = plan.slot.as_ref().map_or(0, |slot| slot.confirmed_flush);
+    let known_slot = plan.slot.is_some();
     let (topics, client, hb_sql, driver_sql) = tokio::join!(
         ensure_topics(&cc, s, &plan.tables),
-        replication::open(s, start),
+        async {
+            let mut client = replication::open(s, start).await?;
+            if known_slot {
+                replication::start(&mut client, s, start).await?;
+            }
+            Ok::<_, CaptureError>(client)
+        },
         async {
             if s.heartbeat_secs > 0 {
                 setup::connect(&s.url).await.map(Some)
@@ -190,7 +202,9 @@ async fn run_here(
             (client, resume)
         }
     };
-    replication::start(&mut client, s, start).await?;
+    if !known_slot {
+        replication::start(&mut client, s, start).await?;
+    }
     tracing::info!(slot = %s.slot, publication = %s.publication, tables = plan.tables.len(), "streaming changes");
 
     let tasks = CancellationToken::new();
