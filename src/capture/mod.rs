@@ -318,10 +318,6 @@ async fn stream_loop(
                 return Ok(());
             }
         }
-        client
-            .status_if_due()
-            .await
-            .map_err(CaptureError::Replication)?;
     }
 }
 

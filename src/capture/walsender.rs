@@ -8,18 +8,22 @@
 //!      └──── CopyData 'r' (standby status: flushed = what Kafka acknowledged) ◄── set_flushed
 //! ```
 //!
-//! One task owns the socket: frames are parsed in place from a large read
-//! buffer (no per-message copy, no channel hop) and status updates are written
-//! between events. The flushed LSN reported is only ever the one capture set
-//! through [`Walsender::set_flushed`].
+//! The stream task reads the socket: frames are parsed in place from a large
+//! read buffer (no per-message copy, no channel hop). While streaming, a small
+//! task owns the write half and sends standby status updates, so the server
+//! hears from capture even while it waits for Kafka. The flushed LSN reported
+//! is only ever the one capture set through [`Walsender::set_flushed`].
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 use postgres_protocol::authentication::md5_hash;
 use postgres_protocol::authentication::sasl::{ChannelBinding, SCRAM_SHA_256, ScramSha256};
 use postgres_protocol::message::frontend;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::sync::{Notify, oneshot};
 
 /// Bytes read from the socket at a time (at most).
 const READ_CHUNK: usize = 256 * 1024;
@@ -97,17 +101,33 @@ pub enum WalEvent {
 trait Socket: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Socket for T {}
 
+type Writer = WriteHalf<Box<dyn Socket>>;
+
+/// What the stream task tells the status writer.
+struct Progress {
+    /// Highest LSN capture allows to report as flushed.
+    flushed: AtomicU64,
+    /// The server asked for a status update.
+    reply_requested: AtomicBool,
+    wake: Notify,
+}
+
+/// The status writer while streaming: stop it to get the write half back.
+struct StatusWriter {
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<Writer, WalsenderError>>,
+}
+
 /// A replication connection (`replication=database`).
 pub struct Walsender {
-    io: Box<dyn Socket>,
+    reader: ReadHalf<Box<dyn Socket>>,
+    /// The write half before streaming (commands); the status writer has it
+    /// while streaming.
+    writer: Option<Writer>,
+    status: Option<StatusWriter>,
+    progress: Arc<Progress>,
     rbuf: BytesMut,
     wbuf: BytesMut,
-    /// Highest LSN capture allows to report as flushed.
-    flushed: u64,
-    /// Last flushed LSN sent to the server.
-    reported: u64,
-    last_status: Instant,
-    reply_requested: bool,
 }
 
 /// One backend message: its tag and body (without tag and length).
@@ -136,14 +156,18 @@ impl Walsender {
                 ));
             }
         };
+        let (reader, writer) = tokio::io::split(io);
         let mut w = Walsender {
-            io,
+            reader,
+            writer: Some(writer),
+            status: None,
+            progress: Arc::new(Progress {
+                flushed: AtomicU64::new(start),
+                reply_requested: AtomicBool::new(false),
+                wake: Notify::new(),
+            }),
             rbuf: BytesMut::with_capacity(READ_CHUNK),
             wbuf: BytesMut::with_capacity(1024),
-            flushed: start,
-            reported: 0,
-            last_status: Instant::now(),
-            reply_requested: false,
         };
         let params = [
             ("user", p.user.as_str()),
@@ -291,13 +315,19 @@ impl Walsender {
                 _ => {}
             }
         }
-        self.last_status = Instant::now();
+        let writer = self
+            .writer
+            .take()
+            .ok_or_else(|| WalsenderError::protocol("the session streams already"))?;
+        let (stop, stopped) = oneshot::channel();
+        let task = tokio::spawn(write_status(writer, self.progress.clone(), stopped));
+        self.status = Some(StatusWriter { stop, task });
         Ok(())
     }
 
     /// Allows `lsn` to be reported as flushed (never moves back).
-    pub fn set_flushed(&mut self, lsn: u64) {
-        self.flushed = self.flushed.max(lsn);
+    pub fn set_flushed(&self, lsn: u64) {
+        self.progress.flushed.fetch_max(lsn, Ordering::AcqRel);
     }
 
     /// The next streamed event. Cancel-safe: bytes read stay in the buffer.
@@ -343,7 +373,8 @@ impl Walsender {
                 let wal_end = body.get_u64();
                 body.advance(8); // send time
                 if body.get_u8() == 1 {
-                    self.reply_requested = true;
+                    self.progress.reply_requested.store(true, Ordering::Release);
+                    self.progress.wake.notify_one();
                 }
                 Ok(Some(WalEvent::KeepAlive { wal_end }))
             }
@@ -352,54 +383,24 @@ impl Walsender {
         }
     }
 
-    /// Sends a standby status update when the server asked for one, when the
-    /// flushed position moved and [`PROGRESS_INTERVAL`] passed, or when
-    /// [`STATUS_INTERVAL`] passed.
-    pub async fn status_if_due(&mut self) -> Result<(), WalsenderError> {
-        let since = self.last_status.elapsed();
-        if self.reply_requested
-            || (self.flushed > self.reported && since >= PROGRESS_INTERVAL)
-            || since >= STATUS_INTERVAL
-        {
-            self.send_status().await?;
-        }
-        Ok(())
-    }
-
-    async fn send_status(&mut self) -> Result<(), WalsenderError> {
-        let now_us = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_micros() as i64)
-            - PG_EPOCH_OFFSET_US;
-        let mut msg = [0u8; 34];
-        msg[0] = b'r';
-        let lsn = self.flushed.to_be_bytes();
-        // write, flush and apply positions: all what Kafka acknowledged.
-        msg[1..9].copy_from_slice(&lsn);
-        msg[9..17].copy_from_slice(&lsn);
-        msg[17..25].copy_from_slice(&lsn);
-        msg[25..33].copy_from_slice(&now_us.to_be_bytes());
-        frontend::CopyData::new(&msg[..])?.write(&mut self.wbuf);
-        self.flush().await?;
-        self.reported = self.flushed;
-        self.last_status = Instant::now();
-        self.reply_requested = false;
-        Ok(())
-    }
-
     /// Reports the flushed position, ends streaming and waits until the
     /// server confirms (its CopyDone comes after it processed the report),
-    /// then closes the session.
+    /// then closes the session. Returns the position reported.
     pub async fn finish(mut self, timeout: Duration) -> Result<u64, WalsenderError> {
-        let reported = self.flushed;
+        let reported = self.progress.flushed.load(Ordering::Acquire);
         let done = async {
-            self.send_status().await?;
-            frontend::copy_done(&mut self.wbuf);
-            self.flush().await?;
-            loop {
-                match self.read_frame().await?.tag {
-                    b'c' | b'Z' | b'C' => break,
-                    _ => {}
+            if let Some(status) = self.status.take() {
+                let _ = status.stop.send(());
+                let writer = status
+                    .task
+                    .await
+                    .map_err(|e| WalsenderError::protocol(format!("status writer: {e}")))??;
+                self.writer = Some(writer);
+                loop {
+                    match self.read_frame().await?.tag {
+                        b'c' | b'Z' | b'C' => break,
+                        _ => {}
+                    }
                 }
             }
             frontend::terminate(&mut self.wbuf);
@@ -416,9 +417,13 @@ impl Walsender {
     }
 
     async fn flush(&mut self) -> Result<(), WalsenderError> {
-        self.io.write_all(&self.wbuf).await?;
+        let w = self
+            .writer
+            .as_mut()
+            .ok_or_else(|| WalsenderError::protocol("the session is streaming"))?;
+        w.write_all(&self.wbuf).await?;
         self.wbuf.clear();
-        self.io.flush().await?;
+        w.flush().await?;
         Ok(())
     }
 
@@ -427,7 +432,7 @@ impl Walsender {
         if self.rbuf.capacity() - self.rbuf.len() < READ_CHUNK / 4 {
             self.rbuf.reserve(READ_CHUNK);
         }
-        if self.io.read_buf(&mut self.rbuf).await? == 0 {
+        if self.reader.read_buf(&mut self.rbuf).await? == 0 {
             return Err(WalsenderError::Io(std::io::Error::new(
                 std::io::ErrorKind::UnexpectedEof,
                 "the server closed the connection",
@@ -464,6 +469,62 @@ impl Walsender {
             self.fill().await?;
         }
     }
+}
+
+/// Sends standby status updates while streaming: when the server asks, when
+/// the flushed position moved (checked every [`PROGRESS_INTERVAL`]) and at
+/// least every [`STATUS_INTERVAL`]. On stop, sends a last one and CopyDone,
+/// and hands the write half back.
+async fn write_status(
+    mut w: Writer,
+    progress: Arc<Progress>,
+    mut stop: oneshot::Receiver<()>,
+) -> Result<Writer, WalsenderError> {
+    let mut reported = 0u64;
+    let mut last = Instant::now();
+    let mut buf = BytesMut::with_capacity(64);
+    loop {
+        let stopping = tokio::select! {
+            _ = &mut stop => true,
+            _ = progress.wake.notified() => false,
+            _ = tokio::time::sleep(PROGRESS_INTERVAL) => false,
+        };
+        let flushed = progress.flushed.load(Ordering::Acquire);
+        let asked = progress.reply_requested.swap(false, Ordering::AcqRel);
+        if stopping || asked || flushed > reported || last.elapsed() >= STATUS_INTERVAL {
+            status_update(flushed, &mut buf)?;
+            reported = flushed;
+            last = Instant::now();
+        }
+        if stopping {
+            frontend::copy_done(&mut buf);
+        }
+        if !buf.is_empty() {
+            w.write_all(&buf).await?;
+            w.flush().await?;
+            buf.clear();
+        }
+        if stopping {
+            return Ok(w);
+        }
+    }
+}
+
+/// A standby status update: write, flush and apply positions are all `lsn`.
+fn status_update(lsn: u64, out: &mut BytesMut) -> Result<(), WalsenderError> {
+    let now_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
+        - PG_EPOCH_OFFSET_US;
+    let mut msg = [0u8; 34];
+    msg[0] = b'r';
+    let lsn = lsn.to_be_bytes();
+    msg[1..9].copy_from_slice(&lsn);
+    msg[9..17].copy_from_slice(&lsn);
+    msg[17..25].copy_from_slice(&lsn);
+    msg[25..33].copy_from_slice(&now_us.to_be_bytes());
+    frontend::CopyData::new(&msg[..])?.write(out);
+    Ok(())
 }
 
 /// The SQLSTATE and message of an ErrorResponse body.
