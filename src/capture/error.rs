@@ -35,7 +35,7 @@ pub enum CaptureError {
         source: tokio_postgres::Error,
     },
     #[error("replication stream: {0}")]
-    Replication(#[source] pgwire_replication::PgWireError),
+    Replication(#[source] super::walsender::WalsenderError),
     #[error(transparent)]
     Decode(#[from] DecodeError),
     #[error("pgoutput {0} message for unknown relation {1}")]
@@ -66,7 +66,7 @@ impl CaptureError {
     pub fn is_transient(&self) -> bool {
         match self {
             CaptureError::Sql { source, .. } => source.is_closed() || source.code().is_none(),
-            CaptureError::Replication(e) => e.is_transient() || e.is_io(),
+            CaptureError::Replication(e) => e.is_transient(),
             CaptureError::Kafka { .. } => true,
             _ => false,
         }

@@ -23,11 +23,11 @@ mod snapshot;
 mod stream;
 mod toast;
 pub mod values;
+mod walsender;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use pgwire_replication::{Lsn, ReplicationClient};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::types::RDKafkaErrorCode;
@@ -48,9 +48,13 @@ use setup::CapturedTable;
 use snapshot::SnapshotContext;
 use stream::{SnapshotRequest, Stream};
 use toast::ToastCache;
+use walsender::Walsender;
 
 /// How long a clean stop waits for Kafka to acknowledge what is in flight.
 pub const STOP_FLUSH_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long a clean stop waits for the server to confirm the reported position.
+const FINISH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What a finished run did, for logs and benchmarks.
 #[derive(Debug, Clone, Copy, Default)]
@@ -111,8 +115,37 @@ async fn run_here(
     let plan = setup::prepare(&sql, s).await?;
     let database: Arc<str> = Arc::from(plan.database.as_str());
     let cc = crate::kafka::client_config(&pipeline.kafka)?;
-    ensure_topics(&cc, s, &plan.tables).await?;
-    let producer = Arc::new(CaptureProducer::new(cc, s.max_in_flight_bytes)?);
+    // The producer starts connecting now; the topics, the replication
+    // session and the helper connections are set up side by side.
+    let producer = Arc::new(CaptureProducer::new(cc.clone(), s.max_in_flight_bytes)?);
+    let deliveries = CancellationToken::new();
+    tokio::spawn(producer.clone().serve_deliveries(deliveries.clone()));
+    let _stop_deliveries = deliveries.drop_guard();
+    // A known slot starts streaming right away: the walsender decodes while
+    // the topics are checked. A new slot first exports the snapshot.
+    let start = plan.slot.as_ref().map_or(0, |slot| slot.confirmed_flush);
+    let known_slot = plan.slot.is_some();
+    let (topics, client, hb_sql, driver_sql) = tokio::join!(
+        ensure_topics(&cc, s, &plan.tables),
+        async {
+            let mut client = replication::open(s, start).await?;
+            if known_slot {
+                replication::start(&mut client, s, start).await?;
+            }
+            Ok::<_, CaptureError>(client)
+        },
+        async {
+            if s.heartbeat_secs > 0 {
+                setup::connect(&s.url).await.map(Some)
+            } else {
+                Ok(None)
+            }
+        },
+        setup::connect(&s.url),
+    );
+    topics?;
+    let client = client?;
+    let (hb_sql, driver_sql) = (hb_sql?, driver_sql?);
     let toast = ToastCache::default();
     let ctx = SnapshotContext {
         settings: settings.clone(),
@@ -124,7 +157,7 @@ async fn run_here(
 
     let (mut client, resume) = match plan.slot {
         None => {
-            let mut client = replication::open(s, 0).await?;
+            let mut client = client;
             let slot = replication::create_slot(&mut client, &s.slot).await?;
             tracing::info!(slot = %s.slot, lsn = %lsn_text(slot.consistent_point), "created replication slot");
             producer.acks().start_at(slot.consistent_point);
@@ -154,7 +187,6 @@ async fn run_here(
             (client, Vec::new())
         }
         Some(slot) => {
-            let client = replication::open(s, slot.confirmed_flush).await?;
             producer.acks().start_at(slot.confirmed_flush);
             let progress = snapshot::progress(&sql, &s.slot).await?;
             let mut resume = Vec::new();
@@ -170,12 +202,13 @@ async fn run_here(
             (client, resume)
         }
     };
-    replication::start(&mut client).await?;
+    if !known_slot {
+        replication::start(&mut client, s, start).await?;
+    }
     tracing::info!(slot = %s.slot, publication = %s.publication, tables = plan.tables.len(), "streaming changes");
 
     let tasks = CancellationToken::new();
-    if s.heartbeat_secs > 0 {
-        let hb_sql = setup::connect(&s.url).await?;
+    if let Some(hb_sql) = hb_sql {
         tokio::spawn(heartbeat::run(
             hb_sql,
             s.slot.clone(),
@@ -186,7 +219,6 @@ async fn run_here(
     }
     let (chunk_tx, chunk_rx) = mpsc::channel(4);
     let (req_tx, req_rx) = mpsc::unbounded_channel();
-    let driver_sql = setup::connect(&s.url).await?;
     let mut driver = tokio::spawn(snapshot_driver(
         ctx.clone(),
         driver_sql,
@@ -221,16 +253,10 @@ async fn run_here(
     // Whatever happened, make what is in Kafka count.
     let flushed = producer.flush(STOP_FLUSH_TIMEOUT).await;
     let acked = producer.acks().acked_lsn();
-    client.update_applied_lsn(Lsn::from_u64(acked));
-    let reported = client.metrics();
-    let deadline = tokio::time::Instant::now() + replication::STATUS_INTERVAL * 3;
-    while reported.last_applied_lsn().as_u64() < acked
-        && tokio::time::Instant::now() < deadline
-        && client.is_running()
-    {
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    client.set_flushed(acked);
+    if let Err(e) = client.finish(FINISH_TIMEOUT).await {
+        tracing::warn!(error = %e, "could not confirm the acknowledged position to the server");
     }
-    let _ = tokio::time::timeout(Duration::from_secs(5), client.shutdown()).await;
     summary.acked_lsn = acked;
     tracing::info!(lsn = %lsn_text(acked), "capture stopped");
     result?;
@@ -238,8 +264,12 @@ async fn run_here(
     Ok(summary)
 }
 
+/// Events handled from the read buffer before the loop looks at its other
+/// inputs again.
+const DRAIN_BATCH: usize = 512;
+
 async fn stream_loop(
-    client: &mut ReplicationClient,
+    client: &mut Walsender,
     stream: &mut Stream,
     producer: &CaptureProducer,
     stop: &CancellationToken,
@@ -249,15 +279,20 @@ async fn stream_loop(
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     let mut reported = 0u64;
     let mut driver_done = false;
+    let acks = producer.acks().clone();
     loop {
         tokio::select! {
             biased;
             _ = stop.cancelled() => return Ok(()),
-            ev = client.recv() => match ev {
-                Ok(Some(ev)) => stream.handle(ev).await?,
-                Ok(None) => return Err(CaptureError::Replication(pgwire_replication::PgWireError::Task("the server ended the replication stream".into()))),
-                Err(e) => return Err(CaptureError::Replication(e)),
-            },
+            ev = client.recv() => {
+                stream.handle(ev.map_err(CaptureError::Replication)?).await?;
+                for _ in 1..DRAIN_BATCH {
+                    match client.next_buffered().map_err(CaptureError::Replication)? {
+                        Some(ev) => stream.handle(ev).await?,
+                        None => break,
+                    }
+                }
+            }
             r = &mut *driver, if !driver_done => {
                 driver_done = true;
                 match r {
@@ -266,16 +301,17 @@ async fn stream_loop(
                     Err(e) => return Err(CaptureError::Snapshot { table: "*".into(), message: format!("snapshot task failed: {e}") }),
                 }
             }
+            _ = acks.progressed() => {}
             _ = tick.tick() => {
                 stream.flush_metrics();
-                if let Some(e) = producer.acks().failure() {
+                if let Some(e) = acks.failure() {
                     return Err(CaptureError::kafka("delivering a change event", e));
                 }
             }
         }
-        let acked = producer.acks().acked_lsn();
+        let acked = acks.acked_lsn();
         if acked > reported {
-            client.update_applied_lsn(Lsn::from_u64(acked));
+            client.set_flushed(acked);
             ::metrics::gauge!(metrics::ACKED_LSN).set(acked as f64);
             reported = acked;
             if until.is_some_and(|u| acked >= u) {

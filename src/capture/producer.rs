@@ -2,9 +2,9 @@
 //! reports drive the LSN that is acknowledged to PostgreSQL.
 //!
 //! ```text
-//!  stream ──send(batch id)──► librdkafka ──delivery report──► Acks::delivered
-//!     ▲                                                          │ batch done, in order
-//!     └──────────── acked_lsn ◄──────────────────────────────────┘
+//!  stream ──send(batch id)──► librdkafka ──delivery reports──► poll (capture thread) ──► Acks
+//!     ▲                                                                   │ batch done, in order
+//!     └──────────── acked_lsn ◄───────────────────────────────────────────┘
 //! ```
 //!
 //! A *batch* is one source transaction (or one snapshot table). Events are
@@ -12,18 +12,24 @@
 //! only once it is sealed (its commit was seen) and every earlier batch and
 //! every one of its own events were acknowledged by Kafka. In-flight bytes are
 //! bounded: `send` waits for deliveries instead of buffering without limit.
+//!
+//! Delivery reports are served on the capture thread ([`CaptureProducer::poll`],
+//! driven by [`CaptureProducer::serve_deliveries`] and by `send`), and applied
+//! to [`Acks`] once per poll rather than once per event.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rdkafka::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Message, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 use super::error::CaptureError;
 
@@ -59,7 +65,10 @@ impl AckState {
         self.batches.get_mut(idx).filter(|b| b.id == id)
     }
 
-    fn pop_done(&mut self) {
+    /// Drops the finished batches at the front; true when that moved the
+    /// acknowledged LSN.
+    fn pop_done(&mut self) -> bool {
+        let before = self.acked_lsn;
         while let Some(b) = self.batches.front() {
             if !(b.sealed && b.outstanding == 0) {
                 break;
@@ -69,6 +78,7 @@ impl AckState {
             }
             self.batches.pop_front();
         }
+        self.acked_lsn > before
     }
 }
 
@@ -78,6 +88,7 @@ impl AckState {
 pub struct Acks {
     state: Mutex<AckState>,
     changed: Notify,
+    progressed: Notify,
 }
 
 impl Acks {
@@ -104,9 +115,12 @@ impl Acks {
             b.sealed = true;
             b.lsn = lsn;
         }
-        s.pop_done();
+        let progressed = s.pop_done();
         drop(s);
         self.changed.notify_one();
+        if progressed {
+            self.progressed.notify_one();
+        }
     }
 
     /// A position with nothing to deliver (a keepalive, a skipped
@@ -168,17 +182,28 @@ impl Acks {
     }
 
     fn complete(&self, id: u64, bytes: u64, error: Option<KafkaError>) {
+        self.complete_many(&[(id, 1)], bytes, error);
+    }
+
+    /// Applies deliveries: `(batch id, events)` pairs and their bytes.
+    fn complete_many(&self, batches: &[(u64, u64)], bytes: u64, error: Option<KafkaError>) {
         let mut s = self.state.lock().expect("ack state");
         s.in_flight_bytes = s.in_flight_bytes.saturating_sub(bytes);
         if let Some(e) = error {
             s.failure.get_or_insert(e);
         }
-        if let Some(b) = s.find(id) {
-            b.outstanding = b.outstanding.saturating_sub(1);
+        for &(id, n) in batches {
+            if let Some(b) = s.find(id) {
+                b.outstanding = b.outstanding.saturating_sub(n);
+            }
         }
-        s.pop_done();
+        let progressed = s.pop_done();
+        let failed = s.failure.is_some();
         drop(s);
         self.changed.notify_one();
+        if progressed || failed {
+            self.progressed.notify_one();
+        }
     }
 
     /// The highest LSN whose events are all in Kafka.
@@ -192,7 +217,6 @@ impl Acks {
         s.acked_lsn = s.acked_lsn.max(lsn);
     }
 
-    #[cfg(test)]
     fn in_flight_bytes(&self) -> u64 {
         self.state.lock().expect("ack state").in_flight_bytes
     }
@@ -218,15 +242,32 @@ impl Acks {
         self.state.lock().expect("ack state").failure.clone()
     }
 
+    /// Completes when the acknowledged LSN moved or a delivery failed since
+    /// the last call.
+    pub async fn progressed(&self) {
+        self.progressed.notified().await
+    }
+
     /// Waits until some delivery report or seal arrives (or `max` passes).
     pub async fn changed(&self, max: Duration) {
         let _ = tokio::time::timeout(max, self.changed.notified()).await;
     }
 }
 
-/// The librdkafka context: routes delivery reports into [`Acks`].
+/// Deliveries reported since the last poll.
+#[derive(Default)]
+struct Delivered {
+    /// `(batch id, events)`, in report order.
+    batches: Vec<(u64, u64)>,
+    bytes: u64,
+    events: u64,
+    error: Option<KafkaError>,
+}
+
+/// The librdkafka context: collects delivery reports for [`CaptureProducer::poll`].
+#[derive(Default)]
 pub struct CaptureContext {
-    acks: Arc<Acks>,
+    delivered: Mutex<Delivered>,
 }
 
 impl ClientContext for CaptureContext {}
@@ -241,7 +282,17 @@ impl ProducerContext for CaptureContext {
             Err((e, m)) => (m, Some(e.clone())),
         };
         let bytes = event_bytes(m.payload_len(), m.key().map_or(0, <[u8]>::len));
-        self.acks.complete(opaque as u64, bytes, error);
+        let id = opaque as u64;
+        let mut d = self.delivered.lock().expect("deliveries");
+        d.bytes += bytes;
+        d.events += 1;
+        if let Some(e) = error {
+            d.error.get_or_insert(e);
+        }
+        match d.batches.last_mut() {
+            Some((b, n)) if *b == id => *n += 1,
+            _ => d.batches.push((id, 1)),
+        }
     }
 }
 
@@ -265,10 +316,20 @@ pub struct Outgoing<'a> {
 
 /// The capture producer.
 pub struct CaptureProducer {
-    producer: ThreadedProducer<CaptureContext>,
+    producer: Arc<BaseProducer<CaptureContext>>,
     acks: Arc<Acks>,
     max_in_flight_bytes: u64,
+    /// Events sent; every [`POLL_EVERY_SENDS`] the sender polls itself.
+    sends: AtomicU64,
+    /// Signalled on every send, so an idle delivery server starts polling.
+    sent: Notify,
 }
+
+/// `send` serves delivery reports itself every this many events.
+const POLL_EVERY_SENDS: u64 = 256;
+
+/// How often delivery reports are served while events are in flight.
+const POLL_INTERVAL: Duration = Duration::from_millis(1);
 
 impl CaptureProducer {
     /// `cc` carries brokers and pass-through options; durability settings are
@@ -289,15 +350,57 @@ impl CaptureProducer {
             .set("linger.ms", "50")
             .set("batch.num.messages", "100000")
             .set("message.max.bytes", "10000000");
-        let acks = Arc::new(Acks::default());
         let producer = cc
-            .create_with_context(CaptureContext { acks: acks.clone() })
+            .create_with_context(CaptureContext::default())
             .map_err(|e| CaptureError::kafka("creating the producer", e))?;
         Ok(Self {
-            producer,
-            acks,
+            producer: Arc::new(producer),
+            acks: Arc::new(Acks::default()),
             max_in_flight_bytes,
+            sends: AtomicU64::new(0),
+            sent: Notify::new(),
         })
+    }
+
+    /// Serves the delivery reports librdkafka has ready and applies them to
+    /// [`Acks`]; returns the number of events reported.
+    pub fn poll(&self) -> u64 {
+        let mut served = 0;
+        loop {
+            self.producer.poll(Duration::ZERO);
+            let d = std::mem::take(
+                &mut *self
+                    .producer
+                    .context()
+                    .delivered
+                    .lock()
+                    .expect("deliveries"),
+            );
+            if d.events == 0 && d.error.is_none() {
+                return served;
+            }
+            served += d.events;
+            self.acks.complete_many(&d.batches, d.bytes, d.error);
+        }
+    }
+
+    /// Serves delivery reports until `stop`: every [`POLL_INTERVAL`] while
+    /// events are in flight, otherwise once something is sent.
+    pub async fn serve_deliveries(self: Arc<Self>, stop: CancellationToken) {
+        loop {
+            self.poll();
+            let idle = self.acks.in_flight_bytes() == 0;
+            let wait = if idle {
+                Duration::from_millis(100)
+            } else {
+                POLL_INTERVAL
+            };
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = self.sent.notified(), if idle => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
     }
 
     pub fn acks(&self) -> &Arc<Acks> {
@@ -313,7 +416,9 @@ impl CaptureProducer {
             .reserve(batch, bytes, self.max_in_flight_bytes)
             .map_err(|e| CaptureError::kafka("delivering a change event", e))?
         {
-            self.acks.changed(Duration::from_millis(50)).await;
+            if self.poll() == 0 {
+                tokio::time::sleep(POLL_INTERVAL).await;
+            }
         }
         let xid_text;
         let mut headers = OwnedHeaders::new_with_capacity(3)
@@ -340,10 +445,22 @@ impl CaptureProducer {
         }
         loop {
             match self.producer.send(record) {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    self.sent.notify_one();
+                    if self
+                        .sends
+                        .fetch_add(1, Ordering::Relaxed)
+                        .is_multiple_of(POLL_EVERY_SENDS)
+                    {
+                        self.poll();
+                    }
+                    return Ok(());
+                }
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                     record = back;
-                    self.acks.changed(Duration::from_millis(5)).await;
+                    if self.poll() == 0 {
+                        tokio::time::sleep(POLL_INTERVAL).await;
+                    }
                 }
                 Err((e, _)) => {
                     self.acks.complete(batch, bytes, None);
@@ -356,6 +473,7 @@ impl CaptureProducer {
     /// Waits until batch `id` is acknowledged by Kafka.
     pub async fn wait_batch(&self, id: u64) -> Result<(), CaptureError> {
         loop {
+            self.poll();
             if let Some(e) = self.acks.failure() {
                 return Err(CaptureError::kafka("delivering a change event", e));
             }
@@ -373,6 +491,8 @@ impl CaptureProducer {
             .await
             .expect("flush task")
             .map_err(|e| CaptureError::kafka("flushing", e))?;
+        // The flush served the reports on its own thread; apply them.
+        self.poll();
         match self.acks.failure() {
             Some(e) => Err(CaptureError::kafka("delivering a change event", e)),
             None => Ok(()),

@@ -16,7 +16,6 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use pgwire_replication::ReplicationEvent;
 use tokio::sync::mpsc;
 use tokio_postgres::Client;
 
@@ -30,6 +29,7 @@ use super::relations::{self, Relations, Table};
 use super::setup::Settings;
 use super::snapshot::{self, Chunk};
 use super::toast::ToastCache;
+use super::walsender::WalEvent;
 use crate::config::OwnWrites;
 
 /// A snapshot request seen in the stream: tables, and the batch held until
@@ -140,51 +140,34 @@ impl Stream {
     }
 
     /// Handles one replication event.
-    pub async fn handle(&mut self, ev: ReplicationEvent) -> Result<(), CaptureError> {
+    pub async fn handle(&mut self, ev: WalEvent) -> Result<(), CaptureError> {
         match ev {
-            ReplicationEvent::Begin {
-                final_lsn,
-                xid,
-                commit_time_micros,
-            } => {
-                // A new transaction reads the clock again.
-                self.clock.uses = 0;
-                let final_lsn = final_lsn.as_u64();
-                self.tx = Some(Tx {
-                    batch: self.producer.acks().open(),
-                    xid,
-                    commit_ms: (commit_time_micros + envelope::PG_EPOCH_OFFSET_US) / 1000,
-                    origin: None,
-                    skip: false,
-                    seq: 0,
-                    lsn_text: envelope::lsn_text(final_lsn),
-                    id: format!("{xid}:{final_lsn}"),
-                    key: format!("{{\"id\":\"{xid}:{final_lsn}\"}}"),
-                    begun: false,
-                    counts: Vec::new(),
-                });
-            }
-            ReplicationEvent::Commit { end_lsn, .. } => self.commit(end_lsn.as_u64()).await?,
-            ReplicationEvent::Message {
-                transactional,
-                lsn,
-                prefix,
-                content,
-            } => {
-                self.message(transactional, lsn.as_u64(), &prefix, content)
-                    .await?
-            }
-            ReplicationEvent::XLogData {
-                wal_start, data, ..
-            } => self.data(wal_start.as_u64(), data).await?,
-            ReplicationEvent::KeepAlive { wal_end, .. } => {
+            WalEvent::XLogData { wal_start, data } => self.data(wal_start, data).await,
+            WalEvent::KeepAlive { wal_end } => {
                 if self.tx.is_none() {
-                    self.producer.acks().mark(wal_end.as_u64());
+                    self.producer.acks().mark(wal_end);
                 }
+                Ok(())
             }
-            ReplicationEvent::StoppedAt { .. } => {}
         }
-        Ok(())
+    }
+
+    fn begin(&mut self, final_lsn: u64, xid: u32, commit_time_us: i64) {
+        // A new transaction reads the clock again.
+        self.clock.uses = 0;
+        self.tx = Some(Tx {
+            batch: self.producer.acks().open(),
+            xid,
+            commit_ms: (commit_time_us + envelope::PG_EPOCH_OFFSET_US) / 1000,
+            origin: None,
+            skip: false,
+            seq: 0,
+            lsn_text: envelope::lsn_text(final_lsn),
+            id: format!("{xid}:{final_lsn}"),
+            key: format!("{{\"id\":\"{xid}:{final_lsn}\"}}"),
+            begun: false,
+            counts: Vec::new(),
+        });
     }
 
     /// Flushes the local event counter into the metric.
@@ -402,7 +385,13 @@ impl Stream {
                 prefix,
                 content,
             } => self.message(transactional, lsn, &prefix, content).await?,
-            Message::Begin { .. } | Message::Commit { .. } | Message::Type { .. } => {}
+            Message::Begin {
+                final_lsn,
+                commit_time_us,
+                xid,
+            } => self.begin(final_lsn, xid, commit_time_us),
+            Message::Commit { end_lsn, .. } => self.commit(end_lsn).await?,
+            Message::Type { .. } => {}
             Message::Unknown(tag) => {
                 tracing::debug!(tag = %(tag as char), "ignoring pgoutput message")
             }
