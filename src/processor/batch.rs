@@ -150,6 +150,7 @@ impl Processor {
         let mut resolutions: Vec<(RecordKey, Option<String>, Resolution)> = Vec::new();
         let mut failures: Vec<(RecordKey, Option<String>, String, String)> = Vec::new();
         let mut decided: Vec<(String, chrono::DateTime<Utc>)> = Vec::new();
+        let mut decided_external: Vec<(String, chrono::DateTime<Utc>)> = Vec::new();
         for w in &work {
             let Some(key) = w.key.clone() else { continue };
             let e = w.entity;
@@ -352,6 +353,18 @@ impl Processor {
                     for path in &billing_paths {
                         decided.push((path.clone(), decided_at));
                     }
+                    // Likewise, external images modified before now cannot
+                    // hold this write's values: later changes of the record
+                    // in this batch must not take them for edits.
+                    if let Some(x) = &external {
+                        for f in e
+                            .fields
+                            .iter()
+                            .filter(|f| x.fields.contains_key(f.external.as_str()))
+                        {
+                            decided_external.push((f.alguna.as_str().to_string(), decided_at));
+                        }
+                    }
                     pending.push(Pending {
                         key: key.clone(),
                         before: state.clone(),
@@ -365,6 +378,9 @@ impl Processor {
             let mut next_state = decision.state;
             for (path, at) in decided.drain(..) {
                 next_state.billing_written.insert(path, at);
+            }
+            for (path, at) in decided_external.drain(..) {
+                next_state.external_written.insert(path, at);
             }
             states.insert(key, next_state);
         }
