@@ -18,8 +18,9 @@ use anyhow::{Context, bail};
 use extsync::capture;
 use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
-use tokio_postgres::NoTls;
 use tokio_util::sync::CancellationToken;
+
+use super::common::{connect, env, peak_rss_mb, with_database};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -32,43 +33,6 @@ pub struct Args {
     /// Rows of one extra single transaction sent through capture (0: skip).
     #[arg(long, default_value_t = 0)]
     pub big_tx: u64,
-}
-
-fn env(name: &str) -> anyhow::Result<String> {
-    std::env::var(name)
-        .with_context(|| format!("{name} is not set: run `eval \"$(dev/services env)\"` first"))
-}
-
-async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
-    let (client, conn) = tokio_postgres::connect(url, NoTls)
-        .await
-        .context("connecting to PostgreSQL")?;
-    tokio::spawn(conn);
-    Ok(client)
-}
-
-fn with_database(url: &str, db: &str) -> String {
-    let (base, query) = url
-        .split_once('?')
-        .map_or((url, None), |(b, q)| (b, Some(q)));
-    let cut = base.rfind('/').map_or(base.len(), |i| i);
-    format!(
-        "{}/{db}{}",
-        &base[..cut],
-        query.map(|q| format!("?{q}")).unwrap_or_default()
-    )
-}
-
-/// Peak resident set size of this process, in MB.
-fn peak_rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
 }
 
 const ROW: &str = "md5(g::text), g * 1.5, 'active', repeat(md5(g::text), 3), now()";
