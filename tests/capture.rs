@@ -11,7 +11,7 @@ use extsync::capture::{self, CaptureError, RunSummary};
 use rdkafka::Message;
 use rdkafka::message::Headers;
 use serde_json::{Value, json};
-use support::{TestDb, TestKafka};
+use support::{SlotGuard, TestDb, TestKafka, wait_streaming};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -54,48 +54,9 @@ fn slot(db: &TestDb) -> String {
     format!("{}_slot", db.name)
 }
 
-/// Drops the test's slot when the test ends, passed or failed, so retained
-/// WAL does not pile up across runs.
-struct SlotGuard {
-    url: String,
-    slot: String,
-}
-
+/// Drops the test's slot when the test ends.
 fn guard(db: &TestDb) -> SlotGuard {
-    SlotGuard {
-        url: db.url.clone(),
-        slot: slot(db),
-    }
-}
-
-impl Drop for SlotGuard {
-    fn drop(&mut self) {
-        let (url, slot) = (self.url.clone(), self.slot.clone());
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            rt.block_on(async {
-                let c = support::connect(&url).await;
-                for _ in 0..50 {
-                    let r = c
-                        .execute(
-                            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1 AND NOT active",
-                            &[&slot],
-                        )
-                        .await;
-                    let left = c
-                        .query_opt("SELECT 1 FROM pg_replication_slots WHERE slot_name = $1", &[&slot])
-                        .await
-                        .map(|r| r.is_some())
-                        .unwrap_or(false);
-                    if r.is_ok() && !left {
-                        return;
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            });
-        })
-        .join();
-    }
+    SlotGuard::new(&db.url, &slot(db))
 }
 
 async fn start(p: &extsync::config::Pipeline) -> Running {
@@ -103,41 +64,6 @@ async fn start(p: &extsync::config::Pipeline) -> Running {
     let (p2, s2) = (p.clone(), stop.clone());
     let handle = tokio::spawn(async move { capture::run(&p2, s2).await });
     Running { stop, handle }
-}
-
-/// Waits until capture streams: its walsender has sent `START_REPLICATION`
-/// (state `streaming`), so the slot is consistent and the initial snapshot
-/// is done.
-async fn wait_streaming(client: &tokio_postgres::Client, slot: &str) {
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let streaming = client
-            .query_opt(
-                "SELECT 1 FROM pg_replication_slots s JOIN pg_stat_replication r ON r.pid = s.active_pid \
-                 WHERE s.slot_name = $1 AND r.state = 'streaming'",
-                &[&slot],
-            )
-            .await
-            .unwrap()
-            .is_some();
-        if streaming {
-            return;
-        }
-        if Instant::now() >= deadline {
-            let waits = client
-                .query(
-                    "SELECT coalesce(application_name, '') || ': ' || coalesce(state, '') || ' ' || \
-                     coalesce(wait_event_type, '') || '/' || coalesce(wait_event, '') || ' ' || left(coalesce(query, ''), 80) \
-                     FROM pg_stat_activity WHERE pid <> pg_backend_pid()",
-                    &[],
-                )
-                .await
-                .map(|rows| rows.iter().map(|r| r.get::<_, String>(0)).collect::<Vec<_>>())
-                .unwrap_or_default();
-            panic!("slot {slot} did not start streaming within 90 s; sessions: {waits:#?}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 #[derive(Debug, Clone)]

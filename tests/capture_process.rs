@@ -84,62 +84,6 @@ fn spawn_capture(file: &PathBuf) -> Child {
         .expect("starting extsync capture")
 }
 
-async fn wait_active(c: &tokio_postgres::Client, slot: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let active = c
-            .query_opt(
-                "SELECT active FROM pg_replication_slots WHERE slot_name = $1",
-                &[&slot],
-            )
-            .await
-            .unwrap()
-            .is_some_and(|r| r.get::<_, bool>(0));
-        if active {
-            return;
-        }
-        assert!(Instant::now() < deadline, "capture did not start streaming");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Drops the slot when the test ends, passed or failed.
-struct DropSlot(String, String);
-
-fn scopeguard_drop_slot(url: String, slot: String) -> DropSlot {
-    DropSlot(url, slot)
-}
-
-impl Drop for DropSlot {
-    fn drop(&mut self) {
-        let (url, slot) = (self.0.clone(), self.1.clone());
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            rt.block_on(async {
-                let c = support::connect(&url).await;
-                for _ in 0..50 {
-                    let _ = c
-                        .execute(
-                            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1 AND NOT active",
-                            &[&slot],
-                        )
-                        .await;
-                    let left = c
-                        .query_opt("SELECT 1 FROM pg_replication_slots WHERE slot_name = $1", &[&slot])
-                        .await
-                        .map(|r| r.is_some())
-                        .unwrap_or(false);
-                    if !left {
-                        return;
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            });
-        })
-        .join();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_mid_stream_then_restart_loses_nothing_and_sigterm_exits_zero() {
     let (db, kafka) = (TestDb::create().await, TestKafka::new());
@@ -149,9 +93,9 @@ async fn kill_9_mid_stream_then_restart_loses_nothing_and_sigterm_exits_zero() {
         .await
         .unwrap();
     let file = pipeline_file(&db, &kafka);
-    let _slot_cleanup = scopeguard_drop_slot(db.url.clone(), slot.clone());
+    let _slot_cleanup = support::SlotGuard::new(&db.url, &slot);
     let mut child = spawn_capture(&file);
-    wait_active(&c, &slot).await;
+    support::wait_streaming(&c, &slot).await;
 
     // A writer commits small transactions all along; capture dies under it.
     let url = db.url.clone();

@@ -70,22 +70,7 @@ async fn billing_writes_never_come_back_through_capture() {
         let (p, s) = (pipeline.clone(), stop.clone());
         tokio::spawn(async move { capture::run(&p, s).await })
     };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let active = c
-            .query_opt(
-                "SELECT active FROM pg_replication_slots WHERE slot_name = $1",
-                &[&slot],
-            )
-            .await
-            .unwrap()
-            .is_some_and(|r| r.get::<_, bool>(0));
-        if active {
-            break;
-        }
-        assert!(Instant::now() < deadline, "capture did not start streaming");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    support::wait_streaming(&c, &slot).await;
 
     let writer = BillingWriter::connect(
         &db.url,

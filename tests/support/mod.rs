@@ -196,3 +196,88 @@ impl TestKafka {
             .join(", ")
     }
 }
+
+/// Drops a replication slot when the test ends, passed or failed, so
+/// retained WAL does not pile up across runs.
+pub struct SlotGuard {
+    url: String,
+    slot: String,
+}
+
+impl SlotGuard {
+    pub fn new(url: &str, slot: &str) -> SlotGuard {
+        SlotGuard {
+            url: url.to_string(),
+            slot: slot.to_string(),
+        }
+    }
+}
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        let (url, slot) = (self.url.clone(), self.slot.clone());
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let c = connect(&url).await;
+                for _ in 0..50 {
+                    let _ = c
+                        .execute(
+                            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1 AND NOT active",
+                            &[&slot],
+                        )
+                        .await;
+                    let left = c
+                        .query_opt("SELECT 1 FROM pg_replication_slots WHERE slot_name = $1", &[&slot])
+                        .await
+                        .map(|r| r.is_some())
+                        .unwrap_or(false);
+                    if !left {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// Waits until capture streams on `slot`: its walsender has sent
+/// `START_REPLICATION` (state `streaming`), so the slot is consistent and
+/// the initial snapshot is done. "Slot active" is not enough: a slot is
+/// active while its creation still waits for running transactions.
+pub async fn wait_streaming(client: &tokio_postgres::Client, slot: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let streaming = client
+            .query_opt(
+                "SELECT 1 FROM pg_replication_slots s JOIN pg_stat_replication r ON r.pid = s.active_pid \
+                 WHERE s.slot_name = $1 AND r.state = 'streaming'",
+                &[&slot],
+            )
+            .await
+            .unwrap()
+            .is_some();
+        if streaming {
+            return;
+        }
+        if std::time::Instant::now() >= deadline {
+            let waits = client
+                .query(
+                    "SELECT coalesce(application_name, '') || ': ' || coalesce(state, '') || ' ' || \
+                     coalesce(wait_event_type, '') || '/' || coalesce(wait_event, '') || ' ' || left(coalesce(query, ''), 80) \
+                     FROM pg_stat_activity WHERE pid <> pg_backend_pid()",
+                    &[],
+                )
+                .await
+                .map(|rows| rows.iter().map(|r| r.get::<_, String>(0)).collect::<Vec<_>>())
+                .unwrap_or_default();
+            panic!("slot {slot} did not start streaming within 90 s; sessions: {waits:#?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
