@@ -563,6 +563,33 @@ async fn own_writes_are_dropped_or_tagged() {
     }
 }
 
+/// `extsync run` starts capture, ingest and the processor at once; all of
+/// them create schema `extsync` on a fresh database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn setup_racing_the_state_migrations_on_a_fresh_database_succeeds() {
+    for _ in 0..5 {
+        let (db, kafka) = (TestDb::create().await, TestKafka::new());
+        let _slot = guard(&db);
+        let c = db.client().await;
+        c.batch_execute("CREATE TABLE r (id int PRIMARY KEY)")
+            .await
+            .unwrap();
+        let migrations = (0..3).map(|_| {
+            let url = db.url.clone();
+            tokio::spawn(async move {
+                let mut client = extsync::store::connect(&url).await.unwrap();
+                extsync::store::migrate(&mut client).await
+            })
+        });
+        let run = start(&pipeline(&db, &kafka, &["public.r"], "")).await;
+        for m in migrations.collect::<Vec<_>>() {
+            m.await.unwrap().expect("migration beside capture setup");
+        }
+        wait_streaming(&c, &slot(&db)).await;
+        run.stop().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transaction_markers_count_the_events() {
     let (db, kafka) = (TestDb::create().await, TestKafka::new());

@@ -434,9 +434,16 @@ pub async fn prepare(sql: &Client, s: &Settings) -> Result<Plan, CaptureError> {
             }
         }
     }
-    sql.batch_execute(&format!(
-        "SELECT pg_advisory_xact_lock({lock});
-         CREATE SCHEMA IF NOT EXISTS {STATE_SCHEMA};
+    // The lock is taken in its own statement so that the DDL below runs in a
+    // transaction that starts after the lock holder committed; inside one
+    // transaction the catalog could still miss a schema created meanwhile.
+    let lock = crate::store::MIGRATION_LOCK;
+    sql.execute("SELECT pg_advisory_lock($1)", &[&lock])
+        .await
+        .map_err(e("locking the state schema"))?;
+    let created = sql
+        .batch_execute(&format!(
+            "CREATE SCHEMA IF NOT EXISTS {STATE_SCHEMA};
          CREATE TABLE IF NOT EXISTS {STATE_SCHEMA}.capture_snapshots (
              slot_name  text NOT NULL,
              table_name text NOT NULL,
@@ -444,11 +451,13 @@ pub async fn prepare(sql: &Client, s: &Settings) -> Result<Plan, CaptureError> {
              last_key   text[],
              rows       bigint NOT NULL DEFAULT 0,
              updated_at timestamptz NOT NULL DEFAULT now(),
-             PRIMARY KEY (slot_name, table_name));",
-        lock = crate::store::MIGRATION_LOCK
-    ))
-    .await
-    .map_err(e("creating the state schema"))?;
+             PRIMARY KEY (slot_name, table_name));"
+        ))
+        .await;
+    sql.execute("SELECT pg_advisory_unlock($1)", &[&lock])
+        .await
+        .map_err(e("unlocking the state schema"))?;
+    created.map_err(e("creating the state schema"))?;
 
     Ok(Plan {
         database,
