@@ -24,6 +24,7 @@ mod stream;
 mod toast;
 pub mod values;
 mod walsender;
+mod window;
 
 use std::sync::Arc;
 use std::time::Duration;

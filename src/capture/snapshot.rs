@@ -5,8 +5,9 @@
 //!                   ─► COPY each table ─► Kafka ─► extsync.capture_snapshots = done
 //!                   ─► stream from the slot's consistent point (no gap, no overlap)
 //!  incremental:  low watermark ─► SELECT chunk by key ─► high watermark    (DBLog)
-//!                   stream: keys changed between the marks drop from the chunk;
-//!                   the rest is emitted at the high mark, in stream order
+//!                   stream: rows whose last change the chunk's snapshot missed
+//!                   drop from the chunk (see `window`); the rest is emitted at
+//!                   the high mark, in stream order
 //! ```
 //!
 //! Progress is kept per table in `extsync.capture_snapshots`, so a crash
@@ -28,6 +29,7 @@ use super::producer::{CaptureProducer, Outgoing};
 use super::relations::{self, Relations, Table};
 use super::setup::{CapturedTable, STATE_SCHEMA, Settings, quote_ident, quote_literal};
 use super::toast::ToastCache;
+use super::window::Visibility;
 
 /// Prefix of the logical messages that request a re-snapshot.
 pub const REQUEST_PREFIX: &str = "extsync.snapshot";
@@ -396,6 +398,10 @@ pub struct Chunk {
     pub rows: Vec<(Vec<u8>, Vec<u8>)>,
     pub schema: String,
     pub name: String,
+    /// The transactions the chunk's snapshot saw.
+    pub visibility: Visibility,
+    /// The table's last chunk.
+    pub last: bool,
     pub done: tokio::sync::oneshot::Sender<u64>,
 }
 
@@ -467,6 +473,22 @@ pub async fn incremental(
             column_list(&table),
             t.quoted()
         );
+        // The chunk's snapshot, and which transactions it saw.
+        let visibility = sql
+            .simple_query(
+                "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SELECT pg_current_snapshot()::text",
+            )
+            .await
+            .map_err(|e| CaptureError::sql("starting a snapshot chunk", e))?
+            .iter()
+            .find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).and_then(Visibility::parse),
+                _ => None,
+            })
+            .ok_or_else(|| CaptureError::Snapshot {
+                table: t.qualified(),
+                message: "pg_current_snapshot() gave no readable snapshot".into(),
+            })?;
         let stream = sql
             .copy_out(&copy)
             .await
@@ -502,6 +524,9 @@ pub async fn incremental(
                 rows.push((key, row));
             });
         }
+        sql.batch_execute("COMMIT")
+            .await
+            .map_err(|e| CaptureError::sql("ending a snapshot chunk", e))?;
         let n = rows.len() as u64;
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         chunks
@@ -512,6 +537,8 @@ pub async fn incremental(
                 rows,
                 schema: table.schema.clone(),
                 name: table.name.clone(),
+                visibility,
+                last: n < CHUNK_ROWS as u64,
                 done: done_tx,
             })
             .await

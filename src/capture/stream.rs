@@ -11,7 +11,7 @@
 //! Events are produced as they are decoded, so a huge transaction never sits
 //! in memory; its LSN is acknowledged once Kafka has every event of it.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
 
@@ -30,6 +30,7 @@ use super::setup::Settings;
 use super::snapshot::{self, Chunk};
 use super::toast::ToastCache;
 use super::walsender::WalEvent;
+use super::window::Windows;
 use crate::config::OwnWrites;
 
 /// A snapshot request seen in the stream: tables, and the batch held until
@@ -49,11 +50,6 @@ struct Tx {
     key: String,
     begun: bool,
     counts: Vec<(String, u64)>,
-}
-
-struct Window {
-    table: String,
-    touched: HashSet<Vec<u8>>,
 }
 
 /// Reusable encoding buffers.
@@ -96,7 +92,7 @@ pub struct Stream {
     relations: Relations,
     toast: ToastCache,
     tx: Option<Tx>,
-    windows: HashMap<u64, Window>,
+    windows: Windows,
     chunks: mpsc::Receiver<Chunk>,
     ready_chunks: HashMap<u64, Chunk>,
     requests: mpsc::UnboundedSender<SnapshotRequest>,
@@ -127,7 +123,7 @@ impl Stream {
             producer,
             toast,
             tx: None,
-            windows: HashMap::new(),
+            windows: Windows::default(),
             chunks,
             ready_chunks: HashMap::new(),
             requests,
@@ -240,16 +236,11 @@ impl Stream {
                 else {
                     return Ok(());
                 };
-                if !high {
-                    self.windows.insert(
-                        id,
-                        Window {
-                            table: table.to_string(),
-                            touched: HashSet::new(),
-                        },
-                    );
-                } else {
+                if high {
                     self.emit_chunk(id, lsn).await?;
+                } else {
+                    // Normally open since the request; after a restart, from here.
+                    self.windows.open(table);
                 }
             }
             snapshot::REQUEST_PREFIX => {
@@ -258,6 +249,9 @@ impl Stream {
                     .map(|t| t.trim().to_string())
                     .filter(|t| !t.is_empty())
                     .collect();
+                for t in &tables {
+                    self.windows.open(t);
+                }
                 let hold = self.tx.as_ref().map(|t| t.batch);
                 if let Some(b) = hold {
                     self.producer.acks().hold(b);
@@ -274,22 +268,20 @@ impl Stream {
         Ok(())
     }
 
-    /// Emits the rows of chunk `id` whose keys did not change inside its window.
+    /// Emits the rows of chunk `id` that are not older than what the stream
+    /// already carried.
     async fn emit_chunk(&mut self, id: u64, lsn: u64) -> Result<(), CaptureError> {
-        let window = self.windows.remove(&id);
         while let Ok(c) = self.chunks.try_recv() {
             self.ready_chunks.insert(c.id, c);
         }
-        let (Some(window), Some(chunk), Some(tx)) =
-            (window, self.ready_chunks.remove(&id), self.tx.as_ref())
-        else {
+        let (Some(chunk), Some(tx)) = (self.ready_chunks.remove(&id), self.tx.as_ref()) else {
             return Ok(());
         };
         let now = envelope::now_ms();
         let lsn_text = envelope::lsn_text(lsn);
         let mut emitted = 0u64;
         for (key, row) in &chunk.rows {
-            if window.touched.contains(key) {
+            if self.windows.stale(&chunk.table, &chunk.visibility, key) {
                 continue;
             }
             let s = &mut self.scratch;
@@ -337,6 +329,8 @@ impl Stream {
             emitted += 1;
         }
         metrics::counter!(m::EVENTS_TOTAL, "op" => "r").increment(emitted);
+        self.windows
+            .settle(&chunk.table, &chunk.visibility, chunk.last);
         let _ = chunk.done.send(tx.batch);
         Ok(())
     }
@@ -433,13 +427,18 @@ impl Stream {
         {
             key_changed = true;
         }
-        if !self.windows.is_empty() && has_key {
-            let q = table.qualified();
-            for w in self.windows.values_mut().filter(|w| w.table == q) {
-                w.touched.insert(s.key.clone());
+        if !self.windows.is_empty()
+            && let Some(xid) = self.tx.as_ref().map(|t| t.xid)
+        {
+            if has_key {
+                self.windows
+                    .changed(&table.schema, &table.name, &s.key, xid);
                 if key_changed {
-                    w.touched.insert(s.old_key.clone());
+                    self.windows
+                        .changed(&table.schema, &table.name, &s.old_key, xid);
                 }
+            } else if op == Op::Truncate {
+                self.windows.truncated(&table.schema, &table.name, xid);
             }
         }
         let Some(tx) = self.tx.as_mut() else {
