@@ -13,6 +13,7 @@ use extsync::connectors::{Connector, Credentials, Cursor, RequestBudget, WriteOp
 use extsync::simulators::RunningSimulator;
 use extsync::simulators::salesforce::{
     DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, DEMO_REFRESH_TOKEN, SalesforceSim, SalesforceSimConfig,
+    ValidationRule,
 };
 use serde_json::{Value, json};
 use support::{TestDb, TestKafka};
@@ -85,7 +86,15 @@ impl Sync {
         let db = TestDb::create().await;
         db.client().await.batch_execute(SCHEMA).await.unwrap();
         let kafka = TestKafka::new();
-        let sim = SalesforceSim::new(SalesforceSimConfig::default()).unwrap();
+        let mut config = SalesforceSimConfig::default();
+        config.validation_rules.push(ValidationRule {
+            object: "Account".into(),
+            name: "MRR_Not_Negative".into(),
+            condition: "MRR__c < 0".into(),
+            message: "MRR cannot be negative".into(),
+            error_field: Some("MRR__c".into()),
+        });
+        let sim = SalesforceSim::new(config).unwrap();
         let running = sim.serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let name = support::unique("s");
         let yaml = format!(
@@ -263,6 +272,76 @@ where
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     panic!("timed out waiting until {what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_record_is_listed_as_failed_until_it_syncs_and_counters_add_up() {
+    let _slot = PIPELINE_SLOT.lock().await;
+    let s = Sync::start().await;
+    let db = s.db.client().await;
+    db.batch_execute(
+        "INSERT INTO accounts (id, name, mrr) VALUES (1, 'Good', 10), (2, 'Negative', -5)",
+    )
+    .await
+    .unwrap();
+    let failed = || async {
+        s.db.client()
+            .await
+            .query(
+                "SELECT billing_id, error_type, message, attempts FROM extsync.failed_records",
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r.get::<_, String>(0),
+                    r.get::<_, String>(1),
+                    r.get::<_, String>(2),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    eventually(
+        "the rejected record is listed",
+        Duration::from_secs(60),
+        || async { !failed().await.is_empty() },
+    )
+    .await;
+    let rows = failed().await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0].0, "2");
+    assert_eq!(rows[0].1, "field_validation");
+    assert!(rows[0].2.contains("MRR cannot be negative"), "{rows:?}");
+    assert!(s.account_for("1").await.is_some());
+    assert!(s.account_for("2").await.is_none());
+
+    db.execute("UPDATE accounts SET mrr = 5 WHERE id = 2", &[])
+        .await
+        .unwrap();
+    eventually(
+        "the fixed record syncs",
+        Duration::from_secs(60),
+        || async { s.account_for("2").await.is_some() },
+    )
+    .await;
+    eventually(
+        "the record is no longer listed as failed",
+        Duration::from_secs(30),
+        || async { failed().await.is_empty() },
+    )
+    .await;
+    let c = db
+        .query_one(
+            "SELECT created, errors FROM extsync.sync_counters WHERE integration = 'salesforce' AND entity = 'accounts'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(c.get::<_, i64>(0), 2, "created");
+    assert!(c.get::<_, i64>(1) >= 1, "errors");
+    s.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -85,6 +85,7 @@ impl Processor {
     /// Processes `changes` (in order) and returns the sync events to publish.
     pub async fn process(&self, changes: &[Change]) -> Result<Vec<SyncEvent>, BatchError> {
         let now = Utc::now();
+        let t0 = std::time::Instant::now();
         let mut events = Vec::new();
         let mut counts: BTreeMap<(String, String), Counts> = BTreeMap::new();
 
@@ -141,8 +142,10 @@ impl Processor {
         let loaded = self.state.load_many(&keys).await?;
         let mut states: HashMap<RecordKey, RecordState> =
             keys.iter().cloned().zip(loaded).collect();
+        let t_link = t0.elapsed();
         let mut views = self.load_views(&work).await?;
         let existing = self.existing(&work, &states).await?;
+        let t_load = t0.elapsed();
         let mut candidates: HashMap<(String, String), Candidates> = HashMap::new();
 
         // 4. Decide, record by record, in order.
@@ -398,9 +401,11 @@ impl Processor {
             })
             .filter_map(|p| states.get(&p.key).map(|s| (&p.key, &s.base)))
             .collect();
+        let t_decide = t0.elapsed();
         self.state.mark_create_sent(&creates).await?;
         self.deliver_external(&pending, &first, &mut outcomes)
             .await?;
+        let t_ext = t0.elapsed();
         for &i in &second {
             let parent = pending[i].waits_for.clone().expect("second phase waits");
             let parent_ext = pending
@@ -540,11 +545,7 @@ impl Processor {
                 .entry((key.integration.clone(), key.entity.clone()))
                 .or_default()
                 .conflicts += 1;
-            let winner = match r.winner {
-                Winner::Alguna => "alguna",
-                Winner::External => "external",
-                Winner::Manual => "manual",
-            };
+            let winner = winner_name(r.winner);
             metrics::counter!(CONFLICTS_TOTAL, "integration" => key.integration.clone(), "entity" => key.entity.clone(), "winner" => winner).increment(1);
             events.push(SyncEvent::Conflict {
                 integration: key.integration.clone(),
@@ -552,10 +553,7 @@ impl Processor {
                 billing_id: key.billing_id.clone(),
                 external_id: external_id.clone(),
                 field: r.field.clone(),
-                strategy: serde_json::to_value(r.strategy)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_string))
-                    .unwrap_or_default(),
+                strategy: strategy_name(r.strategy),
                 winner: winner.into(),
                 alguna_value: r.alguna_value.clone(),
                 external_value: r.external_value.clone(),
@@ -587,9 +585,12 @@ impl Processor {
                 .into_iter()
                 .filter_map(|k| states.get(&k).cloned().map(|s| (k, s)))
                 .collect();
+        let t_fold = t0.elapsed();
         self.state.save_many(&touched).await?;
+        let t_save = t0.elapsed();
         self.record_bookkeeping(&resolutions, &failures, &pending, &counts)
             .await?;
+        tracing::debug!(changes = changes.len(), ?t_link, ?t_load, ?t_decide, ?t_ext, ?t_fold, ?t_save, total = ?t0.elapsed(), "batch processed (times since its start)");
         for ((integration, entity), c) in counts {
             events.push(SyncEvent::Completed {
                 integration,
@@ -893,52 +894,90 @@ impl Processor {
 
     async fn record_bookkeeping(
         &self,
-        resolutions: &[(RecordKey, Option<String>, Resolution)],
-        failures: &[(RecordKey, Option<String>, String, String)],
+        resolutions: &[Resolved],
+        failures: &[Failure],
         pending: &[Pending],
         counts: &BTreeMap<(String, String), Counts>,
     ) -> Result<(), tokio_postgres::Error> {
-        for (k, ext, r) in resolutions {
-            let winner = match r.winner {
-                Winner::Alguna => "alguna",
-                Winner::External => "external",
-                Winner::Manual => "manual",
+        if !resolutions.is_empty() {
+            let col = |f: &dyn Fn(&Resolved) -> Option<String>| {
+                resolutions.iter().map(f).collect::<Vec<Option<String>>>()
             };
-            let strategy = serde_json::to_value(r.strategy)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default();
+            let json = |f: &dyn Fn(&Resolution) -> Option<Value>| {
+                resolutions
+                    .iter()
+                    .map(|r| f(&r.2))
+                    .collect::<Vec<Option<Value>>>()
+            };
             self.billing
                 .execute(
                     "INSERT INTO extsync.conflicts (integration, entity, billing_id, external_id, field, strategy, winner,
                                                    alguna_value, external_value, base_alguna, base_external)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-                    &[&k.integration, &k.entity, &k.billing_id, ext, &r.field, &strategy, &winner, &r.alguna_value, &r.external_value, &r.base_alguna, &r.base_external],
+                     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+                                          $8::jsonb[], $9::jsonb[], $10::jsonb[], $11::jsonb[])",
+                    &[
+                        &col(&|r| Some(r.0.integration.clone())),
+                        &col(&|r| Some(r.0.entity.clone())),
+                        &col(&|r| Some(r.0.billing_id.clone())),
+                        &col(&|r| r.1.clone()),
+                        &col(&|r| Some(r.2.field.clone())),
+                        &col(&|r| Some(strategy_name(r.2.strategy))),
+                        &col(&|r| Some(winner_name(r.2.winner).to_string())),
+                        &json(&|r| Some(r.alguna_value.clone())),
+                        &json(&|r| Some(r.external_value.clone())),
+                        &json(&|r| r.base_alguna.clone()),
+                        &json(&|r| r.base_external.clone()),
+                    ],
                 )
                 .await?;
         }
-        for (k, ext, class, message) in failures {
+        if !failures.is_empty() {
+            let col = |f: &dyn Fn(&Failure) -> Option<String>| {
+                failures.iter().map(f).collect::<Vec<Option<String>>>()
+            };
+            // One row per record: the last failure of the batch wins.
             self.billing
                 .execute(
-                    "INSERT INTO extsync.failed_records (integration, entity, billing_id, external_id, error_type, message)
-                     VALUES ($1, $2, $3, $4, $5, $6)
+                    "INSERT INTO extsync.failed_records AS f (integration, entity, billing_id, external_id, error_type, message)
+                     SELECT DISTINCT ON (i, e, b) i, e, b, x, t, m
+                       FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])
+                            WITH ORDINALITY AS u(i, e, b, x, t, m, n)
+                      ORDER BY i, e, b, n DESC
                      ON CONFLICT (integration, entity, billing_id) DO UPDATE
                         SET external_id = excluded.external_id, error_type = excluded.error_type, message = excluded.message,
-                            attempts = extsync.failed_records.attempts + 1, last_failed_at = now()",
-                    &[&k.integration, &k.entity, &k.billing_id, ext, class, message],
+                            attempts = f.attempts + 1, last_failed_at = now()",
+                    &[
+                        &col(&|f| Some(f.0.integration.clone())),
+                        &col(&|f| Some(f.0.entity.clone())),
+                        &col(&|f| Some(f.0.billing_id.clone())),
+                        &col(&|f| f.1.clone()),
+                        &col(&|f| Some(f.2.clone())),
+                        &col(&|f| Some(f.3.clone())),
+                    ],
                 )
                 .await?;
         }
         // A record that synced is no longer failed.
-        for p in pending {
-            if !failures.iter().any(|f| f.0 == p.key) {
-                self.billing
-                    .execute(
-                        "DELETE FROM extsync.failed_records WHERE integration = $1 AND entity = $2 AND billing_id = $3",
-                        &[&p.key.integration, &p.key.entity, &p.key.billing_id],
-                    )
-                    .await?;
-            }
+        let synced: Vec<&RecordKey> = pending
+            .iter()
+            .map(|p| &p.key)
+            .filter(|k| !failures.iter().any(|f| &f.0 == *k))
+            .collect();
+        if !synced.is_empty() {
+            let col =
+                |f: &dyn Fn(&RecordKey) -> &str| synced.iter().map(|k| f(k)).collect::<Vec<&str>>();
+            self.billing
+                .execute(
+                    "DELETE FROM extsync.failed_records f
+                      USING unnest($1::text[], $2::text[], $3::text[]) AS u(i, e, b)
+                      WHERE f.integration = u.i AND f.entity = u.e AND f.billing_id = u.b",
+                    &[
+                        &col(&|k| &k.integration),
+                        &col(&|k| &k.entity),
+                        &col(&|k| &k.billing_id),
+                    ],
+                )
+                .await?;
         }
         for ((integration, entity), c) in counts {
             self.billing
@@ -955,6 +994,27 @@ impl Processor {
         }
         Ok(())
     }
+}
+
+/// A conflict settled for a record (with its external id, if linked).
+type Resolved = (RecordKey, Option<String>, Resolution);
+/// A record that failed: external id, error class, vendor message.
+type Failure = (RecordKey, Option<String>, String, String);
+
+fn winner_name(w: Winner) -> &'static str {
+    match w {
+        Winner::Alguna => "alguna",
+        Winner::External => "external",
+        Winner::Manual => "manual",
+    }
+}
+
+/// The configured name of a strategy (`alguna_wins`, …).
+fn strategy_name(s: crate::config::Strategy) -> String {
+    serde_json::to_value(s)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
 }
 
 fn key_of(e: &EntityMap, billing_id: &str) -> RecordKey {

@@ -142,6 +142,52 @@ fn next_offsets(batch: &[OwnedMessage]) -> Result<TopicPartitionList, RunError> 
     Ok(tpl)
 }
 
+/// Keyed records to publish in one transaction.
+type Records = Vec<(String, Vec<u8>)>;
+
+/// Publishes `records` to `topic` and the consumer offsets after the
+/// batch in one Kafka transaction; aborts it on any error. The broker
+/// round trips run on a blocking thread, not on an async worker.
+async fn transact(
+    producer: FutureProducer,
+    group: rdkafka::consumer::ConsumerGroupMetadata,
+    offsets: TopicPartitionList,
+    topic: String,
+    records: Records,
+) -> Result<(), RunError> {
+    producer.begin_transaction()?;
+    let sent = async {
+        // Waiting for each delivery first keeps the commit's own flush short.
+        let mut deliveries = Vec::with_capacity(records.len());
+        for (key, payload) in &records {
+            let record = FutureRecord::to(&topic).key(key).payload(payload);
+            deliveries.push(producer.send_result(record).map_err(|(e, _)| e)?);
+        }
+        for d in deliveries {
+            d.await
+                .map_err(|_| rdkafka::error::KafkaError::Canceled)?
+                .map_err(|(e, _)| e)?;
+        }
+        let p = producer.clone();
+        tokio::task::spawn_blocking(move || {
+            p.send_offsets_to_transaction(&offsets, &group, TXN_TIMEOUT)?;
+            p.commit_transaction(TXN_TIMEOUT)
+        })
+        .await
+        .map_err(|_| rdkafka::error::KafkaError::Canceled)?
+    }
+    .await;
+    if sent.is_err() {
+        let p = producer.clone();
+        let _ = tokio::task::spawn_blocking(move || p.abort_transaction(TXN_TIMEOUT)).await;
+    }
+    Ok(sent?)
+}
+
+fn group(consumer: &StreamConsumer) -> rdkafka::consumer::ConsumerGroupMetadata {
+    consumer.group_metadata().expect("group consumer")
+}
+
 /// Runs the router until `stop`. Errors restart its clients from the last
 /// committed offsets.
 pub async fn run_router(
@@ -174,47 +220,49 @@ async fn router_session(
     let cdc_prefix = format!("{}.cdc.", cfg.topics.prefix());
     while let Some(batch) = next_batch(&consumer, stop).await {
         let batch = batch?;
-        producer.begin_transaction()?;
-        let result = async {
-            let mut sends = Vec::new();
-            for m in &batch {
-                let change = if m.topic().starts_with(&cdc_prefix) {
-                    match route::parse_cdc(m.topic(), m.key(), m.payload()) {
-                        Ok(Some(b)) => Change::Billing(b),
-                        Ok(None) => continue,
-                        Err(e) => {
-                            metrics::counter!(MALFORMED_TOTAL).increment(1);
-                            tracing::warn!(error = %e, "skipping message");
-                            continue;
-                        }
+        let mut records = Records::new();
+        for m in &batch {
+            let change = if m.topic().starts_with(&cdc_prefix) {
+                match route::parse_cdc(m.topic(), m.key(), m.payload()) {
+                    Ok(Some(b)) => Change::Billing(b),
+                    Ok(None) => continue,
+                    Err(e) => {
+                        metrics::counter!(MALFORMED_TOTAL).increment(1);
+                        tracing::warn!(error = %e, "skipping message");
+                        continue;
                     }
-                } else {
-                    match m.payload().map(serde_json::from_slice) {
-                        Some(Ok(x)) => Change::External(x),
-                        _ => {
-                            metrics::counter!(MALFORMED_TOTAL).increment(1);
-                            tracing::warn!(topic = m.topic(), "skipping message that is not an external change event");
-                            continue;
-                        }
+                }
+            } else {
+                match m.payload().map(serde_json::from_slice) {
+                    Some(Ok(x)) => Change::External(x),
+                    _ => {
+                        metrics::counter!(MALFORMED_TOTAL).increment(1);
+                        tracing::warn!(
+                            topic = m.topic(),
+                            "skipping message that is not an external change event"
+                        );
+                        continue;
                     }
-                };
-                let Some(key) = route::route(mappings, state, &change).await? else { continue };
-                let payload = serde_json::to_vec(&change).expect("change serializes");
-                metrics::counter!(ROUTED_TOTAL, "side" => match change { Change::Billing(_) => "billing", Change::External(_) => "external" }).increment(1);
-                sends.push(producer.send_result(FutureRecord::to(&out_topic).key(&key).payload(&payload)).map_err(|(e, _)| e)?);
-            }
-            for s in sends {
-                s.await.map_err(|_| rdkafka::error::KafkaError::Canceled)?.map_err(|(e, _)| e)?;
-            }
-            producer.send_offsets_to_transaction(&next_offsets(&batch)?, &consumer.group_metadata().expect("group consumer"), TXN_TIMEOUT)?;
-            producer.commit_transaction(TXN_TIMEOUT)?;
-            Ok::<_, RunError>(())
+                }
+            };
+            let Some(key) = route::route(mappings, state, &change).await? else {
+                continue;
+            };
+            let side = match change {
+                Change::Billing(_) => "billing",
+                Change::External(_) => "external",
+            };
+            metrics::counter!(ROUTED_TOTAL, "side" => side).increment(1);
+            records.push((key, serde_json::to_vec(&change).expect("change serializes")));
         }
-        .await;
-        if let Err(e) = result {
-            let _ = producer.abort_transaction(TXN_TIMEOUT);
-            return Err(e);
-        }
+        transact(
+            producer.clone(),
+            group(&consumer),
+            next_offsets(&batch)?,
+            out_topic.clone(),
+            records,
+        )
+        .await?;
     }
     Ok(())
 }
@@ -241,6 +289,10 @@ async fn processor_session(
     consumer.subscribe(&[&cfg.changes_topic()])?;
     let producer = cfg.producer("processor")?;
     let events_topic = cfg.topics.sync_events();
+    // The transaction of one batch commits while the next batch is
+    // processed. If it fails, the session restarts from the committed
+    // offsets and both batches run again: their writes are idempotent.
+    let mut committing: Option<tokio::task::JoinHandle<Result<(), RunError>>> = None;
     while let Some(batch) = next_batch(&consumer, stop).await {
         let batch = batch?;
         let changes: Vec<Change> = batch
@@ -263,39 +315,26 @@ async fn processor_session(
             }
         };
         announce(&events);
-        producer.begin_transaction()?;
-        let result = async {
-            let mut sends = Vec::with_capacity(events.len());
-            for ev in &events {
-                let payload = serde_json::to_vec(ev).expect("event serializes");
-                sends.push(
-                    producer
-                        .send_result(
-                            FutureRecord::to(&events_topic)
-                                .key(&ev.key())
-                                .payload(&payload),
-                        )
-                        .map_err(|(e, _)| e)?,
-                );
-            }
-            for s in sends {
-                s.await
-                    .map_err(|_| rdkafka::error::KafkaError::Canceled)?
-                    .map_err(|(e, _)| e)?;
-            }
-            producer.send_offsets_to_transaction(
-                &next_offsets(&batch)?,
-                &consumer.group_metadata().expect("group consumer"),
-                TXN_TIMEOUT,
-            )?;
-            producer.commit_transaction(TXN_TIMEOUT)?;
-            Ok::<_, RunError>(())
+        if let Some(previous) = committing.take() {
+            previous
+                .await
+                .map_err(|_| rdkafka::error::KafkaError::Canceled)??;
         }
-        .await;
-        if let Err(e) = result {
-            let _ = producer.abort_transaction(TXN_TIMEOUT);
-            return Err(e);
-        }
+        let records = events
+            .iter()
+            .map(|ev| (ev.key(), serde_json::to_vec(ev).expect("event serializes")))
+            .collect();
+        committing = Some(tokio::spawn(transact(
+            producer.clone(),
+            group(&consumer),
+            next_offsets(&batch)?,
+            events_topic.clone(),
+            records,
+        )));
+    }
+    if let Some(last) = committing {
+        last.await
+            .map_err(|_| rdkafka::error::KafkaError::Canceled)??;
     }
     Ok(())
 }

@@ -55,13 +55,19 @@ pub struct RecordState {
 pub struct StateStore {
     db: Arc<Client>,
     cache: Cache<RecordKey, Arc<RecordState>>,
+    /// External record → billing id, for the links this process has seen.
+    links: Cache<ExternalKey, String>,
 }
+
+/// Identity of an external record: integration, entity, external id.
+type ExternalKey = (String, String, String);
 
 impl StateStore {
     pub fn new(db: Arc<Client>, capacity: u64) -> Self {
         Self {
             db,
             cache: Cache::new(capacity),
+            links: Cache::new(capacity),
         }
     }
 
@@ -156,6 +162,14 @@ impl StateStore {
         entity: &str,
         external_id: &str,
     ) -> Result<Option<String>, tokio_postgres::Error> {
+        let key = (
+            integration.to_string(),
+            entity.to_string(),
+            external_id.to_string(),
+        );
+        if let Some(id) = self.links.get(&key).await {
+            return Ok(Some(id));
+        }
         let row = self
             .db
             .query_opt(
@@ -163,7 +177,11 @@ impl StateStore {
                 &[&integration, &entity, &external_id],
             )
             .await?;
-        Ok(row.map(|r| r.get(0)))
+        let id: Option<String> = row.map(|r| r.get(0));
+        if let Some(id) = &id {
+            self.links.insert(key, id.clone()).await;
+        }
+        Ok(id)
     }
 
     /// Persists `states` in one statement, then refreshes the cache.
@@ -224,6 +242,18 @@ impl StateStore {
             )
             .await?;
         for (k, s) in states {
+            // An external id that is no longer this record's stops linking to it.
+            if let Some(old) = self.cache.get(k).await
+                && let Some(ext) = &old.external_id
+                && s.external_id.as_ref() != Some(ext)
+            {
+                let gone = (k.integration.clone(), k.entity.clone(), ext.clone());
+                self.links.invalidate(&gone).await;
+            }
+            if let Some(ext) = &s.external_id {
+                let link = (k.integration.clone(), k.entity.clone(), ext.clone());
+                self.links.insert(link, k.billing_id.clone()).await;
+            }
             self.cache.insert(k.clone(), Arc::new(s.clone())).await;
         }
         Ok(())
@@ -264,5 +294,6 @@ impl StateStore {
     /// Forgets cached states (after a partition moves away).
     pub fn clear_cache(&self) {
         self.cache.invalidate_all();
+        self.links.invalidate_all();
     }
 }
