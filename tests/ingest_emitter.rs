@@ -132,6 +132,7 @@ async fn each_version_is_emitted_once_across_paths_and_restarts() {
     assert_eq!((s.emitted, s.collapsed), (1, 1));
 
     // A restarted process (empty cache) still knows what was emitted.
+    em.flush().await;
     let em2 = emitter(&kafka, state.clone());
     let s = em2
         .emit(vec![

@@ -9,9 +9,12 @@
 //! ```
 //!
 //! Claims are taken atomically in the in-memory cache, so two paths racing on
-//! the same version produce it once per process. Across processes (or after a
-//! crash between produce and record) a duplicate can occur; it carries the
-//! same idempotency key header, which the processor collapses.
+//! the same version produce it once per process. Versions are recorded in
+//! Postgres by a background task, many emits per statement, so a webhook is
+//! answered as soon as Kafka acknowledged its events; [`Emitter::flush`]
+//! waits for the recording. Across processes (or after a crash before the
+//! recording) a duplicate can occur; it carries the same idempotency key
+//! header, which the processor collapses.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +25,7 @@ use moka::future::Cache;
 use moka::ops::compute::Op;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::Client;
 
 use super::event::ExternalChange;
@@ -36,6 +40,8 @@ pub const SOURCE_HEADER: &str = "extsync-source";
 pub const EMITTED_TOTAL: &str = "extsync_ingest_changes_emitted_total";
 /// Metric: changes dropped because that version was already emitted.
 pub const COLLAPSED_TOTAL: &str = "extsync_ingest_changes_collapsed_total";
+/// Metric: emitted versions that could not be recorded (possible duplicates).
+pub const RECORD_FAILED_TOTAL: &str = "extsync_ingest_versions_unrecorded_total";
 
 /// Why a batch could not be emitted. Nothing of the batch is recorded as
 /// emitted, so the caller (vendor retry, next poll) brings it again.
@@ -68,6 +74,15 @@ pub struct Emitter {
     topics: Topics,
     state: Arc<Client>,
     recent: Cache<RecordKey, Emitted>,
+    recorder: mpsc::UnboundedSender<Recording>,
+}
+
+/// Work for the background recorder.
+enum Recording {
+    /// Emitted versions: (integration, object, record id, version, modified at).
+    Versions(Vec<(String, String, String, String, DateTime<Utc>)>),
+    /// Answered once everything sent before it is recorded.
+    Flush(oneshot::Sender<()>),
 }
 
 /// How many record versions the in-memory front of the emitted-version table holds.
@@ -81,12 +96,24 @@ pub struct EmitStats {
 }
 
 impl Emitter {
+    /// Creates the emitter and starts its recorder (inside a Tokio runtime).
     pub fn new(producer: FutureProducer, topics: Topics, state: Arc<Client>) -> Self {
+        let (recorder, work) = mpsc::unbounded_channel();
+        tokio::spawn(record_versions(state.clone(), work));
         Self {
             producer,
             topics,
             state,
             recent: Cache::new(RECENT_CAPACITY),
+            recorder,
+        }
+    }
+
+    /// Waits until every version emitted so far is recorded in Postgres.
+    pub async fn flush(&self) {
+        let (done, wait) = oneshot::channel();
+        if self.recorder.send(Recording::Flush(done)).is_ok() {
+            let _ = wait.await;
         }
     }
 
@@ -114,7 +141,7 @@ impl Emitter {
             }
             return Err(e);
         }
-        self.record(&claimed).await?;
+        self.record(&claimed);
         let system = claimed[0].system.clone();
         metrics::counter!(EMITTED_TOTAL, "system" => system.clone())
             .increment(stats.emitted as u64);
@@ -235,26 +262,22 @@ impl Emitter {
         Ok(())
     }
 
-    async fn record(&self, changes: &[ExternalChange]) -> Result<(), EmitError> {
-        let integrations: Vec<&str> = changes.iter().map(|c| c.integration.as_str()).collect();
-        let objects: Vec<&str> = changes.iter().map(|c| c.object.as_str()).collect();
-        let ids: Vec<&str> = changes.iter().map(|c| c.external_id.as_str()).collect();
-        let versions: Vec<&str> = changes.iter().map(|c| c.version.as_str()).collect();
-        let times: Vec<DateTime<Utc>> = changes.iter().map(|c| c.modified_at).collect();
-        self.state
-            .execute(
-                "INSERT INTO extsync.external_versions AS v (integration, object, record_id, version, modified_at)
-                 SELECT DISTINCT ON (integration, object, record_id) *
-                   FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[])
-                        AS n(integration, object, record_id, version, modified_at)
-                  ORDER BY integration, object, record_id, modified_at DESC
-                 ON CONFLICT (integration, object, record_id) DO UPDATE
-                    SET version = excluded.version, modified_at = excluded.modified_at, emitted_at = now()
-                  WHERE v.modified_at <= excluded.modified_at",
-                &[&integrations, &objects, &ids, &versions, &times],
-            )
-            .await?;
-        Ok(())
+    /// Hands the emitted versions to the recorder.
+    fn record(&self, changes: &[ExternalChange]) {
+        let rows = changes
+            .iter()
+            .map(|c| {
+                (
+                    c.integration.clone(),
+                    c.object.clone(),
+                    c.external_id.clone(),
+                    c.version.clone(),
+                    c.modified_at,
+                )
+            })
+            .collect();
+        // The recorder lives as long as the emitter's sender.
+        let _ = self.recorder.send(Recording::Versions(rows));
     }
 }
 
@@ -264,4 +287,56 @@ fn key(c: &ExternalChange) -> RecordKey {
         c.object.clone(),
         c.external_id.clone(),
     )
+}
+
+/// Records emitted versions: everything queued is written in one statement,
+/// then the flushes queued meanwhile are answered. A failed write is logged;
+/// it costs at most duplicates, which carry their idempotency key.
+async fn record_versions(state: Arc<Client>, mut work: mpsc::UnboundedReceiver<Recording>) {
+    while let Some(first) = work.recv().await {
+        let mut rows = Vec::new();
+        let mut flushes = Vec::new();
+        let mut next = Some(first);
+        while let Some(item) = next {
+            match item {
+                Recording::Versions(v) => rows.extend(v),
+                Recording::Flush(f) => flushes.push(f),
+            }
+            next = work.try_recv().ok();
+        }
+        if !rows.is_empty()
+            && let Err(e) = insert_versions(&state, &rows).await
+        {
+            metrics::counter!(RECORD_FAILED_TOTAL).increment(rows.len() as u64);
+            tracing::warn!(error = %e, versions = rows.len(), "recording emitted versions failed");
+        }
+        for f in flushes {
+            let _ = f.send(());
+        }
+    }
+}
+
+async fn insert_versions(
+    state: &Client,
+    rows: &[(String, String, String, String, DateTime<Utc>)],
+) -> Result<(), tokio_postgres::Error> {
+    let integrations: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
+    let objects: Vec<&str> = rows.iter().map(|r| r.1.as_str()).collect();
+    let ids: Vec<&str> = rows.iter().map(|r| r.2.as_str()).collect();
+    let versions: Vec<&str> = rows.iter().map(|r| r.3.as_str()).collect();
+    let times: Vec<DateTime<Utc>> = rows.iter().map(|r| r.4).collect();
+    state
+        .execute(
+            "INSERT INTO extsync.external_versions AS v (integration, object, record_id, version, modified_at)
+             SELECT DISTINCT ON (integration, object, record_id) *
+               FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[])
+                    AS n(integration, object, record_id, version, modified_at)
+              ORDER BY integration, object, record_id, modified_at DESC
+             ON CONFLICT (integration, object, record_id) DO UPDATE
+                SET version = excluded.version, modified_at = excluded.modified_at, emitted_at = now()
+              WHERE v.modified_at <= excluded.modified_at",
+            &[&integrations, &objects, &ids, &versions, &times],
+        )
+        .await?;
+    Ok(())
 }

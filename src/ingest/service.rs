@@ -50,6 +50,7 @@ pub struct Ingest {
     /// Address the webhook receiver listens on, when enabled.
     pub webhook_addr: Option<std::net::SocketAddr>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    emitter: Arc<Emitter>,
 }
 
 impl Ingest {
@@ -58,6 +59,7 @@ impl Ingest {
         for t in self.tasks {
             let _ = t.await;
         }
+        self.emitter.flush().await;
     }
 }
 
@@ -142,6 +144,7 @@ pub async fn start(pipeline: &Pipeline, stop: CancellationToken) -> Result<Inges
     Ok(Ingest {
         webhook_addr,
         tasks,
+        emitter,
     })
 }
 
