@@ -1,0 +1,341 @@
+//! Two-way sync with HubSpot end to end: real Postgres (captured by logical
+//! replication), real Kafka, the HubSpot simulator sending signed webhooks to
+//! extsync's receiver. Billing contacts become HubSpot contacts (a custom
+//! transform on the way), an existing contact is linked by its email instead
+//! of duplicated, edits flow both ways, and nothing echoes.
+
+mod support;
+
+use std::sync::Once;
+use std::time::Duration;
+
+use extsync::connectors::hubspot::{AuthMode, HubSpotConnector};
+use extsync::connectors::{Connector, ExternalRecord, RequestBudget, WriteOp};
+use extsync::simulators::RunningSimulator;
+use extsync::simulators::hubspot::limits::LimitsConfig;
+use extsync::simulators::hubspot::{self, HubSpotConfig, HubSpotSim};
+use serde_json::{Value, json};
+use support::{TestDb, TestKafka};
+use tokio_util::sync::CancellationToken;
+
+static ENV: Once = Once::new();
+
+fn credentials_env() {
+    ENV.call_once(|| {
+        // SAFETY: set once, before any task of this test binary reads them.
+        unsafe {
+            std::env::set_var("TEST_HS_CLIENT_ID", hubspot::DEFAULT_CLIENT_ID);
+            std::env::set_var("TEST_HS_CLIENT_SECRET", hubspot::DEFAULT_CLIENT_SECRET);
+            std::env::set_var("TEST_HS_REFRESH_TOKEN", hubspot::DEFAULT_REFRESH_TOKEN);
+        }
+    });
+}
+
+const SCHEMA: &str = "
+CREATE TABLE contacts (
+    id          bigint PRIMARY KEY,
+    email       text NOT NULL,
+    first_name  text,
+    phone       text,
+    external_id text,
+    updated_at  timestamptz NOT NULL DEFAULT now()
+);";
+
+struct Sync {
+    db: TestDb,
+    _kafka: TestKafka,
+    sim: RunningSimulator,
+    _state: HubSpotSim,
+    stop: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Sync {
+    /// Capture, ingest (webhooks, with a sweep behind them) and the
+    /// processor in this process, against a fresh portal.
+    async fn start() -> Sync {
+        credentials_env();
+        let db = TestDb::create().await;
+        db.client().await.batch_execute(SCHEMA).await.unwrap();
+        let kafka = TestKafka::new();
+        let (sim, state) = hubspot::start(HubSpotConfig {
+            limits: LimitsConfig::unlimited(),
+            ..HubSpotConfig::default()
+        })
+        .await
+        .unwrap();
+        let yaml = format!(
+            r#"
+name: {name}
+postgres: {{ url: "{db}", tables: [public.contacts], heartbeatSecs: 1 }}
+kafka: {{ brokers: "{brokers}", topicPrefix: "{prefix}" }}
+telemetry: {{ metricsAddress: "" }}
+ingest: {{ webhookAddress: "127.0.0.1:0", sweepSecs: 2, pollOverlapSecs: 5 }}
+integrations:
+  hubspot:
+    provider: hubspot
+    baseUrl: "{base}"
+    credentials:
+      clientId: ${{TEST_HS_CLIENT_ID}}
+      clientSecret: ${{TEST_HS_CLIENT_SECRET}}
+      refreshToken: ${{TEST_HS_REFRESH_TOKEN}}
+    rateLimit: {{ requests: 10000, burst: 1000 }}
+    entities:
+      contacts:
+        externalObject: contacts
+        table: public.contacts
+        mappings:
+          - {{ alguna: email, external: email }}
+          - {{ alguna: firstName, external: firstname }}
+          - {{ alguna: phone, external: phone, direction: alguna_to_external, transform: custom, function: "return value == null ? null : value.replace(/[^0-9+]/g, '');" }}
+        conflictResolution:
+          default: latest_wins
+        matching:
+          fields: [email]
+          createIfNotFound: true
+"#,
+            name = support::unique("h"),
+            db = db.url,
+            brokers = kafka.brokers,
+            prefix = kafka.prefix,
+            base = sim.base_url()
+        );
+        let pipeline = extsync::config::parse_str(&yaml, "sync.yaml").unwrap();
+        let stop = CancellationToken::new();
+        let mut tasks = Vec::new();
+        let (p, s) = (pipeline.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            extsync::capture::run(&p, s).await.expect("capture runs");
+        }));
+        let ingest = extsync::ingest::service::start(&pipeline, stop.clone())
+            .await
+            .unwrap();
+        let webhook_url = format!("http://{}/webhooks/hubspot", ingest.webhook_addr.unwrap());
+        tasks.push(tokio::spawn(ingest.join()));
+        tasks.extend(
+            extsync::processor::service::start(&pipeline, stop.clone())
+                .await
+                .unwrap(),
+        );
+        let resp = reqwest::Client::new()
+            .post(format!("{}/__admin/webhooks", sim.base_url()))
+            .json(&json!({"targetUrl": webhook_url, "retryBaseMs": 50}))
+            .send()
+            .await
+            .unwrap();
+        assert!(resp.status().is_success());
+        Sync {
+            db,
+            _kafka: kafka,
+            sim,
+            _state: state,
+            stop,
+            tasks,
+        }
+    }
+
+    /// A person working in HubSpot (private-app token).
+    fn person(&self) -> HubSpotConnector {
+        HubSpotConnector::new(
+            self.sim.base_url(),
+            AuthMode::PrivateApp(hubspot::DEFAULT_PRIVATE_APP_TOKEN.into()),
+            RequestBudget::unlimited(),
+        )
+    }
+
+    async fn contacts(&self) -> Vec<ExternalRecord> {
+        let c = self.person();
+        let mut out = Vec::new();
+        let mut page = None;
+        loop {
+            let p = c
+                .list_changes(
+                    "contacts",
+                    &extsync::connectors::Cursor::start(),
+                    page.as_deref(),
+                )
+                .await
+                .unwrap();
+            out.extend(p.records);
+            match p.next_page {
+                Some(n) => page = Some(n),
+                None => return out,
+            }
+        }
+    }
+
+    async fn contact_by_email(&self, email: &str) -> Vec<ExternalRecord> {
+        self.contacts()
+            .await
+            .into_iter()
+            .filter(|r| !r.deleted && r.fields.get("email") == Some(&json!(email)))
+            .collect()
+    }
+
+    /// Writes extsync made (OAuth app calls are `INTEGRATION` changes).
+    async fn extsync_writes(&self) -> Vec<Value> {
+        let v: Value = reqwest::get(format!("{}/__admin/written", self.sim.base_url()))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["written"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|w| w["changeSource"] == json!("INTEGRATION"))
+            .cloned()
+            .collect()
+    }
+
+    async fn first_name(&self, id: i64) -> Option<String> {
+        self.db
+            .client()
+            .await
+            .query_one("SELECT first_name FROM contacts WHERE id = $1", &[&id])
+            .await
+            .unwrap()
+            .get(0)
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        for t in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(20), t).await;
+        }
+        let admin = support::connect(&support::pg_url()).await;
+        let _ = admin
+            .execute(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = $1 AND NOT active",
+                &[&self.db.name],
+            )
+            .await;
+    }
+}
+
+async fn eventually<F, Fut>(what: &str, limit: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    while tokio::time::Instant::now() < deadline {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    panic!("timed out waiting until {what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contacts_sync_both_ways_linking_by_email_without_echo() {
+    let s = Sync::start().await;
+    let person = s.person();
+    // A contact that already exists in HubSpot, before extsync knows of it.
+    let existing = person
+        .write(
+            "contacts",
+            WriteOp::Create {
+                fields: json!({"email": "old@acme.test", "firstname": "Olga"})
+                    .as_object()
+                    .unwrap()
+                    .clone(),
+            },
+        )
+        .await
+        .unwrap();
+
+    let db = s.db.client().await;
+    db.batch_execute(
+        "INSERT INTO contacts (id, email, first_name, phone) VALUES
+            (1, 'new@acme.test', 'Nia', '+1 (555) 010-0000'),
+            (2, 'old@acme.test', 'Olga', NULL)",
+    )
+    .await
+    .unwrap();
+
+    eventually(
+        "the new contact exists",
+        Duration::from_secs(60),
+        || async { !s.contact_by_email("new@acme.test").await.is_empty() },
+    )
+    .await;
+    let new = s.contact_by_email("new@acme.test").await.remove(0);
+    assert_eq!(new.fields["firstname"], json!("Nia"));
+    assert_eq!(
+        new.fields["phone"],
+        json!("+15550100000"),
+        "the custom transform ran"
+    );
+
+    // The billing row with the existing email is linked, not created again.
+    eventually("contact 2 is linked", Duration::from_secs(60), || async {
+        db.query_one(
+            "SELECT count(*) FROM extsync.records WHERE billing_id = '2' AND external_id = $1",
+            &[&existing.id],
+        )
+        .await
+        .unwrap()
+        .get::<_, i64>(0)
+            == 1
+    })
+    .await;
+    let olgas = s.contact_by_email("old@acme.test").await;
+    assert_eq!(olgas.len(), 1, "a duplicate contact was created: {olgas:?}");
+
+    // A person edits in HubSpot: the webhook brings it to the billing row.
+    person
+        .write(
+            "contacts",
+            WriteOp::Update {
+                id: new.id.clone(),
+                fields: json!({"firstname": "Nina"}).as_object().unwrap().clone(),
+            },
+        )
+        .await
+        .unwrap();
+    eventually(
+        "the billing row follows HubSpot",
+        Duration::from_secs(60),
+        || async { s.first_name(1).await.as_deref() == Some("Nina") },
+    )
+    .await;
+
+    // A billing edit goes out; afterwards nothing moves any more.
+    db.execute(
+        "UPDATE contacts SET phone = '555-0199', updated_at = now() WHERE id = 1",
+        &[],
+    )
+    .await
+    .unwrap();
+    eventually("the phone is updated", Duration::from_secs(60), || async {
+        s.contact_by_email("new@acme.test")
+            .await
+            .first()
+            .is_some_and(|c| c.fields["phone"] == json!("5550199"))
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let writes = s.extsync_writes().await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        s.extsync_writes().await.len(),
+        writes.len(),
+        "extsync kept writing: a loop"
+    );
+    assert!(
+        writes.len() >= 2,
+        "the create and the phone update: {writes:?}"
+    );
+    assert_eq!(s.first_name(1).await.as_deref(), Some("Nina"));
+    // The rename was never written back to HubSpot.
+    assert!(
+        !writes
+            .iter()
+            .any(|w| w["properties"]["firstname"] == json!("Nina")),
+        "an echo was written back: {writes:?}"
+    );
+    s.stop().await;
+}
