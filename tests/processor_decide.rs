@@ -439,3 +439,15 @@ fn a_record_already_carrying_the_billing_id_is_adopted_not_written_over() {
     };
     assert_eq!(Value::Object(cols), json!({"email": "person@x.test"}));
 }
+
+/// Hashes are stored with each record: their form must not change between
+/// versions, or every stored echo guard would stop matching.
+#[test]
+fn the_external_hash_is_stable() {
+    let m = mappings();
+    let e = m.for_external("sf", "accounts").unwrap();
+    let image = obj(json!({"Name": "Acme", "Email__c": "a@acme.test", "MRR__c": 12.5, "Other": 1}));
+    let hash = extsync::processor::decide::external_hash(e, &image);
+    // SHA-256 of {"Email__c":"a@acme.test","MRR__c":12.5,"Name":"Acme"}, first 16 bytes.
+    assert_eq!(hash, "d429fc2b0970e95bc41b8b86413c3573");
+}

@@ -103,14 +103,12 @@ fn hash_fields<'a>(
     mapped: impl Iterator<Item = &'a FieldMap>,
     fields: &Map<String, Value>,
 ) -> String {
-    let mut picked = Map::new();
-    for f in mapped {
-        if let Some(v) = record::get(fields, &f.external) {
-            picked.insert(f.external.as_str().to_string(), v.clone());
-        }
-    }
-    let digest = Sha256::digest(Value::Object(picked).to_string().as_bytes());
-    digest.iter().take(16).map(|b| format!("{b:02x}")).collect()
+    // Sorted by name, as a JSON object of them would be.
+    let picked: std::collections::BTreeMap<&str, &Value> = mapped
+        .filter_map(|f| record::get(fields, &f.external).map(|v| (f.external.as_str(), v)))
+        .collect();
+    let json = serde_json::to_vec(&picked).expect("JSON values serialize");
+    hex::encode(&Sha256::digest(&json)[..16])
 }
 
 /// Plans a billing-side change. `candidates` are unlinked external records

@@ -139,7 +139,7 @@ fn signature_v1(secret: &str, body: &[u8]) -> String {
     let mut h = Sha256::new();
     h.update(secret.as_bytes());
     h.update(body);
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(h.finalize())
 }
 
 fn subscription_id(subscription_type: &str) -> u64 {
