@@ -94,9 +94,12 @@ pub fn external_hash(entity: &EntityMap, fields: &Map<String, Value>) -> String 
     hash_fields(entity.fields.iter().filter(|f| f.to_external), fields)
 }
 
-/// Hash of every mapped field of an external image, whatever its direction.
-fn mapped_hash(entity: &EntityMap, fields: &Map<String, Value>) -> String {
-    hash_fields(entity.fields.iter(), fields)
+/// Whether two external images agree on every mapped field, whatever its direction.
+fn same_mapped_fields(entity: &EntityMap, a: &Map<String, Value>, b: &Map<String, Value>) -> bool {
+    entity
+        .fields
+        .iter()
+        .all(|f| record::get(a, &f.external) == record::get(b, &f.external))
 }
 
 fn hash_fields<'a>(
@@ -367,7 +370,6 @@ pub fn external_change(
     change: &ExternalChange,
     billing_view: Option<&Map<String, Value>>,
 ) -> Decision {
-    let mut next = state.clone();
     // An image older than one already processed: nothing new.
     if state
         .external_changed_at
@@ -375,15 +377,20 @@ pub fn external_change(
     {
         return Decision {
             plan: Plan::Nothing("older version"),
-            state: next,
+            state: state.clone(),
         };
     }
     let same_version = state.external_version.as_deref() == Some(change.version.as_str());
-    next.external_version = Some(change.version.clone());
-    next.external_changed_at = Some(change.modified_at);
+    let seen = |image: Map<String, Value>| {
+        let mut next = state.with_image(image);
+        next.external_version = Some(change.version.clone());
+        next.external_changed_at = Some(change.modified_at);
+        next
+    };
     if change.op == ChangeOp::Delete {
         // A deletion on the external side unlinks; the billing row stays
         // (billing is the system of record) and is not re-created externally.
+        let mut next = seen(state.external_image.clone());
         next.deleted = true;
         return Decision {
             plan: Plan::Nothing("deleted externally"),
@@ -408,17 +415,16 @@ pub fn external_change(
     // the version extsync's write returned, and the image read for an echo,
     // can both include a change someone made just before that write, which
     // the merge below must still see.
-    let known = mapped_hash(entity, &after) == mapped_hash(entity, &state.external_image);
-    let own = change
-        .origin
-        .as_deref()
-        .is_some_and(|o| o.contains(ORIGIN_MARKER))
-        || state
-            .written_hash
-            .as_deref()
-            .is_some_and(|h| h == external_hash(entity, &after));
-    next.external_image = after;
+    let known = same_mapped_fields(entity, &after, &state.external_image);
     if known {
+        let own = change
+            .origin
+            .as_deref()
+            .is_some_and(|o| o.contains(ORIGIN_MARKER))
+            || state
+                .written_hash
+                .as_deref()
+                .is_some_and(|h| h == external_hash(entity, &after));
         let why = match (same_version, own) {
             (true, _) => "version already seen",
             (false, true) => "echo of extsync's own write",
@@ -426,9 +432,10 @@ pub fn external_change(
         };
         return Decision {
             plan: Plan::Nothing(why),
-            state: next,
+            state: seen(after),
         };
     }
+    let mut next = seen(after);
     if state.deleted {
         return Decision {
             plan: Plan::Nothing("record was deleted"),

@@ -47,6 +47,10 @@ pub fn billing_view(row: &Map<String, Value>) -> Map<String, Value> {
 
 /// The value at `path`, if every segment exists. JSON `null` counts as present.
 pub fn get<'a>(record: &'a Map<String, Value>, path: &FieldPath) -> Option<&'a Value> {
+    // Most paths are one name.
+    if !path.as_str().as_bytes().contains(&b'.') {
+        return record.get(path.as_str());
+    }
     let mut segments = path.segments();
     let mut current = record.get(segments.next()?)?;
     for seg in segments {

@@ -50,6 +50,26 @@ pub struct RecordState {
     pub create_sent: bool,
 }
 
+impl RecordState {
+    /// A copy holding `image` as the latest external fields (the current
+    /// image is not copied).
+    pub fn with_image(&self, image: Map<String, Value>) -> RecordState {
+        RecordState {
+            external_id: self.external_id.clone(),
+            base: self.base.clone(),
+            external_image: image,
+            external_version: self.external_version.clone(),
+            written_hash: self.written_hash.clone(),
+            billing_changed_at: self.billing_changed_at,
+            external_changed_at: self.external_changed_at,
+            deleted: self.deleted,
+            billing_written: self.billing_written.clone(),
+            external_written: self.external_written.clone(),
+            create_sent: self.create_sent,
+        }
+    }
+}
+
 /// Durable state with a bounded in-memory front.
 #[derive(Clone)]
 pub struct StateStore {
