@@ -725,3 +725,73 @@ async fn kill_9_mid_sync_then_restart_converges_without_duplicates() {
     assert!(exit.success(), "SIGTERM: {exit:?}");
     s.stop().await;
 }
+
+/// POSTs to the simulator's admin surface.
+async fn admin(s: &Sync, path: &str, body: Value) {
+    let resp = reqwest::Client::new()
+        .post(format!("{}{path}", s.base_url))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "{path}: {}", resp.status());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_expiry_and_a_rate_limit_storm_mid_sync_lose_nothing_and_create_once() {
+    let _slot = PIPELINE_SLOT.lock().await;
+    let s = Sync::start().await;
+    let db = s.db.client().await;
+    db.batch_execute(
+        "INSERT INTO accounts (id, name) SELECT g, 'First ' || g FROM generate_series(1, 20) g",
+    )
+    .await
+    .unwrap();
+    eventually("syncing has begun", Duration::from_secs(60), || async {
+        s.account_for("1").await.is_some()
+    })
+    .await;
+
+    // Every session ends and every call is refused, while more changes come.
+    admin(&s, "/__admin/tokens/expire", json!({})).await;
+    admin(&s, "/__admin/faults", json!({"exhaustLimits": true})).await;
+    db.batch_execute(
+        "INSERT INTO accounts (id, name) SELECT g, 'First ' || g FROM generate_series(21, 40) g;
+         UPDATE accounts SET name = 'Second ' || id, updated_at = now() WHERE id <= 20",
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    admin(&s, "/__admin/faults", json!({"exhaustLimits": false})).await;
+
+    let expected = |id: i64| {
+        if id <= 20 {
+            format!("Second {id}")
+        } else {
+            format!("First {id}")
+        }
+    };
+    eventually(
+        "all 40 accounts hold their latest names",
+        Duration::from_secs(90),
+        || async {
+            let accounts = s.accounts().await;
+            (1..=40).all(|id| {
+                accounts.iter().any(|a| {
+                    !a.deleted
+                        && a.fields.get("Alguna_Id__c") == Some(&json!(id.to_string()))
+                        && a.fields["Name"] == json!(expected(id))
+                })
+            })
+        },
+    )
+    .await;
+    let live: Vec<_> = s
+        .accounts()
+        .await
+        .into_iter()
+        .filter(|a| !a.deleted)
+        .collect();
+    assert_eq!(live.len(), 40, "an Account was created twice");
+    s.stop().await;
+}
