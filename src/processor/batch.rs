@@ -139,11 +139,12 @@ impl Processor {
 
         // 3. Load states and the billing rows external changes merge with.
         let keys: Vec<RecordKey> = dedup(work.iter().filter_map(|w| w.key.clone()));
-        let loaded = self.state.load_many(&keys).await?;
+        let t_link = t0.elapsed();
+        // Independent queries, pipelined on their connections.
+        let (loaded, mut views) =
+            tokio::try_join!(self.state.load_many(&keys), self.load_views(&work))?;
         let mut states: HashMap<RecordKey, RecordState> =
             keys.iter().cloned().zip(loaded).collect();
-        let t_link = t0.elapsed();
-        let mut views = self.load_views(&work).await?;
         let existing = self.existing(&work, &states).await?;
         let t_load = t0.elapsed();
         let mut candidates: HashMap<(String, String), Candidates> = HashMap::new();
@@ -586,11 +587,11 @@ impl Processor {
                 .filter_map(|k| states.get(&k).cloned().map(|s| (k, s)))
                 .collect();
         let t_fold = t0.elapsed();
-        self.state.save_many(&touched).await?;
-        let t_save = t0.elapsed();
-        self.record_bookkeeping(&resolutions, &failures, &pending, &counts)
-            .await?;
-        tracing::debug!(changes = changes.len(), ?t_link, ?t_load, ?t_decide, ?t_ext, ?t_fold, ?t_save, total = ?t0.elapsed(), "batch processed (times since its start)");
+        tokio::try_join!(
+            self.state.save_many(&touched),
+            self.record_bookkeeping(&resolutions, &failures, &pending, &counts)
+        )?;
+        tracing::debug!(changes = changes.len(), ?t_link, ?t_load, ?t_decide, ?t_ext, ?t_fold, total = ?t0.elapsed(), "batch processed (times since its start)");
         for ((integration, entity), c) in counts {
             events.push(SyncEvent::Completed {
                 integration,
