@@ -220,6 +220,7 @@ async fn run_here(
     }
     let (chunk_tx, chunk_rx) = mpsc::channel(4);
     let (req_tx, req_rx) = mpsc::unbounded_channel();
+    let resumed: Vec<String> = resume.iter().map(|(t, _)| t.qualified()).collect();
     let mut driver = tokio::spawn(snapshot_driver(
         ctx.clone(),
         driver_sql,
@@ -239,6 +240,11 @@ async fn run_here(
         chunk_rx,
         req_tx,
     );
+    // Resumed snapshots are tracked from the first streamed transaction on:
+    // anything older is visible to every chunk snapshot taken from now.
+    for t in &resumed {
+        stream.track_snapshot(t);
+    }
     let result = stream_loop(
         &mut client,
         &mut stream,

@@ -135,6 +135,11 @@ impl Stream {
         }
     }
 
+    /// Tracks changes to `table` (`schema.table`) for its incremental snapshot.
+    pub fn track_snapshot(&mut self, table: &str) {
+        self.windows.open(table);
+    }
+
     /// Handles one replication event.
     pub async fn handle(&mut self, ev: WalEvent) -> Result<(), CaptureError> {
         match ev {
@@ -239,7 +244,7 @@ impl Stream {
                 if high {
                     self.emit_chunk(id, lsn).await?;
                 } else {
-                    // Normally open since the request; after a restart, from here.
+                    // Open since the request or since a resumed stream began.
                     self.windows.open(table);
                 }
             }
