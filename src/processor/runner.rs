@@ -26,6 +26,8 @@ use crate::kafka::Topics;
 
 /// Most messages handled in one transaction.
 pub const MAX_BATCH: usize = 500;
+/// Longest a batch gathers after its first message.
+const MAX_GATHER: Duration = Duration::from_millis(10);
 /// Partitions of the repartition topic (the most processors that share work).
 pub const CHANGES_PARTITIONS: i32 = 8;
 const TXN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -124,8 +126,16 @@ async fn next_batch(
         Ok(m) => vec![m.detach()],
         Err(e) => return Some(Err(e.into())),
     };
+    // Gather until a 2 ms pause, the size cap or the time cap: a steady
+    // stream without pauses must not hold the first message back.
+    let deadline = tokio::time::Instant::now() + MAX_GATHER;
     while batch.len() < MAX_BATCH {
-        match tokio::time::timeout(Duration::from_millis(2), consumer.recv()).await {
+        let pause = Duration::from_millis(2)
+            .min(deadline.saturating_duration_since(tokio::time::Instant::now()));
+        if pause.is_zero() {
+            break;
+        }
+        match tokio::time::timeout(pause, consumer.recv()).await {
             Ok(Ok(m)) => batch.push(m.detach()),
             _ => break,
         }
