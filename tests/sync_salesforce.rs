@@ -16,7 +16,7 @@ use extsync::simulators::salesforce::{
     ValidationRule,
 };
 use serde_json::{Value, json};
-use support::{TestDb, TestKafka};
+use support::{TestDb, TestKafka, eventually};
 use tokio_util::sync::CancellationToken;
 
 static ENV: Once = Once::new();
@@ -248,30 +248,8 @@ integrations:
         for t in self.tasks {
             let _ = tokio::time::timeout(Duration::from_secs(20), t).await;
         }
-        // Slots hold WAL for the whole cluster: drop this test's.
-        let admin = support::connect(&support::pg_url()).await;
-        let _ = admin
-            .execute(
-                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = $1 AND NOT active",
-                &[&self.db.name],
-            )
-            .await;
+        self.db.drop_idle_slots().await;
     }
-}
-
-async fn eventually<F, Fut>(what: &str, limit: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + limit;
-    while tokio::time::Instant::now() < deadline {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    panic!("timed out waiting until {what}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -78,6 +78,34 @@ impl TestDb {
     pub async fn client(&self) -> tokio_postgres::Client {
         connect(&self.url).await
     }
+
+    /// Drops the replication slots of this database that nothing uses any
+    /// more (slots are cluster-wide and hold WAL until dropped).
+    pub async fn drop_idle_slots(&self) {
+        let _ = connect(&pg_url())
+            .await
+            .execute(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = $1 AND NOT active",
+                &[&self.name],
+            )
+            .await;
+    }
+}
+
+/// Polls `check` every 250 ms until it holds; panics naming `what` after `limit`.
+pub async fn eventually<F, Fut>(what: &str, limit: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    while tokio::time::Instant::now() < deadline {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    panic!("timed out waiting until {what}");
 }
 
 /// A topic prefix of one test, with helpers for its topics.
