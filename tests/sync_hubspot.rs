@@ -102,21 +102,10 @@ integrations:
         );
         let pipeline = extsync::config::parse_str(&yaml, "sync.yaml").unwrap();
         let stop = CancellationToken::new();
-        let mut tasks = Vec::new();
-        let (p, s) = (pipeline.clone(), stop.clone());
-        tasks.push(tokio::spawn(async move {
-            extsync::capture::run(&p, s).await.expect("capture runs");
-        }));
-        let ingest = extsync::ingest::service::start(&pipeline, stop.clone())
-            .await
-            .unwrap();
-        let webhook_url = format!("http://{}/webhooks/hubspot", ingest.webhook_addr.unwrap());
-        tasks.push(tokio::spawn(ingest.join()));
-        tasks.extend(
-            extsync::processor::service::start(&pipeline, stop.clone())
-                .await
-                .unwrap(),
-        );
+        let mut tasks = vec![support::spawn_capture(&pipeline, &stop)];
+        let (more, webhook_addr) = support::start_ingest_and_processor(&pipeline, &stop).await;
+        tasks.extend(more);
+        let webhook_url = format!("http://{}/webhooks/hubspot", webhook_addr.unwrap());
         let resp = reqwest::Client::new()
             .post(format!("{}/__admin/webhooks", sim.base_url()))
             .json(&json!({"targetUrl": webhook_url, "retryBaseMs": 50}))

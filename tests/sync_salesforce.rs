@@ -136,21 +136,14 @@ integrations:
         std::fs::write(&file, &yaml).unwrap();
         let stop = CancellationToken::new();
         let mut tasks = Vec::new();
-        let (p, s) = (pipeline.clone(), stop.clone());
         if stages != Stages::None {
-            tasks.push(tokio::spawn(async move {
-                extsync::capture::run(&p, s).await.expect("capture runs");
-            }));
+            tasks.push(support::spawn_capture(&pipeline, &stop));
         }
         if stages == Stages::All {
-            let ingest = extsync::ingest::service::start(&pipeline, stop.clone())
-                .await
-                .unwrap();
-            tasks.push(tokio::spawn(ingest.join()));
             tasks.extend(
-                extsync::processor::service::start(&pipeline, stop.clone())
+                support::start_ingest_and_processor(&pipeline, &stop)
                     .await
-                    .unwrap(),
+                    .0,
             );
         }
         Sync {

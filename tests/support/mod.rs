@@ -309,3 +309,36 @@ pub async fn wait_streaming(client: &tokio_postgres::Client, slot: &str) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Capture of `pipeline` running in this process until `stop`.
+pub fn spawn_capture(
+    pipeline: &extsync::config::Pipeline,
+    stop: &tokio_util::sync::CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let (p, s) = (pipeline.clone(), stop.clone());
+    tokio::spawn(async move {
+        extsync::capture::run(&p, s).await.expect("capture runs");
+    })
+}
+
+/// Ingest and the processor of `pipeline` running in this process until
+/// `stop`: their tasks, and the webhook receiver's address when enabled.
+pub async fn start_ingest_and_processor(
+    pipeline: &extsync::config::Pipeline,
+    stop: &tokio_util::sync::CancellationToken,
+) -> (
+    Vec<tokio::task::JoinHandle<()>>,
+    Option<std::net::SocketAddr>,
+) {
+    let ingest = extsync::ingest::service::start(pipeline, stop.clone())
+        .await
+        .unwrap();
+    let webhook_addr = ingest.webhook_addr;
+    let mut tasks = vec![tokio::spawn(ingest.join())];
+    tasks.extend(
+        extsync::processor::service::start(pipeline, stop.clone())
+            .await
+            .unwrap(),
+    );
+    (tasks, webhook_addr)
+}
