@@ -3,7 +3,8 @@
 
 mod hubspot_support;
 
-use std::time::Duration;
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
 
 use extsync::connectors::hubspot::{AuthMode, HubSpotConnector};
 use extsync::connectors::{Connector, Credentials, ErrorClass, RequestBudget, WriteOp};
@@ -489,4 +490,152 @@ async fn not_found_on_update_and_read() {
     assert_eq!(e.class, ErrorClass::NotFound);
     assert_eq!(e.status, Some(404));
     assert!(!e.retryable());
+}
+
+#[tokio::test]
+async fn answers_slower_than_the_request_timeout_are_transient() {
+    let (sim, _portal) = portal().await;
+    let c = connector(&sim).with_request_timeout(Duration::from_millis(300));
+    let created = c
+        .write(
+            "contacts",
+            WriteOp::Create {
+                fields: fields(json!({"email": "slow@example.com"})),
+            },
+        )
+        .await
+        .unwrap();
+
+    admin(&sim, "/__admin/faults", json!({"latencyMs": 3_000})).await;
+    let started = Instant::now();
+    let e = c.read("contacts", &created.id).await.unwrap_err();
+    let took = started.elapsed();
+    assert_eq!(e.class, ErrorClass::Transient, "{e}");
+    assert!(e.retryable());
+    assert!(e.message.contains("timed out"), "{e}");
+    assert_eq!(e.status, None, "no answer arrived");
+    assert!(
+        took < Duration::from_millis(2_500),
+        "the call gave up at its own timeout, not the simulator's latency: {took:?}"
+    );
+    let cause = std::error::Error::source(&e)
+        .and_then(|s| s.downcast_ref::<reqwest::Error>())
+        .expect("the transport error is kept as the source");
+    assert!(cause.is_timeout());
+
+    admin(&sim, "/__admin/faults", json!({"latencyMs": 0})).await;
+    let rec = c.read("contacts", &created.id).await.unwrap();
+    assert_eq!(rec.fields["email"], "slow@example.com");
+}
+
+#[tokio::test]
+async fn find_by_field_returns_exact_matches_only() {
+    let (sim, _portal) = portal().await;
+    let c = connector(&sim);
+    admin(
+        &sim,
+        "/__admin/schema",
+        json!({"object": "companies", "addProperties": ["alguna_id"]}),
+    )
+    .await;
+    let billing_id = |i: usize| format!("cus_{i}");
+    let mut ids = HashMap::new();
+    let all: Vec<usize> = (0..150).collect();
+    for chunk in all.chunks(c.max_batch()) {
+        let ops = chunk
+            .iter()
+            .map(|&i| WriteOp::Create {
+                fields: fields(json!({"name": format!("Company {i}"), "alguna_id": billing_id(i)})),
+            })
+            .collect();
+        for (i, r) in chunk
+            .iter()
+            .zip(c.write_batch("companies", ops).await.unwrap())
+        {
+            ids.insert(billing_id(*i), r.unwrap().id);
+        }
+    }
+
+    // One value: only the record holding exactly it, not cus_10…cus_149.
+    let found = c
+        .find_by_field("companies", "alguna_id", &[billing_id(1)])
+        .await
+        .unwrap();
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].object, "companies");
+    assert_eq!(found[0].id, ids[&billing_id(1)]);
+    assert_eq!(found[0].fields["alguna_id"], "cus_1");
+    assert_eq!(found[0].fields["name"], "Company 1");
+    assert!(!found[0].deleted);
+
+    // None: values without a record are left out, without an error.
+    let none = c
+        .find_by_field(
+            "companies",
+            "alguna_id",
+            &["cus_missing".to_string(), "cus_".to_string()],
+        )
+        .await
+        .unwrap();
+    assert!(none.is_empty(), "{none:?}");
+    assert!(
+        c.find_by_field("deals", "dealname", &[billing_id(1)])
+            .await
+            .unwrap()
+            .is_empty(),
+        "another object's records are not matched"
+    );
+
+    // Several: more values than one batch read holds, some without a record.
+    let mut values: Vec<String> = (0..150).map(billing_id).collect();
+    values.push("cus_missing".into());
+    let found = c
+        .find_by_field("companies", "alguna_id", &values)
+        .await
+        .unwrap();
+    assert_eq!(found.len(), 150);
+    let mut seen = HashSet::new();
+    for r in &found {
+        let key = r.fields["alguna_id"].as_str().unwrap().to_string();
+        assert_eq!(r.id, ids[&key], "{key} maps to its own record");
+        assert!(seen.insert(key), "each record once");
+    }
+
+    // Contacts by their unique email.
+    let ada = c
+        .write(
+            "contacts",
+            WriteOp::Create {
+                fields: fields(json!({"email": "ada@example.com", "firstname": "Ada"})),
+            },
+        )
+        .await
+        .unwrap();
+    let found = c
+        .find_by_field(
+            "contacts",
+            "email",
+            &["ada@example.com".to_string(), "ada@example.co".to_string()],
+        )
+        .await
+        .unwrap();
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].id, ada.id);
+    assert_eq!(found[0].fields["firstname"], "Ada");
+
+    // An archived record is no longer found.
+    c.write(
+        "companies",
+        WriteOp::Delete {
+            id: ids[&billing_id(7)].clone(),
+        },
+    )
+    .await
+    .unwrap();
+    assert!(
+        c.find_by_field("companies", "alguna_id", &[billing_id(7)])
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }

@@ -3,9 +3,9 @@
 
 mod salesforce_support;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use extsync::connectors::salesforce::{SalesforceConnector, SalesforceSettings};
+use extsync::connectors::salesforce::{MAX_BATCH, SalesforceConnector, SalesforceSettings};
 use extsync::connectors::{Connector, ErrorClass, WebhookRequest, WriteOp};
 use extsync::simulators::FaultsSnapshot;
 use extsync::simulators::salesforce::{
@@ -493,6 +493,151 @@ async fn server_and_connection_failures_are_transient() {
 }
 
 #[tokio::test]
+async fn answers_slower_than_the_request_timeout_are_transient() {
+    let org = start().await;
+    let mut s = settings(&org.url(), demo_credentials());
+    s.request_timeout = Duration::from_millis(300);
+    let c = SalesforceConnector::new(s);
+    let a = c
+        .write(
+            "Account",
+            WriteOp::Create {
+                fields: fields(json!({"Name": "Slow Co"})),
+            },
+        )
+        .await
+        .unwrap();
+    c.read("Account", &a.id).await.unwrap();
+
+    org.sim.faults().set(&FaultsSnapshot {
+        latency_ms: Some(3_000),
+        ..Default::default()
+    });
+    let started = Instant::now();
+    let e = c.read("Account", &a.id).await.unwrap_err();
+    let took = started.elapsed();
+    assert_eq!(e.class, ErrorClass::Transient, "{e}");
+    assert!(e.retryable());
+    assert!(e.message.contains("timed out"), "{e}");
+    assert_eq!(e.status, None, "no answer arrived");
+    assert!(
+        took < Duration::from_millis(2_500),
+        "the call gave up at its own timeout, not the simulator's latency: {took:?}"
+    );
+    let cause = std::error::Error::source(&e)
+        .and_then(|s| s.downcast_ref::<reqwest::Error>())
+        .expect("the transport error is kept as the source");
+    assert!(cause.is_timeout());
+
+    org.sim.faults().set(&FaultsSnapshot {
+        latency_ms: Some(0),
+        ..Default::default()
+    });
+    let rec = c.read("Account", &a.id).await.unwrap();
+    assert_eq!(rec.fields["Name"], json!("Slow Co"));
+}
+
+#[tokio::test]
+async fn find_by_field_returns_exact_matches_only() {
+    let org = start().await;
+    let c = &org.connector;
+    let billing_id = |i: usize| format!("cus_{i}");
+    let mut ids = std::collections::HashMap::new();
+    let all: Vec<usize> = (0..250).collect();
+    for chunk in all.chunks(MAX_BATCH) {
+        let ops = chunk
+            .iter()
+            .map(|&i| WriteOp::Create {
+                fields: fields(json!({"Name": format!("Acct {i}"), "Alguna_Id__c": billing_id(i)})),
+            })
+            .collect();
+        for (i, r) in chunk
+            .iter()
+            .zip(c.write_batch("Account", ops).await.unwrap())
+        {
+            ids.insert(billing_id(*i), r.unwrap().id);
+        }
+    }
+    let quoted = c
+        .write(
+            "Account",
+            WriteOp::Create {
+                fields: fields(json!({"Name": "O'Brien Ltd", "Alguna_Id__c": "cus_o'brien\\x"})),
+            },
+        )
+        .await
+        .unwrap();
+
+    // One value: only the record holding exactly it, not cus_20…cus_249.
+    let found = c
+        .find_by_field("Account", "Alguna_Id__c", &[billing_id(2)])
+        .await
+        .unwrap();
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].object, "Account");
+    assert_eq!(found[0].id, ids[&billing_id(2)]);
+    assert_eq!(found[0].fields["Alguna_Id__c"], json!("cus_2"));
+    assert_eq!(found[0].fields["Name"], json!("Acct 2"));
+    assert!(!found[0].deleted);
+
+    let found = c
+        .find_by_field("Account", "Alguna_Id__c", &["cus_o'brien\\x".to_string()])
+        .await
+        .unwrap();
+    assert_eq!(found.len(), 1, "quotes and backslashes are escaped");
+    assert_eq!(found[0].id, quoted.id);
+
+    // None: values without a record are left out, without an error.
+    let none = c
+        .find_by_field(
+            "Account",
+            "Alguna_Id__c",
+            &["cus_missing".to_string(), "cus_".to_string()],
+        )
+        .await
+        .unwrap();
+    assert!(none.is_empty(), "{none:?}");
+    assert!(
+        c.find_by_field("Contact", "Alguna_Id__c", &[billing_id(2)])
+            .await
+            .unwrap()
+            .is_empty(),
+        "another object's records are not matched"
+    );
+
+    // Several: more values than one query holds, some without a record.
+    let mut values: Vec<String> = (0..250).map(billing_id).collect();
+    values.push("cus_missing".into());
+    let found = c
+        .find_by_field("Account", "Alguna_Id__c", &values)
+        .await
+        .unwrap();
+    assert_eq!(found.len(), 250);
+    let mut seen = std::collections::HashSet::new();
+    for r in &found {
+        let key = r.fields["Alguna_Id__c"].as_str().unwrap().to_string();
+        assert_eq!(r.id, ids[&key], "{key} maps to its own record");
+        assert!(seen.insert(key), "each record once");
+    }
+
+    // A deleted record is no longer found.
+    c.write(
+        "Account",
+        WriteOp::Delete {
+            id: ids[&billing_id(7)].clone(),
+        },
+    )
+    .await
+    .unwrap();
+    assert!(
+        c.find_by_field("Account", "Alguna_Id__c", &[billing_id(7)])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test]
 async fn conditional_update_of_a_changed_record_is_stale_version() {
     let org = start().await;
     let c = &org.connector;
@@ -550,5 +695,9 @@ credentials:
     let s = SalesforceSettings::from_integration(&integration).unwrap();
     assert_eq!(s.login_url, "http://127.0.0.1:1");
     assert_eq!(s.credentials.client_id, "abc");
+    assert_eq!(
+        s.request_timeout,
+        extsync::connectors::http::REQUEST_TIMEOUT
+    );
     assert!(!format!("{s:?}").contains("def"), "secrets are redacted");
 }

@@ -5,15 +5,16 @@ use std::time::Duration;
 
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 
-/// Time allowed for one request, connect included.
+/// Default time allowed for one request, connect included.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Time allowed to open a connection.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A pooled client with extsync's timeouts.
-pub fn client() -> reqwest::Client {
+/// A pooled client whose requests may take at most `request_timeout`
+/// (connect included); a request that takes longer fails as a timeout.
+pub fn client(request_timeout: Duration) -> reqwest::Client {
     reqwest::Client::builder()
-        .timeout(REQUEST_TIMEOUT)
+        .timeout(request_timeout)
         .connect_timeout(CONNECT_TIMEOUT)
         .pool_max_idle_per_host(64)
         .pool_idle_timeout(Duration::from_secs(90))

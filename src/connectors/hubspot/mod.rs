@@ -134,7 +134,7 @@ impl HubSpotConnector {
         };
         HubSpotConnector {
             base_url: base_url.into().trim_end_matches('/').to_string(),
-            http: super::http::client(),
+            http: super::http::client(super::http::REQUEST_TIMEOUT),
             auth: Auth::new(auth),
             budget,
             webhook_secret,
@@ -173,6 +173,13 @@ impl HubSpotConnector {
     /// Spends `budget` (shared with the integration's other clients) on every call.
     pub fn with_budget(mut self, budget: RequestBudget) -> Self {
         self.budget = budget;
+        self
+    }
+
+    /// Allows each API or token request `timeout` (connect included) instead
+    /// of [`super::http::REQUEST_TIMEOUT`].
+    pub fn with_request_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.http = super::http::client(timeout);
         self
     }
 

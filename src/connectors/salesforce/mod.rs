@@ -55,6 +55,8 @@ pub struct SalesforceSettings {
     pub call_client: String,
     pub budget: RequestBudget,
     pub limit_wait: Duration,
+    /// Time allowed for one API or token request, connect included.
+    pub request_timeout: Duration,
     /// Fields read per object; objects not listed use every field `describe` reports.
     pub fields: BTreeMap<String, Vec<String>>,
 }
@@ -68,6 +70,7 @@ impl SalesforceSettings {
             call_client: CALL_CLIENT.to_string(),
             budget: RequestBudget::for_provider(Provider::Salesforce),
             limit_wait: DEFAULT_LIMIT_WAIT,
+            request_timeout: super::http::REQUEST_TIMEOUT,
             fields: BTreeMap::new(),
         }
     }
@@ -91,8 +94,8 @@ pub struct SalesforceConnector {
 impl SalesforceConnector {
     pub fn new(settings: SalesforceSettings) -> Self {
         SalesforceConnector {
+            http: super::http::client(settings.request_timeout),
             settings,
-            http: super::http::client(),
             tokens: TokenCache::default(),
             described: Mutex::new(HashMap::new()),
         }
