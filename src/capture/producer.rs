@@ -347,7 +347,7 @@ impl CaptureProducer {
         cc.set("queue.buffering.max.kbytes", kbytes.to_string())
             .set("queue.buffering.max.messages", "1000000")
             .set("batch.size", "1000000")
-            .set("linger.ms", "50")
+            .set("linger.ms", "5")
             .set("batch.num.messages", "100000")
             .set("message.max.bytes", "10000000");
         let producer = cc

@@ -17,11 +17,12 @@ use chrono::Utc;
 use serde_json::{Map, Value};
 use tokio_postgres::Client;
 
+use super::bookkeeping::{Bookkeeping, strategy_name, winner_name};
 use super::change::{BillingChange, Change};
 use super::decide::{self, Decision, Plan};
 use super::events::{Counts, Flow, Outcome, SyncEvent};
 use super::mapping::{EntityMap, Mappings};
-use super::merge::{Base, Resolution, Winner};
+use super::merge::{Base, Resolution};
 use super::record;
 use super::sinks::{BillingSink, ExternalSink, SinkError};
 use super::state::{RecordKey, RecordState, StateStore};
@@ -50,6 +51,12 @@ pub enum BatchError {
     Sink(#[from] SinkError),
     #[error("processor state: {0}")]
     State(#[from] tokio_postgres::Error),
+}
+
+/// A processed batch: the sync events to publish and what to save first.
+pub struct Processed {
+    pub events: Vec<SyncEvent>,
+    pub bookkeeping: Bookkeeping,
 }
 
 /// Everything a batch needs.
@@ -82,8 +89,23 @@ struct Pending {
 }
 
 impl Processor {
-    /// Processes `changes` (in order) and returns the sync events to publish.
+    /// Processes `changes` (in order), saves its bookkeeping and returns
+    /// the sync events to publish.
     pub async fn process(&self, changes: &[Change]) -> Result<Vec<SyncEvent>, BatchError> {
+        let done = self.process_unsaved(changes).await?;
+        self.save(&done.bookkeeping).await?;
+        Ok(done.events)
+    }
+
+    /// Saves a processed batch's bookkeeping.
+    pub async fn save(&self, bookkeeping: &Bookkeeping) -> Result<(), tokio_postgres::Error> {
+        bookkeeping.save(&self.state, &self.billing).await
+    }
+
+    /// Processes `changes` (in order). Its states are visible to the next
+    /// batch at once; its bookkeeping must be saved, with
+    /// [`Processor::save`], before its offsets commit.
+    pub async fn process_unsaved(&self, changes: &[Change]) -> Result<Processed, BatchError> {
         let now = Utc::now();
         let t0 = std::time::Instant::now();
         let mut events = Vec::new();
@@ -403,6 +425,10 @@ impl Processor {
             .filter_map(|p| states.get(&p.key).map(|s| (&p.key, &s.base)))
             .collect();
         let t_decide = t0.elapsed();
+        // A create must not be marked before an older state of its record lands.
+        if creates.iter().any(|(k, _)| self.state.is_unsaved(k)) {
+            self.state.settled().await;
+        }
         self.state.mark_create_sent(&creates).await?;
         self.deliver_external(&pending, &first, &mut outcomes)
             .await?;
@@ -580,18 +606,26 @@ impl Processor {
             });
         }
 
-        // 7. Record: states, conflicts, counters, failed records.
+        // 7. Remember the states; the rest is saved by the caller.
         let touched: Vec<(RecordKey, RecordState)> =
             dedup(work.iter().filter_map(|w| w.key.clone()))
                 .into_iter()
-                .filter_map(|k| states.get(&k).cloned().map(|s| (k, s)))
+                .filter_map(|k| states.remove(&k).map(|s| (k, s)))
                 .collect();
-        let t_fold = t0.elapsed();
-        tokio::try_join!(
-            self.state.save_many(&touched),
-            self.record_bookkeeping(&resolutions, &failures, &pending, &counts)
-        )?;
-        tracing::debug!(changes = changes.len(), ?t_link, ?t_load, ?t_decide, ?t_ext, ?t_fold, total = ?t0.elapsed(), "batch processed (times since its start)");
+        let synced = pending
+            .iter()
+            .map(|p| &p.key)
+            .filter(|k| !failures.iter().any(|f| &f.0 == *k))
+            .cloned()
+            .collect();
+        let bookkeeping = Bookkeeping {
+            states: self.state.remember(touched).await,
+            counts: counts.clone(),
+            resolutions,
+            failures,
+            synced,
+        };
+        tracing::debug!(changes = changes.len(), ?t_link, ?t_load, ?t_decide, ?t_ext, total = ?t0.elapsed(), "batch processed (times since its start)");
         for ((integration, entity), c) in counts {
             events.push(SyncEvent::Completed {
                 integration,
@@ -600,7 +634,10 @@ impl Processor {
                 at: now,
             });
         }
-        Ok(events)
+        Ok(Processed {
+            events,
+            bookkeeping,
+        })
     }
 
     async fn deliver_external(
@@ -683,6 +720,7 @@ impl Processor {
         &self,
         e: &EntityMap,
     ) -> Result<Candidates, tokio_postgres::Error> {
+        self.state.settled().await;
         let pk = self.primary_key(e).await?;
         let sql = format!(
             "SELECT t.{pk}::text, to_jsonb(t) FROM {table} t
@@ -764,6 +802,7 @@ impl Processor {
 
     /// Unlinked external records of the entity, for match rules.
     async fn candidates(&self, e: &EntityMap) -> Result<Candidates, tokio_postgres::Error> {
+        self.state.settled().await;
         let rows = self
             .billing
             .query(
@@ -875,6 +914,7 @@ impl Processor {
         key: &RecordKey,
     ) -> Result<Option<String>, tokio_postgres::Error> {
         let deadline = tokio::time::Instant::now() + PARENT_WAIT;
+        self.state.settled().await;
         loop {
             let row = self
                 .billing
@@ -892,130 +932,6 @@ impl Processor {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
-
-    async fn record_bookkeeping(
-        &self,
-        resolutions: &[Resolved],
-        failures: &[Failure],
-        pending: &[Pending],
-        counts: &BTreeMap<(String, String), Counts>,
-    ) -> Result<(), tokio_postgres::Error> {
-        if !resolutions.is_empty() {
-            let col = |f: &dyn Fn(&Resolved) -> Option<String>| {
-                resolutions.iter().map(f).collect::<Vec<Option<String>>>()
-            };
-            let json = |f: &dyn Fn(&Resolution) -> Option<Value>| {
-                resolutions
-                    .iter()
-                    .map(|r| f(&r.2))
-                    .collect::<Vec<Option<Value>>>()
-            };
-            self.billing
-                .execute(
-                    "INSERT INTO extsync.conflicts (integration, entity, billing_id, external_id, field, strategy, winner,
-                                                   alguna_value, external_value, base_alguna, base_external)
-                     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
-                                          $8::jsonb[], $9::jsonb[], $10::jsonb[], $11::jsonb[])",
-                    &[
-                        &col(&|r| Some(r.0.integration.clone())),
-                        &col(&|r| Some(r.0.entity.clone())),
-                        &col(&|r| Some(r.0.billing_id.clone())),
-                        &col(&|r| r.1.clone()),
-                        &col(&|r| Some(r.2.field.clone())),
-                        &col(&|r| Some(strategy_name(r.2.strategy))),
-                        &col(&|r| Some(winner_name(r.2.winner).to_string())),
-                        &json(&|r| Some(r.alguna_value.clone())),
-                        &json(&|r| Some(r.external_value.clone())),
-                        &json(&|r| r.base_alguna.clone()),
-                        &json(&|r| r.base_external.clone()),
-                    ],
-                )
-                .await?;
-        }
-        if !failures.is_empty() {
-            let col = |f: &dyn Fn(&Failure) -> Option<String>| {
-                failures.iter().map(f).collect::<Vec<Option<String>>>()
-            };
-            // One row per record: the last failure of the batch wins.
-            self.billing
-                .execute(
-                    "INSERT INTO extsync.failed_records AS f (integration, entity, billing_id, external_id, error_type, message)
-                     SELECT DISTINCT ON (i, e, b) i, e, b, x, t, m
-                       FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])
-                            WITH ORDINALITY AS u(i, e, b, x, t, m, n)
-                      ORDER BY i, e, b, n DESC
-                     ON CONFLICT (integration, entity, billing_id) DO UPDATE
-                        SET external_id = excluded.external_id, error_type = excluded.error_type, message = excluded.message,
-                            attempts = f.attempts + 1, last_failed_at = now()",
-                    &[
-                        &col(&|f| Some(f.0.integration.clone())),
-                        &col(&|f| Some(f.0.entity.clone())),
-                        &col(&|f| Some(f.0.billing_id.clone())),
-                        &col(&|f| f.1.clone()),
-                        &col(&|f| Some(f.2.clone())),
-                        &col(&|f| Some(f.3.clone())),
-                    ],
-                )
-                .await?;
-        }
-        // A record that synced is no longer failed.
-        let synced: Vec<&RecordKey> = pending
-            .iter()
-            .map(|p| &p.key)
-            .filter(|k| !failures.iter().any(|f| &f.0 == *k))
-            .collect();
-        if !synced.is_empty() {
-            let col =
-                |f: &dyn Fn(&RecordKey) -> &str| synced.iter().map(|k| f(k)).collect::<Vec<&str>>();
-            self.billing
-                .execute(
-                    "DELETE FROM extsync.failed_records f
-                      USING unnest($1::text[], $2::text[], $3::text[]) AS u(i, e, b)
-                      WHERE f.integration = u.i AND f.entity = u.e AND f.billing_id = u.b",
-                    &[
-                        &col(&|k| &k.integration),
-                        &col(&|k| &k.entity),
-                        &col(&|k| &k.billing_id),
-                    ],
-                )
-                .await?;
-        }
-        for ((integration, entity), c) in counts {
-            self.billing
-                .execute(
-                    "INSERT INTO extsync.sync_counters AS s (integration, entity, synced, created, updated, conflicts, errors)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7)
-                     ON CONFLICT (integration, entity) DO UPDATE SET
-                        synced = s.synced + excluded.synced, created = s.created + excluded.created,
-                        updated = s.updated + excluded.updated, conflicts = s.conflicts + excluded.conflicts,
-                        errors = s.errors + excluded.errors, updated_at = now()",
-                    &[integration, entity, &(c.synced as i64), &(c.created as i64), &(c.updated as i64), &(c.conflicts as i64), &(c.failed as i64)],
-                )
-                .await?;
-        }
-        Ok(())
-    }
-}
-
-/// A conflict settled for a record (with its external id, if linked).
-type Resolved = (RecordKey, Option<String>, Resolution);
-/// A record that failed: external id, error class, vendor message.
-type Failure = (RecordKey, Option<String>, String, String);
-
-fn winner_name(w: Winner) -> &'static str {
-    match w {
-        Winner::Alguna => "alguna",
-        Winner::External => "external",
-        Winner::Manual => "manual",
-    }
-}
-
-/// The configured name of a strategy (`alguna_wins`, …).
-fn strategy_name(s: crate::config::Strategy) -> String {
-    serde_json::to_value(s)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default()
 }
 
 fn key_of(e: &EntityMap, billing_id: &str) -> RecordKey {

@@ -9,6 +9,7 @@
 //! ```
 
 pub mod batch;
+pub mod bookkeeping;
 pub mod change;
 pub mod decide;
 pub mod events;

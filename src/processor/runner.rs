@@ -36,6 +36,41 @@ const TXN_TIMEOUT: Duration = Duration::from_secs(30);
 pub const ROUTED_TOTAL: &str = "extsync_router_changes_total";
 /// Metric: messages that are not change events.
 pub const MALFORMED_TOTAL: &str = "extsync_router_malformed_total";
+/// Metric: how long the oldest message of a batch waited in Kafka before
+/// its loop took it, by stage (`router`, `processor`).
+pub const QUEUED_SECONDS: &str = "extsync_processor_queued_seconds";
+
+/// Registers the loops' metric descriptions.
+pub fn describe_metrics() {
+    metrics::describe_counter!(
+        ROUTED_TOTAL,
+        "Changes re-keyed onto the repartition topic, by side"
+    );
+    metrics::describe_counter!(
+        MALFORMED_TOTAL,
+        "Messages skipped because they are not change events"
+    );
+    metrics::describe_histogram!(
+        QUEUED_SECONDS,
+        metrics::Unit::Seconds,
+        "Time the oldest message of a batch spent in Kafka before its stage took it, by stage"
+    );
+}
+
+/// Records how long the oldest message of `batch` waited in Kafka.
+fn observe_queued(stage: &'static str, batch: &[OwnedMessage]) {
+    let now = chrono::Utc::now().timestamp_millis();
+    if let Some(oldest) = batch.iter().filter_map(|m| m.timestamp().to_millis()).min() {
+        let waited = (now - oldest).max(0) as f64 / 1000.0;
+        metrics::histogram!(QUEUED_SECONDS, "stage" => stage).record(waited);
+        tracing::debug!(
+            stage,
+            messages = batch.len(),
+            queued_ms = now - oldest,
+            "batch taken"
+        );
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -230,6 +265,7 @@ async fn router_session(
     let cdc_prefix = format!("{}.cdc.", cfg.topics.prefix());
     while let Some(batch) = next_batch(&consumer, stop).await {
         let batch = batch?;
+        observe_queued("router", &batch);
         let mut records = Records::new();
         for m in &batch {
             let change = if m.topic().starts_with(&cdc_prefix) {
@@ -292,27 +328,29 @@ pub async fn run_processor(cfg: RunnerConfig, processor: Arc<Processor>, stop: C
 
 async fn processor_session(
     cfg: &RunnerConfig,
-    processor: &Processor,
+    processor: &Arc<Processor>,
     stop: &CancellationToken,
 ) -> Result<(), RunError> {
     let consumer = cfg.consumer(&format!("{}-processor", cfg.topics.prefix()))?;
     consumer.subscribe(&[&cfg.changes_topic()])?;
     let producer = cfg.producer("processor")?;
     let events_topic = cfg.topics.sync_events();
-    // The transaction of one batch commits while the next batch is
-    // processed. If it fails, the session restarts from the committed
-    // offsets and both batches run again: their writes are idempotent.
+    // A batch's bookkeeping is saved, then its transaction commits, while
+    // the next batch is processed (it already sees the batch's states). If
+    // either fails, the session restarts from the committed offsets and
+    // both batches run again: their writes are idempotent.
     let mut committing: Option<tokio::task::JoinHandle<Result<(), RunError>>> = None;
     while let Some(batch) = next_batch(&consumer, stop).await {
         let batch = batch?;
+        observe_queued("processor", &batch);
         let changes: Vec<Change> = batch
             .iter()
             .filter_map(|m| m.payload().and_then(|p| serde_json::from_slice(p).ok()))
             .collect();
         let mut backoff = Duration::from_millis(200);
-        let events = loop {
-            match processor.process(&changes).await {
-                Ok(events) => break events,
+        let done = loop {
+            match processor.process_unsaved(&changes).await {
+                Ok(done) => break done,
                 Err(BatchError::State(e)) => return Err(e.into()),
                 Err(e @ BatchError::Sink(_)) => {
                     tracing::warn!(error = %e, wait_ms = backoff.as_millis() as u64, "batch not delivered; retrying");
@@ -324,23 +362,28 @@ async fn processor_session(
                 }
             }
         };
-        announce(&events);
+        announce(&done.events);
         if let Some(previous) = committing.take() {
             previous
                 .await
                 .map_err(|_| rdkafka::error::KafkaError::Canceled)??;
         }
-        let records = events
+        let records = done
+            .events
             .iter()
             .map(|ev| (ev.key(), serde_json::to_vec(ev).expect("event serializes")))
             .collect();
-        committing = Some(tokio::spawn(transact(
+        let (processor, producer, group, offsets, topic) = (
+            processor.clone(),
             producer.clone(),
             group(&consumer),
             next_offsets(&batch)?,
             events_topic.clone(),
-            records,
-        )));
+        );
+        committing = Some(tokio::spawn(async move {
+            processor.save(&done.bookkeeping).await?;
+            transact(producer, group, offsets, topic, records).await
+        }));
     }
     if let Some(last) = committing {
         last.await

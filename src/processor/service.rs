@@ -79,6 +79,7 @@ pub async fn start(
     stop: CancellationToken,
 ) -> Result<Vec<JoinHandle<()>>, ProcessError> {
     crate::delivery::metrics::describe();
+    super::runner::describe_metrics();
     let processor = processor(pipeline).await?;
     let cfg = RunnerConfig {
         topics: Topics::new(&pipeline.kafka.topic_prefix),

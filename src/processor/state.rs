@@ -4,18 +4,26 @@
 //! fronted by a bounded moka cache.
 //!
 //! ```text
-//!  processor ──load_many──► cache ──miss──► extsync.records
-//!            ──save_many──► extsync.records, then cache
+//!  processor ──load_many──► cache ──miss──► unsaved ──miss──► extsync.records
+//!            ──remember───► cache, unsaved ──save (while the next batch runs)──► extsync.records
 //! ```
+//!
+//! A batch's states are remembered at once, so the next batch sees them,
+//! and saved while that next batch is processed; until then they stay in
+//! `unsaved`, which the cache's evictions cannot drop. Queries that read
+//! links from `extsync.records` directly wait for [`StateStore::settled`].
 //!
 //! A restarted or newly assigned processor reads only the records it meets;
 //! change topics are never replayed to rebuild state.
 
 use std::sync::Arc;
 
+use dashmap::DashMap;
+
 use chrono::{DateTime, Utc};
 use moka::future::Cache;
 use serde_json::{Map, Value};
+use tokio::sync::watch;
 use tokio_postgres::Client;
 
 use super::merge::Base;
@@ -77,6 +85,26 @@ pub struct StateStore {
     cache: Cache<RecordKey, Arc<RecordState>>,
     /// External record → billing id, for the links this process has seen.
     links: Cache<ExternalKey, String>,
+    /// Remembered states whose save has not finished, newest per key.
+    unsaved: Arc<DashMap<RecordKey, Arc<RecordState>>>,
+    /// Batches remembered and not yet saved (or abandoned).
+    saving: Arc<watch::Sender<usize>>,
+}
+
+/// A record's remembered state.
+type Remembered = (RecordKey, Arc<RecordState>);
+
+/// States remembered by [`StateStore::remember`], to be saved once. It
+/// counts in [`StateStore::settled`] until dropped.
+pub struct Unsaved {
+    states: Vec<Remembered>,
+    saving: Arc<watch::Sender<usize>>,
+}
+
+impl Drop for Unsaved {
+    fn drop(&mut self) {
+        self.saving.send_modify(|n| *n = n.saturating_sub(1));
+    }
 }
 
 /// Identity of an external record: integration, entity, external id.
@@ -88,6 +116,8 @@ impl StateStore {
             db,
             cache: Cache::new(capacity),
             links: Cache::new(capacity),
+            unsaved: Arc::new(DashMap::new()),
+            saving: Arc::new(watch::channel(0).0),
         }
     }
 
@@ -103,7 +133,11 @@ impl StateStore {
         let mut out: Vec<Option<RecordState>> = Vec::with_capacity(keys.len());
         let mut misses = Vec::new();
         for (i, k) in keys.iter().enumerate() {
-            match self.cache.get(k).await {
+            let known = match self.cache.get(k).await {
+                Some(s) => Some(s),
+                None => self.unsaved.get(k).map(|s| s.value().clone()),
+            };
+            match known {
                 Some(s) => out.push(Some((*s).clone())),
                 None => {
                     misses.push(i);
@@ -204,15 +238,66 @@ impl StateStore {
         Ok(id)
     }
 
-    /// Persists `states` in one statement, then refreshes the cache.
-    pub async fn save_many(
-        &self,
-        states: &[(RecordKey, RecordState)],
-    ) -> Result<(), tokio_postgres::Error> {
+    /// Makes `states` the current ones at once (cache, links) and returns
+    /// them for [`StateStore::save`].
+    pub async fn remember(&self, states: Vec<(RecordKey, RecordState)>) -> Unsaved {
+        let mut out = Vec::with_capacity(states.len());
+        for (k, s) in states {
+            // An external id that is no longer this record's stops linking to it.
+            let old = match self.cache.get(&k).await {
+                Some(o) => Some(o),
+                None => self.unsaved.get(&k).map(|o| o.value().clone()),
+            };
+            if let Some(old) = old
+                && let Some(ext) = &old.external_id
+                && s.external_id.as_ref() != Some(ext)
+            {
+                let gone = (k.integration.clone(), k.entity.clone(), ext.clone());
+                self.links.invalidate(&gone).await;
+            }
+            if let Some(ext) = &s.external_id {
+                let link = (k.integration.clone(), k.entity.clone(), ext.clone());
+                self.links.insert(link, k.billing_id.clone()).await;
+            }
+            let s = Arc::new(s);
+            self.cache.insert(k.clone(), s.clone()).await;
+            self.unsaved.insert(k.clone(), s.clone());
+            out.push((k, s));
+        }
+        self.saving.send_modify(|n| *n += 1);
+        Unsaved {
+            states: out,
+            saving: self.saving.clone(),
+        }
+    }
+
+    /// Persists remembered states in one statement.
+    pub async fn save(&self, unsaved: &Unsaved) -> Result<(), tokio_postgres::Error> {
+        let result = self.write(&unsaved.states).await;
+        if result.is_ok() {
+            for (k, s) in &unsaved.states {
+                self.unsaved.remove_if(k, |_, v| Arc::ptr_eq(v, s));
+            }
+        }
+        result
+    }
+
+    /// Waits until every remembered batch is saved or dropped.
+    pub async fn settled(&self) {
+        let mut rx = self.saving.subscribe();
+        let _ = rx.wait_for(|n| *n == 0).await;
+    }
+
+    /// Whether `key`'s latest state is not saved yet.
+    pub fn is_unsaved(&self, key: &RecordKey) -> bool {
+        self.unsaved.contains_key(key)
+    }
+
+    async fn write(&self, states: &[Remembered]) -> Result<(), tokio_postgres::Error> {
         if states.is_empty() {
             return Ok(());
         }
-        let col = |f: &dyn Fn(&(RecordKey, RecordState)) -> Option<String>| -> Vec<Option<String>> {
+        let col = |f: &dyn Fn(&Remembered) -> Option<String>| -> Vec<Option<String>> {
             states.iter().map(f).collect()
         };
         let ints = col(&|s| Some(s.0.integration.clone()));
@@ -261,21 +346,6 @@ impl StateStore {
                 &[&ints, &ents, &ids, &ext, &bases, &images, &versions, &hashes, &bat, &eat, &del, &written, &ext_written, &sent],
             )
             .await?;
-        for (k, s) in states {
-            // An external id that is no longer this record's stops linking to it.
-            if let Some(old) = self.cache.get(k).await
-                && let Some(ext) = &old.external_id
-                && s.external_id.as_ref() != Some(ext)
-            {
-                let gone = (k.integration.clone(), k.entity.clone(), ext.clone());
-                self.links.invalidate(&gone).await;
-            }
-            if let Some(ext) = &s.external_id {
-                let link = (k.integration.clone(), k.entity.clone(), ext.clone());
-                self.links.insert(link, k.billing_id.clone()).await;
-            }
-            self.cache.insert(k.clone(), Arc::new(s.clone())).await;
-        }
         Ok(())
     }
 
@@ -315,5 +385,6 @@ impl StateStore {
     pub fn clear_cache(&self) {
         self.cache.invalidate_all();
         self.links.invalidate_all();
+        self.unsaved.clear();
     }
 }

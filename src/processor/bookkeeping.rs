@@ -1,0 +1,156 @@
+//! Bookkeeping: what a processed batch leaves in Postgres for the control
+//! plane and for the next owner of its records — record states, conflicts,
+//! failed records and counters. It is saved while the next batch is
+//! processed, and always before the batch's Kafka transaction commits.
+//!
+//! ```text
+//!  batch ──decide, deliver──► Bookkeeping ──save──► extsync.records, conflicts,
+//!                                                   failed_records, sync_counters
+//!                                          ──then──► Kafka transaction (events, offsets)
+//! ```
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+use tokio_postgres::Client;
+
+use super::events::Counts;
+use super::merge::{Resolution, Winner};
+use super::state::{RecordKey, StateStore, Unsaved};
+
+/// A conflict settled for a record (with its external id, if linked).
+pub type Resolved = (RecordKey, Option<String>, Resolution);
+/// A record that failed: external id, error class, vendor message.
+pub type Failure = (RecordKey, Option<String>, String, String);
+
+pub fn winner_name(w: Winner) -> &'static str {
+    match w {
+        Winner::Alguna => "alguna",
+        Winner::External => "external",
+        Winner::Manual => "manual",
+    }
+}
+
+/// The configured name of a strategy (`alguna_wins`, …).
+pub fn strategy_name(s: crate::config::Strategy) -> String {
+    serde_json::to_value(s)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// A processed batch's records, not yet saved.
+pub struct Bookkeeping {
+    /// Record states, already visible to later batches through the cache.
+    pub states: Unsaved,
+    pub resolutions: Vec<Resolved>,
+    pub failures: Vec<Failure>,
+    /// Records that synced, so are no longer failed.
+    pub synced: Vec<RecordKey>,
+    pub counts: BTreeMap<(String, String), Counts>,
+}
+
+impl Bookkeeping {
+    /// Saves everything in one round of pipelined statements.
+    pub async fn save(&self, state: &StateStore, db: &Client) -> Result<(), tokio_postgres::Error> {
+        tokio::try_join!(state.save(&self.states), self.record(db))?;
+        Ok(())
+    }
+
+    async fn record(&self, db: &Client) -> Result<(), tokio_postgres::Error> {
+        let Bookkeeping {
+            resolutions,
+            failures,
+            synced,
+            counts,
+            ..
+        } = self;
+        if !resolutions.is_empty() {
+            let col = |f: &dyn Fn(&Resolved) -> Option<String>| {
+                resolutions.iter().map(f).collect::<Vec<Option<String>>>()
+            };
+            let json = |f: &dyn Fn(&Resolution) -> Option<Value>| {
+                resolutions
+                    .iter()
+                    .map(|r| f(&r.2))
+                    .collect::<Vec<Option<Value>>>()
+            };
+            db
+                .execute(
+                    "INSERT INTO extsync.conflicts (integration, entity, billing_id, external_id, field, strategy, winner,
+                                                   alguna_value, external_value, base_alguna, base_external)
+                     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+                                          $8::jsonb[], $9::jsonb[], $10::jsonb[], $11::jsonb[])",
+                    &[
+                        &col(&|r| Some(r.0.integration.clone())),
+                        &col(&|r| Some(r.0.entity.clone())),
+                        &col(&|r| Some(r.0.billing_id.clone())),
+                        &col(&|r| r.1.clone()),
+                        &col(&|r| Some(r.2.field.clone())),
+                        &col(&|r| Some(strategy_name(r.2.strategy))),
+                        &col(&|r| Some(winner_name(r.2.winner).to_string())),
+                        &json(&|r| Some(r.alguna_value.clone())),
+                        &json(&|r| Some(r.external_value.clone())),
+                        &json(&|r| r.base_alguna.clone()),
+                        &json(&|r| r.base_external.clone()),
+                    ],
+                )
+                .await?;
+        }
+        if !failures.is_empty() {
+            let col = |f: &dyn Fn(&Failure) -> Option<String>| {
+                failures.iter().map(f).collect::<Vec<Option<String>>>()
+            };
+            // One row per record: the last failure of the batch wins.
+            db
+                .execute(
+                    "INSERT INTO extsync.failed_records AS f (integration, entity, billing_id, external_id, error_type, message)
+                     SELECT DISTINCT ON (i, e, b) i, e, b, x, t, m
+                       FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])
+                            WITH ORDINALITY AS u(i, e, b, x, t, m, n)
+                      ORDER BY i, e, b, n DESC
+                     ON CONFLICT (integration, entity, billing_id) DO UPDATE
+                        SET external_id = excluded.external_id, error_type = excluded.error_type, message = excluded.message,
+                            attempts = f.attempts + 1, last_failed_at = now()",
+                    &[
+                        &col(&|f| Some(f.0.integration.clone())),
+                        &col(&|f| Some(f.0.entity.clone())),
+                        &col(&|f| Some(f.0.billing_id.clone())),
+                        &col(&|f| f.1.clone()),
+                        &col(&|f| Some(f.2.clone())),
+                        &col(&|f| Some(f.3.clone())),
+                    ],
+                )
+                .await?;
+        }
+        // A record that synced is no longer failed.
+        if !synced.is_empty() {
+            let col = |f: &dyn Fn(&RecordKey) -> &str| synced.iter().map(f).collect::<Vec<&str>>();
+            db.execute(
+                "DELETE FROM extsync.failed_records f
+                      USING unnest($1::text[], $2::text[], $3::text[]) AS u(i, e, b)
+                      WHERE f.integration = u.i AND f.entity = u.e AND f.billing_id = u.b",
+                &[
+                    &col(&|k| &k.integration),
+                    &col(&|k| &k.entity),
+                    &col(&|k| &k.billing_id),
+                ],
+            )
+            .await?;
+        }
+        for ((integration, entity), c) in counts {
+            db
+                .execute(
+                    "INSERT INTO extsync.sync_counters AS s (integration, entity, synced, created, updated, conflicts, errors)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)
+                     ON CONFLICT (integration, entity) DO UPDATE SET
+                        synced = s.synced + excluded.synced, created = s.created + excluded.created,
+                        updated = s.updated + excluded.updated, conflicts = s.conflicts + excluded.conflicts,
+                        errors = s.errors + excluded.errors, updated_at = now()",
+                    &[integration, entity, &(c.synced as i64), &(c.created as i64), &(c.updated as i64), &(c.conflicts as i64), &(c.failed as i64)],
+                )
+                .await?;
+        }
+        Ok(())
+    }
+}
