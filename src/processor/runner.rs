@@ -25,9 +25,7 @@ use super::route::{self, CHANGES_TOPIC};
 use crate::kafka::Topics;
 
 /// Most messages handled in one transaction.
-pub const MAX_BATCH: usize = 500;
-/// Longest a batch gathers after its first message.
-const MAX_GATHER: Duration = Duration::from_millis(10);
+pub const MAX_BATCH: usize = 2_000;
 /// Partitions of the repartition topic (the most processors that share work).
 pub const CHANGES_PARTITIONS: i32 = 8;
 const TXN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -105,7 +103,7 @@ impl RunnerConfig {
             .set("auto.offset.reset", "earliest")
             .set("isolation.level", "read_committed")
             .set("topic.metadata.refresh.interval.ms", "2000")
-            .set("fetch.wait.max.ms", "5");
+            .set("fetch.wait.max.ms", "100");
         Ok(cc.create()?)
     }
 
@@ -117,7 +115,7 @@ impl RunnerConfig {
         )
         .set("enable.idempotence", "true")
         .set("acks", "all")
-        .set("linger.ms", "2")
+        .set("linger.ms", "0")
         .set("transaction.timeout.ms", "60000");
         let p: FutureProducer = cc.create()?;
         p.init_transactions(TXN_TIMEOUT)?;
@@ -161,16 +159,11 @@ async fn next_batch(
         Ok(m) => vec![m.detach()],
         Err(e) => return Some(Err(e.into())),
     };
-    // Gather until a 2 ms pause, the size cap or the time cap: a steady
-    // stream without pauses must not hold the first message back.
-    let deadline = tokio::time::Instant::now() + MAX_GATHER;
+    // Take what is already fetched, without waiting for more: while the
+    // previous batch committed, the next one queued up, so batches grow
+    // with the load and a lone change is never held back.
     while batch.len() < MAX_BATCH {
-        let pause = Duration::from_millis(2)
-            .min(deadline.saturating_duration_since(tokio::time::Instant::now()));
-        if pause.is_zero() {
-            break;
-        }
-        match tokio::time::timeout(pause, consumer.recv()).await {
+        match tokio::time::timeout(Duration::ZERO, consumer.recv()).await {
             Ok(Ok(m)) => batch.push(m.detach()),
             _ => break,
         }
@@ -208,15 +201,21 @@ async fn transact(
             let record = FutureRecord::to(&topic).key(key).payload(payload);
             deliveries.push(producer.send_result(record).map_err(|(e, _)| e)?);
         }
+        let t0 = std::time::Instant::now();
         for d in deliveries {
             d.await
                 .map_err(|_| rdkafka::error::KafkaError::Canceled)?
                 .map_err(|(e, _)| e)?;
         }
+        let t_sent = t0.elapsed();
         let p = producer.clone();
+        let n = records.len();
         tokio::task::spawn_blocking(move || {
             p.send_offsets_to_transaction(&offsets, &group, TXN_TIMEOUT)?;
-            p.commit_transaction(TXN_TIMEOUT)
+            let t_offsets = t0.elapsed();
+            let r = p.commit_transaction(TXN_TIMEOUT);
+            tracing::debug!(records = n, ?t_sent, ?t_offsets, total = ?t0.elapsed(), "transaction committed");
+            r
         })
         .await
         .map_err(|_| rdkafka::error::KafkaError::Canceled)?
