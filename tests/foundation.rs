@@ -204,45 +204,83 @@ fn unknown_field_is_rejected_at_its_line() {
     );
 }
 
+/// Line and column of the value that follows `key` in the first occurrence
+/// of `needle` (which starts with `key`) in the demo file.
+fn demo_value_position(needle: &str, key: &str) -> (usize, usize) {
+    assert!(needle.starts_with(key), "{needle:?} starts with {key:?}");
+    let (line, col) = demo_position(needle);
+    (line, col + key.len())
+}
+
 #[test]
-fn literal_secret_is_rejected_and_never_printed() {
-    let err = validate_broken(
-        "clientSecret: ${SALESFORCE_CLIENT_SECRET}",
-        "clientSecret: sup3r-s3cret",
+fn literal_secret_is_rejected_at_its_value_and_never_printed() {
+    let from = "clientSecret: ${SALESFORCE_CLIENT_SECRET}";
+    let (line, col) = demo_value_position(from, "clientSecret: ");
+    let err = validate_broken(from, "clientSecret: sup3r-s3cret");
+    assert_eq!(
+        err,
+        format!(
+            "FILE:{line}:{col}: integrations.salesforce.credentials.clientSecret: credentials must be an environment variable reference like ${{SALESFORCE_CLIENT_SECRET}}, not a literal value"
+        )
     );
-    assert!(err.contains("integrations.salesforce.credentials.clientSecret: credentials must be an environment variable reference"), "{err}");
     assert!(!err.contains("sup3r-s3cret"), "secret leaked: {err}");
 }
 
 #[test]
-fn bad_cron_schedule_is_rejected() {
-    let err = validate_broken("schedule: \"*/5 * * * *\"", "schedule: \"*/5 * * *\"");
-    assert!(err.contains("integrations.salesforce.schedule: invalid schedule \"*/5 * * *\": expected 5 cron fields"), "{err}");
-    let err = validate_broken(
-        "schedule: \"*/5 * * * *\"",
-        "schedule: \"*/5 * * * funday\"",
+fn bad_cron_schedule_is_rejected_at_its_value() {
+    let from = "schedule: \"*/5 * * * *\"";
+    let (line, col) = demo_value_position(from, "schedule: ");
+    let err = validate_broken(from, "schedule: \"*/5 * * *\"");
+    assert_eq!(
+        err,
+        format!(
+            "FILE:{line}:{col}: integrations.salesforce.schedule: invalid schedule \"*/5 * * *\": expected 5 cron fields (minute hour day-of-month month day-of-week)"
+        )
     );
-    assert!(
-        err.contains("integrations.salesforce.schedule: invalid schedule"),
-        "{err}"
+    let err = validate_broken(from, "schedule: \"*/5 * * * funday\"");
+    let prefix = format!(
+        "FILE:{line}:{col}: integrations.salesforce.schedule: invalid schedule \"*/5 * * * funday\": "
+    );
+    assert!(err.starts_with(&prefix), "{err}");
+}
+
+#[test]
+fn bad_topic_prefix_is_rejected_at_its_value() {
+    let from = "topicPrefix: extsync";
+    let (line, col) = demo_value_position(from, "topicPrefix: ");
+    let err = validate_broken(from, "topicPrefix: \"ext sync\"");
+    assert_eq!(
+        err,
+        format!(
+            "FILE:{line}:{col}: kafka.topicPrefix: invalid topic prefix \"ext sync\": use letters, digits, '.', '_' or '-' (Kafka topic characters)"
+        )
     );
 }
 
 #[test]
 fn per_field_strategy_must_name_a_mapped_field() {
+    let (line, col) = demo_position("email: manual");
     let err = validate_broken("email: manual", "emial: manual");
-    assert!(
-        err.contains(
-            "integrations.salesforce.entities.accounts: conflictResolution.perField names \"emial\""
-        ),
-        "{err}"
+    assert_eq!(
+        err,
+        format!(
+            "FILE:{line}:{col}: integrations.salesforce.entities.accounts.conflictResolution.perField.emial: no mapping's `alguna` field is \"emial\""
+        )
     );
 }
 
 #[test]
 fn custom_transform_needs_a_function() {
-    let err = validate_broken("transform: custom, function:", "function:");
-    assert!(err.contains("integrations.hubspot.entities.contacts.mappings[3]: `function` is only used with `transform: custom`"), "{err}");
+    let from = "transform: custom, function: ";
+    let (line, col) = demo_position(from);
+    let col = col + "function: ".len();
+    let err = validate_broken(from, "function: ");
+    assert_eq!(
+        err,
+        format!(
+            "FILE:{line}:{col}: integrations.hubspot.entities.contacts.mappings[3].function: `function` is only used with `transform: custom`"
+        )
+    );
 }
 
 #[test]

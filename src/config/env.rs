@@ -6,6 +6,8 @@ use std::fmt;
 use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer, Serialize};
 
+use super::scalar::parse_scalar;
+
 /// A string that may reference environment variables as `${NAME}` or
 /// `${NAME:-default}`. `Debug` and `Display` show the template, never the value.
 #[derive(Clone, PartialEq, Eq, Serialize, JsonSchema)]
@@ -84,12 +86,13 @@ impl fmt::Debug for EnvString {
 
 impl<'de> Deserialize<'de> for EnvString {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        let v = EnvString(s);
-        // Validate the template's syntax now; resolution waits until start.
-        v.resolve_with(|_| Some(String::new()))
-            .map_err(serde::de::Error::custom)?;
-        Ok(v)
+        parse_scalar(d, |s| {
+            let v = EnvString::new(s);
+            // Validate the template's syntax now; resolution waits until start.
+            v.resolve_with(|_| Some(String::new()))
+                .map_err(|e| e.to_string())?;
+            Ok(v)
+        })
     }
 }
 
@@ -120,7 +123,12 @@ impl fmt::Debug for SecretRef {
 
 impl<'de> Deserialize<'de> for SecretRef {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
+        parse_scalar(d, SecretRef::parse)
+    }
+}
+
+impl SecretRef {
+    fn parse(s: &str) -> Result<Self, String> {
         let ok = s.len() > 3
             && s.starts_with("${")
             && s.ends_with('}')
@@ -129,12 +137,10 @@ impl<'de> Deserialize<'de> for SecretRef {
                 .enumerate()
                 .all(|(i, c)| c == '_' || c.is_ascii_alphabetic() || (i > 0 && c.is_ascii_digit()));
         if ok {
-            Ok(SecretRef(s))
+            Ok(SecretRef(s.to_string()))
         } else {
             // The value itself is never echoed: it may be a pasted secret.
-            Err(serde::de::Error::custom(
-                "credentials must be an environment variable reference like ${SALESFORCE_CLIENT_SECRET}, not a literal value",
-            ))
+            Err("credentials must be an environment variable reference like ${SALESFORCE_CLIENT_SECRET}, not a literal value".into())
         }
     }
 }

@@ -1,10 +1,17 @@
 //! Reading a pipeline file: YAML → [`Pipeline`], with every error located as
 //! `file:line:column: field.path: message`.
+//!
+//! ```text
+//!  text ──serde_yaml_ng + serde_path_to_error──► Pipeline ──rules──► Ok(Pipeline)
+//!             └─ type and scalar errors               └─ violations, located by path
+//! ```
 
 use std::fmt;
 use std::path::Path;
 
+use super::locate::locate;
 use super::pipeline::Pipeline;
+use super::rules;
 
 /// A pipeline file that could not be used. Its `Display` is one line:
 /// `pipelines/demo.yaml:14:7: integrations.sf.entities.accounts.mappings[2].direction: unknown variant …`.
@@ -47,8 +54,27 @@ pub fn load_file(path: &Path) -> Result<Pipeline, ConfigError> {
     parse_str(&text, &shown)
 }
 
-/// Parses pipeline YAML; `file` names the source in error messages.
+/// Parses pipeline YAML and checks its cross-field rules; `file` names the
+/// source in error messages.
 pub fn parse_str(text: &str, file: &str) -> Result<Pipeline, ConfigError> {
+    let pipeline = deserialize(text, file)?;
+    let first_broken = rules::violations(&pipeline)
+        .into_iter()
+        .map(|v| (locate(text, &v.path, v.part), v))
+        .min_by_key(|(at, _)| at.unwrap_or((usize::MAX, usize::MAX)));
+    match first_broken {
+        None => Ok(pipeline),
+        Some((at, v)) => Err(ConfigError {
+            file: file.to_string(),
+            line: at.map(|(l, _)| l),
+            column: at.map(|(_, c)| c),
+            path: v.path.to_string(),
+            message: v.message,
+        }),
+    }
+}
+
+fn deserialize(text: &str, file: &str) -> Result<Pipeline, ConfigError> {
     let de = serde_yaml_ng::Deserializer::from_str(text);
     serde_path_to_error::deserialize(de).map_err(|err| {
         let path = err.path().to_string();

@@ -4,7 +4,8 @@
 //!
 //! ```text
 //!  pipelines/demo.yaml ──load──► Pipeline ──► capture / ingest / processor / delivery
-//!                       (serde, deny_unknown_fields, file:line:col errors)
+//!                       (serde, deny_unknown_fields, cross-field rules,
+//!                        file:line:col errors)
 //! ```
 //!
 //! Values that hold secrets are kept as `${VAR}` references ([`EnvString`])
@@ -13,7 +14,10 @@
 
 mod env;
 mod load;
+mod locate;
 mod pipeline;
+mod rules;
+mod scalar;
 
 pub use env::{EnvString, ResolveError, SecretRef};
 pub use load::{ConfigError, load_file, parse_str, schema_json};

@@ -1,6 +1,7 @@
 //! The typed shape of a pipeline file. Every struct denies unknown fields so a
 //! typo is an error at its line, never a silent default. The JSON Schema in
-//! `schemas/pipeline.schema.json` is generated from these types.
+//! `schemas/pipeline.schema.json` is generated from these types; rules that
+//! span several fields live in [`super::rules`].
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -10,6 +11,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use super::env::{EnvString, SecretRef};
+use super::scalar::parse_scalar;
 
 /// Default Kafka topic prefix.
 pub const DEFAULT_TOPIC_PREFIX: &str = "extsync";
@@ -77,9 +79,7 @@ impl FromStr for Name {
 
 impl<'de> Deserialize<'de> for Name {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?
-            .parse()
-            .map_err(serde::de::Error::custom)
+        parse_scalar(d, str::parse)
     }
 }
 
@@ -182,9 +182,7 @@ impl FromStr for TableName {
 
 impl<'de> Deserialize<'de> for TableName {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?
-            .parse()
-            .map_err(serde::de::Error::custom)
+        parse_scalar(d, str::parse)
     }
 }
 
@@ -228,17 +226,20 @@ fn default_prefix() -> String {
 }
 
 fn topic_prefix<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
-    let s = String::deserialize(d)?;
+    parse_scalar(d, parse_topic_prefix)
+}
+
+fn parse_topic_prefix(s: &str) -> Result<String, String> {
     let ok = !s.is_empty()
         && s.len() <= 200
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
     if ok {
-        Ok(s)
+        Ok(s.to_string())
     } else {
-        Err(serde::de::Error::custom(format!(
+        Err(format!(
             "invalid topic prefix {s:?}: use letters, digits, '.', '_' or '-' (Kafka topic characters)"
-        )))
+        ))
     }
 }
 
@@ -339,7 +340,7 @@ pub struct Integration {
     pub rate_limit: Option<RateLimit>,
     /// Entities synced by this integration, keyed by billing entity name.
     #[serde(default)]
-    pub entities: BTreeMap<Name, Checked<Entity>>,
+    pub entities: BTreeMap<Name, Entity>,
 }
 
 /// A request budget: `requests` per `perSeconds`, bursts up to `burst`.
@@ -435,17 +436,23 @@ impl fmt::Debug for CronSchedule {
     }
 }
 
-impl<'de> Deserialize<'de> for CronSchedule {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
+impl FromStr for CronSchedule {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
         if s.split_whitespace().count() != 5 {
-            return Err(serde::de::Error::custom(format!(
+            return Err(format!(
                 "invalid schedule {s:?}: expected 5 cron fields (minute hour day-of-month month day-of-week)"
-            )));
+            ));
         }
         s.parse::<croner::Cron>()
-            .map_err(|e| serde::de::Error::custom(format!("invalid schedule {s:?}: {e}")))?;
-        Ok(CronSchedule(s))
+            .map_err(|e| format!("invalid schedule {s:?}: {e}"))?;
+        Ok(CronSchedule(s.to_string()))
+    }
+}
+
+impl<'de> Deserialize<'de> for CronSchedule {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        parse_scalar(d, str::parse)
     }
 }
 
@@ -466,7 +473,7 @@ pub struct Entity {
     /// Parent entity that must be linked before this one is written.
     #[serde(default)]
     pub parent: Option<ParentRef>,
-    pub mappings: Vec<Checked<FieldMapping>>,
+    pub mappings: Vec<FieldMapping>,
     #[serde(default)]
     pub conflict_resolution: ConflictResolution,
     #[serde(default)]
@@ -550,9 +557,7 @@ impl FromStr for FieldPath {
 
 impl<'de> Deserialize<'de> for FieldPath {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?
-            .parse()
-            .map_err(serde::de::Error::custom)
+        parse_scalar(d, str::parse)
     }
 }
 
@@ -623,84 +628,4 @@ pub enum MatchMode {
     #[default]
     Exact,
     Fuzzy,
-}
-
-/// Cross-field rules of one config node, checked while the file is read so
-/// that a violation is reported at that node's line.
-pub trait Check {
-    fn check(&self) -> Result<(), String>;
-}
-
-/// A config node whose [`Check`] passed.
-#[derive(Debug, Clone, Serialize, JsonSchema)]
-#[serde(transparent)]
-#[schemars(transparent)]
-pub struct Checked<T>(pub T);
-
-impl<T> std::ops::Deref for Checked<T> {
-    type Target = T;
-    fn deref(&self) -> &T {
-        &self.0
-    }
-}
-
-impl<'de, T: Deserialize<'de> + Check> Deserialize<'de> for Checked<T> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let value = T::deserialize(d)?;
-        value.check().map_err(serde::de::Error::custom)?;
-        Ok(Checked(value))
-    }
-}
-
-impl Check for FieldMapping {
-    fn check(&self) -> Result<(), String> {
-        match (self.transform, &self.function) {
-            (Transform::Custom, None) => {
-                Err("transform `custom` needs a `function` with the JavaScript body".into())
-            }
-            (t, Some(_)) if t != Transform::Custom => {
-                Err("`function` is only used with `transform: custom`".into())
-            }
-            _ => Ok(()),
-        }
-    }
-}
-
-impl Check for Entity {
-    fn check(&self) -> Result<(), String> {
-        let mapped = |p: &FieldPath| self.mappings.iter().any(|m| &m.alguna == p);
-        if let Some(f) = self
-            .conflict_resolution
-            .per_field
-            .keys()
-            .find(|f| !mapped(f))
-        {
-            return Err(format!(
-                "conflictResolution.perField names {f:?}, which no mapping's `alguna` field maps"
-            ));
-        }
-        if let Some(m) = &self.matching {
-            if let Some(f) = m.fields.iter().find(|f| !mapped(f)) {
-                return Err(format!(
-                    "matching.fields names {f:?}, which no mapping's `alguna` field maps"
-                ));
-            }
-            if !(0.0..=1.0).contains(&m.threshold) {
-                return Err(format!(
-                    "matching.threshold {} must be between 0 and 1",
-                    m.threshold
-                ));
-            }
-        }
-        let mut seen = std::collections::BTreeSet::new();
-        for m in self.mappings.iter() {
-            if !seen.insert((&m.external, m.direction.to_external())) && m.direction.to_external() {
-                return Err(format!(
-                    "external field {:?} is written by two mappings",
-                    m.external.as_str()
-                ));
-            }
-        }
-        Ok(())
-    }
 }
