@@ -116,7 +116,12 @@ fn load(file: &std::path::Path) -> anyhow::Result<config::Pipeline> {
 /// others, and a signal stops all of them cleanly.
 async fn run_pipeline(file: PathBuf, stages: &[&'static str]) -> anyhow::Result<()> {
     let pipeline = std::sync::Arc::new(load(&file)?);
-    telemetry::init_metrics(&pipeline.telemetry.metrics_address)?;
+    let metrics_address = pipeline
+        .telemetry
+        .metrics_address
+        .resolve()
+        .context("telemetry.metricsAddress")?;
+    telemetry::init_metrics(&metrics_address)?;
     let stop = shutdown::on_signal();
     let mut tasks = tokio::task::JoinSet::new();
     for &stage in stages {

@@ -247,9 +247,10 @@ fn parse_topic_prefix(s: &str) -> Result<String, String> {
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct TelemetryConfig {
-    /// Address of the Prometheus `/metrics` endpoint; empty disables it.
+    /// Address of the Prometheus `/metrics` endpoint, e.g.
+    /// `${EXTSYNC_METRICS_ADDR:-127.0.0.1:9464}`; empty disables it.
     #[serde(default = "default_metrics_address")]
-    pub metrics_address: String,
+    pub metrics_address: EnvString,
 }
 
 impl Default for TelemetryConfig {
@@ -260,8 +261,8 @@ impl Default for TelemetryConfig {
     }
 }
 
-fn default_metrics_address() -> String {
-    DEFAULT_METRICS_ADDRESS.to_string()
+fn default_metrics_address() -> EnvString {
+    EnvString::new(DEFAULT_METRICS_ADDRESS)
 }
 
 /// How external changes come in: the webhook receiver and the pollers.
