@@ -13,14 +13,20 @@ fn main() {
         .filter(|a| !a.starts_with('-'))
         .collect();
     let runs = |name: &str| wanted.is_empty() || wanted.iter().any(|w| w == name);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    // Each system gets a runtime of its own, shut down before the next one
+    // starts: dropping a runtime drops its tasks, so a finished simulator's
+    // connection tasks, and the store they keep alive, are freed here rather
+    // than on the workers of the next system's measurements.
+    let runtime = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+    };
     if runs("salesforce") {
-        rt.block_on(salesforce::run());
+        runtime().block_on(salesforce::run());
     }
     if runs("hubspot") {
-        rt.block_on(hubspot::run());
+        runtime().block_on(hubspot::run());
     }
 }

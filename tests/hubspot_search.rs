@@ -231,3 +231,105 @@ async fn search_filters_sorts_and_totals() {
     .await;
     assert_eq!(st, 400, "{r}");
 }
+
+/// Ids and total of one search.
+async fn ids_and_total(
+    sim: &extsync::simulators::RunningSimulator,
+    body: serde_json::Value,
+) -> (Vec<String>, u64) {
+    let (status, _, r) = api(
+        sim,
+        Method::POST,
+        "/crm/v3/objects/contacts/search",
+        Some(body),
+    )
+    .await;
+    assert_eq!(status, 200, "{r}");
+    let ids = r["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["id"].as_str().unwrap().to_string())
+        .collect();
+    (ids, r["total"].as_u64().unwrap())
+}
+
+#[tokio::test]
+async fn index_ranges_answer_as_a_full_scan_does() {
+    let (sim, _portal) = portal().await;
+    let t: i64 = 1_714_557_600_000;
+    let mut all = Vec::new();
+    for (i, n) in [40, 1, 25, 60].into_iter().enumerate() {
+        admin(&sim, "/__admin/clock", json!({"frozenAtMs": t + i as i64})).await;
+        all.extend(seed_contacts(&sim, &format!("r{i}"), n).await);
+    }
+    // Archived and updated records leave and move in the date index.
+    admin(&sim, "/__admin/clock", json!({"frozenAtMs": t + 1})).await;
+    let (st, _, _) = api(
+        &sim,
+        Method::DELETE,
+        &format!("/crm/v3/objects/contacts/{}", all[3]),
+        None,
+    )
+    .await;
+    assert_eq!(st, 204);
+    let (st, _, _) = api(
+        &sim,
+        Method::PATCH,
+        &format!("/crm/v3/objects/contacts/{}", all[70]),
+        Some(json!({"properties": {"city": "Lyon"}})),
+    )
+    .await;
+    assert_eq!(st, 200);
+    admin(&sim, "/__admin/clock", json!({"frozenAtMs": null})).await;
+
+    // Always true, but not a range: forces the scan of every record.
+    let scan_all = json!({"propertyName": "hs_object_id", "operator": "HAS_PROPERTY"});
+    let cases = [
+        (
+            json!([{"propertyName": "lastmodifieddate", "operator": "GT", "value": t.to_string()}]),
+            json!([{"propertyName": "lastmodifieddate", "direction": "ASCENDING"}]),
+        ),
+        (
+            json!([{"propertyName": "hs_lastmodifieddate", "operator": "BETWEEN", "value": t.to_string(), "highValue": (t + 2).to_string()}]),
+            json!([{"propertyName": "hs_lastmodifieddate", "direction": "DESCENDING"}]),
+        ),
+        (
+            json!([{"propertyName": "lastmodifieddate", "operator": "LTE", "value": (t + 1).to_string()}]),
+            json!([]),
+        ),
+        (
+            json!([]),
+            json!([{"propertyName": "lastmodifieddate", "direction": "DESCENDING"}]),
+        ),
+        (
+            json!([{"propertyName": "hs_object_id", "operator": "GTE", "value": all[10]}]),
+            json!([{"propertyName": "hs_object_id", "direction": "DESCENDING"}]),
+        ),
+        (
+            json!([{"propertyName": "hs_object_id", "operator": "LT", "value": all[90]}]),
+            json!([]),
+        ),
+        (
+            json!([{"propertyName": "lastmodifieddate", "operator": "EQ", "value": (t + 9).to_string()}]),
+            json!([{"propertyName": "lastmodifieddate", "direction": "ASCENDING"}]),
+        ),
+    ];
+    for (filters, sorts) in cases {
+        let mut scanned = filters.as_array().unwrap().clone();
+        scanned.push(scan_all.clone());
+        for after in [0, 30, 110] {
+            let query = |filters: &serde_json::Value| {
+                json!({
+                    "filterGroups": [{"filters": filters}],
+                    "sorts": sorts,
+                    "limit": 37,
+                    "after": after.to_string(),
+                })
+            };
+            let indexed = ids_and_total(&sim, query(&filters)).await;
+            let scan = ids_and_total(&sim, query(&json!(scanned))).await;
+            assert_eq!(indexed, scan, "{filters} {sorts} after {after}");
+        }
+    }
+}

@@ -3,8 +3,14 @@
 //! cap: no query pages past 10,000 results (a 400). Records that tie on the
 //! sort property come back in an order that is stable but unrelated to
 //! their ids, as HubSpot promises nothing there either.
+//!
+//! A single filter group's range filters on the last-modified date (or else
+//! on `hs_object_id`) pick the records to look at from the store's indexes;
+//! when nothing else filters and the sort follows the index, a page is a
+//! range walk, so paging through a portal costs no full scan per page.
 
 use std::cmp::Ordering;
+use std::ops::RangeInclusive;
 
 use axum::Json;
 use axum::body::Bytes;
@@ -15,7 +21,7 @@ use serde_json::{Value, json};
 
 use super::errors::ApiError;
 use super::objects::object_type;
-use super::store::{ObjectType, Record, Selection, parse_millis};
+use super::store::{ObjectType, Record, Selection, TableView, parse_millis, tie_rank};
 use super::{HubSpotSim, parse_body};
 
 /// Results one query can page through.
@@ -44,6 +50,9 @@ struct Filter {
     high: Option<Key>,
     #[serde(skip)]
     keys: Vec<Key>,
+    /// The candidate range already enforces this filter.
+    #[serde(skip)]
+    covered: bool,
 }
 
 #[derive(Deserialize)]
@@ -214,9 +223,66 @@ impl Filter {
 /// A matching record: its sort key, its tie-break rank, the record.
 type Hit<'a> = (Option<Key>, u64, &'a Record);
 
-/// A stable order for records that tie on the sort property, unrelated to ids.
-fn scramble(id: u64) -> u64 {
-    id.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(29)
+/// Where a query's candidate records come from.
+#[derive(Debug)]
+enum Source {
+    All,
+    /// Live records last modified in this range (epoch ms).
+    Modified(RangeInclusive<i64>),
+    /// Records whose id is in this range.
+    Ids(RangeInclusive<u64>),
+}
+
+/// The last-modified date property of `ty`, as search sorts and filters it.
+fn is_modified(ty: ObjectType, name: &str) -> bool {
+    name == "hs_lastmodifieddate" || (ty == ObjectType::Contacts && name == "lastmodifieddate")
+}
+
+/// The integers `[lo, hi]` a filter accepts, when it is a range on whole numbers.
+fn int_bounds(f: &Filter) -> Option<(i64, i64)> {
+    const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53
+    let int = |k: &Option<Key>| match k {
+        Some(Key::Num(x)) if x.fract() == 0.0 && x.abs() < EXACT => Some(*x as i64),
+        _ => None,
+    };
+    match f.operator.as_str() {
+        "EQ" => int(&f.want).map(|x| (x, x)),
+        "GT" => int(&f.want).map(|x| (x + 1, i64::MAX)),
+        "GTE" => int(&f.want).map(|x| (x, i64::MAX)),
+        "LT" => int(&f.want).map(|x| (i64::MIN, x - 1)),
+        "LTE" => int(&f.want).map(|x| (i64::MIN, x)),
+        "BETWEEN" => Some((int(&f.want)?, int(&f.high)?)),
+        _ => None,
+    }
+}
+
+/// Picks the candidate range of a single filter group and marks the
+/// filters that range enforces; several groups (an OR) scan everything.
+fn plan(ty: ObjectType, groups: &mut [FilterGroup]) -> Source {
+    let [group] = groups else {
+        return Source::All;
+    };
+    let narrow = |filters: &mut [Filter], indexed: &dyn Fn(&str) -> bool| {
+        let mut range: Option<(i64, i64)> = None;
+        for f in filters.iter_mut().filter(|f| indexed(&f.property_name)) {
+            if let Some((lo, hi)) = int_bounds(f) {
+                let (a, b) = range.unwrap_or((i64::MIN, i64::MAX));
+                range = Some((a.max(lo), b.min(hi)));
+                f.covered = true;
+            }
+        }
+        range
+    };
+    if let Some((lo, hi)) = narrow(&mut group.filters, &|p| is_modified(ty, p)) {
+        return Source::Modified(lo..=hi);
+    }
+    if let Some((lo, hi)) = narrow(&mut group.filters, &|p| p == "hs_object_id") {
+        // Ids are positive: a negative upper bound leaves nothing to look at.
+        let lo = u64::try_from(lo).unwrap_or(0).max(1);
+        let hi = u64::try_from(hi).unwrap_or(0);
+        return Source::Ids(lo..=hi);
+    }
+    Source::All
 }
 
 /// `POST /crm/v3/objects/{type}/search`.
@@ -270,74 +336,154 @@ pub async fn search(
             )));
         }
     }
+    let source = plan(ty, &mut req.filter_groups);
     let sort = req.sorts.first();
     let descending = sort
         .and_then(|s| s.direction.as_deref())
         .is_some_and(|d| d.eq_ignore_ascii_case("DESCENDING"));
     let query = req.query.as_deref().map(str::to_lowercase);
-    let (total, page) = sim.store().scan(ty, |records| {
-        let mut hits: Vec<Hit<'_>> = records
-            .filter(|r| !r.archived)
-            .filter(|r| {
-                req.filter_groups.is_empty()
-                    || req
-                        .filter_groups
-                        .iter()
-                        .any(|g| g.filters.iter().all(|f| f.matches(ty, r)))
-            })
-            .filter(|r| {
-                query.as_ref().is_none_or(|q| {
-                    ty.default_properties().iter().any(|p| {
-                        r.property(ty, p)
-                            .is_some_and(|v| v.to_lowercase().contains(q.as_str()))
+    let filtered = !req
+        .filter_groups
+        .iter()
+        .all(|g| g.filters.iter().all(|f| f.covered));
+    let residual = |r: &Record| {
+        req.filter_groups.is_empty()
+            || req
+                .filter_groups
+                .iter()
+                .any(|g| g.filters.iter().all(|f| f.covered || f.matches(ty, r)))
+    };
+    let view = sim.store().view(ty);
+    let wanted = after + limit;
+    let by_index = if filtered || query.is_some() {
+        None
+    } else {
+        let by_date = sort.is_some_and(|s| is_modified(ty, &s.property_name));
+        let by_id = sort.is_none_or(|s| s.property_name == "hs_object_id");
+        match &source {
+            Source::All | Source::Modified(_) if by_date => {
+                let ms = match &source {
+                    Source::Modified(ms) => ms.clone(),
+                    _ => i64::MIN..=i64::MAX,
+                };
+                let total = view.count_modified(ms.clone());
+                let hits = if descending {
+                    newest_first(&view, ms, wanted)
+                } else {
+                    view.by_modified(ms).take(wanted).collect()
+                };
+                Some((total, hits))
+            }
+            Source::All | Source::Ids(_) if by_id => {
+                let ids = match &source {
+                    Source::Ids(ids) => ids.clone(),
+                    _ => 0..=u64::MAX,
+                };
+                let live = || view.by_id(ids.clone()).filter(|r| !r.archived);
+                let total = live().count();
+                let hits = if descending {
+                    view.by_id(ids.clone())
+                        .rev()
+                        .filter(|r| !r.archived)
+                        .take(wanted)
+                        .collect()
+                } else {
+                    live().take(wanted).collect()
+                };
+                Some((total, hits))
+            }
+            _ => None,
+        }
+    };
+    let (total, hits): (usize, Vec<&Record>) = match by_index {
+        Some(found) => found,
+        None => {
+            let candidates: Box<dyn Iterator<Item = &Record>> = match &source {
+                Source::All => Box::new(view.all()),
+                Source::Modified(ms) => Box::new(view.by_modified(ms.clone())),
+                Source::Ids(ids) => Box::new(view.by_id(ids.clone())),
+            };
+            let mut hits: Vec<Hit<'_>> = candidates
+                .filter(|r| !r.archived)
+                .filter(|r| residual(r))
+                .filter(|r| {
+                    query.as_ref().is_none_or(|q| {
+                        ty.default_properties().iter().any(|p| {
+                            r.property(ty, p)
+                                .is_some_and(|v| v.to_lowercase().contains(q.as_str()))
+                        })
                     })
                 })
-            })
-            .map(|r| {
-                let key = sort.and_then(|s| record_key(ty, r, &s.property_name));
-                (key, scramble(r.id), r)
-            })
-            .collect();
-        let order = |a: &Hit<'_>, b: &Hit<'_>| match sort {
-            Some(_) => {
-                let by_key = match (&a.0, &b.0) {
-                    (Some(x), Some(y)) => {
-                        let o = compare(x, y).unwrap_or(Ordering::Equal);
-                        if descending { o.reverse() } else { o }
-                    }
-                    (Some(_), None) => Ordering::Less,
-                    (None, Some(_)) => Ordering::Greater,
-                    (None, None) => Ordering::Equal,
-                };
-                by_key.then(a.1.cmp(&b.1))
+                .map(|r| {
+                    let key = sort.and_then(|s| record_key(ty, r, &s.property_name));
+                    (key, tie_rank(r.id), r)
+                })
+                .collect();
+            let order = |a: &Hit<'_>, b: &Hit<'_>| match sort {
+                Some(_) => {
+                    let by_key = match (&a.0, &b.0) {
+                        (Some(x), Some(y)) => {
+                            let o = compare(x, y).unwrap_or(Ordering::Equal);
+                            if descending { o.reverse() } else { o }
+                        }
+                        (Some(_), None) => Ordering::Less,
+                        (None, Some(_)) => Ordering::Greater,
+                        (None, None) => Ordering::Equal,
+                    };
+                    by_key.then(a.1.cmp(&b.1))
+                }
+                None => a.2.id.cmp(&b.2.id),
+            };
+            let total = hits.len();
+            // Only the first `after + limit` need ordering: select them, then sort those.
+            let wanted = wanted.min(total);
+            if wanted > 0 && wanted < total {
+                hits.select_nth_unstable_by(wanted - 1, order);
+                hits.truncate(wanted);
             }
-            None => a.2.id.cmp(&b.2.id),
-        };
-        let total = hits.len();
-        // Only the first `after + limit` need ordering: select them, then sort those.
-        let wanted = (after + limit).min(total);
-        if wanted > 0 && wanted < total {
-            hits.select_nth_unstable_by(wanted - 1, order);
-            hits.truncate(wanted);
+            hits.sort_by(order);
+            (total, hits.into_iter().map(|h| h.2).collect())
         }
-        hits.sort_by(order);
-        let sel = if req.properties.is_empty() {
-            Selection::Default
-        } else {
-            Selection::Only(&req.properties)
-        };
-        let page: Vec<Value> = hits
-            .iter()
-            .skip(after)
-            .take(limit)
-            .map(|h| h.2.to_json(ty, sel))
-            .collect();
-        (total, page)
-    });
+    };
+    let sel = if req.properties.is_empty() {
+        Selection::Default
+    } else {
+        Selection::Only(&req.properties)
+    };
+    let page: Vec<Value> = hits
+        .iter()
+        .skip(after)
+        .take(limit)
+        .map(|r| r.to_json(ty, sel))
+        .collect();
+    drop(view);
     let mut out = json!({ "total": total, "results": page });
     let next = after + limit;
     if next < total {
         out["paging"] = json!({ "next": { "after": next.to_string() } });
     }
     Ok(Json(out).into_response())
+}
+
+/// The first `wanted` live records modified within `ms`, newest first;
+/// records sharing a millisecond keep their ascending tie order.
+fn newest_first<'a>(
+    view: &'a TableView<'_>,
+    ms: RangeInclusive<i64>,
+    wanted: usize,
+) -> Vec<&'a Record> {
+    let mut out = Vec::with_capacity(wanted);
+    let mut run: Vec<&Record> = Vec::new();
+    for r in view.by_modified(ms).rev() {
+        if run.last().is_some_and(|l| l.updated_ms != r.updated_ms) {
+            out.extend(run.drain(..).rev());
+            if out.len() >= wanted {
+                break;
+            }
+        }
+        run.push(r);
+    }
+    out.extend(run.drain(..).rev());
+    out.truncate(wanted);
+    out
 }

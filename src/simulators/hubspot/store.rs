@@ -4,12 +4,13 @@
 //!
 //! ```text
 //!  objects / batch handlers ──create / update / upsert / archive──► Store ──► Applied (webhooks, written log)
-//!  search handler ──────────read-only scan────────────────────────►   │
+//!  search handler ──────────read-only view (by id, by modified time)──►   │
 //! ```
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::RwLock;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::ops::RangeInclusive;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{RwLock, RwLockReadGuard};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
@@ -329,10 +330,26 @@ pub struct Schema {
     pub rules: Vec<Rule>,
 }
 
+/// A stable order for records modified in the same millisecond, unrelated
+/// to their ids (HubSpot promises nothing there either); a bijection, so
+/// `(updated_ms, tie_rank(id))` is unique.
+pub fn tie_rank(id: u64) -> u64 {
+    id.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(29)
+}
+
+/// An entry of the modification-time index: `(updated_ms, tie_rank(id), id)`.
+type ModifiedKey = (i64, u64, u64);
+
+fn modified_key(rec: &Record) -> ModifiedKey {
+    (rec.updated_ms, tie_rank(rec.id), rec.id)
+}
+
 #[derive(Default)]
 struct Table {
     records: BTreeMap<u64, Record>,
     by_email: HashMap<String, u64>,
+    /// Live records in search order of the last-modified date.
+    by_modified: BTreeSet<ModifiedKey>,
     schema: Schema,
 }
 
@@ -563,6 +580,7 @@ impl Table {
             return Err(WriteError::Conflict { existing: owner });
         }
         let rec = self.records.get_mut(&id).expect("record exists");
+        self.by_modified.remove(&modified_key(rec));
         let mut changed = Vec::new();
         for (name, value) in props {
             let old = rec.props.get(&name);
@@ -585,6 +603,7 @@ impl Table {
             changed.push((name, value));
         }
         rec.updated_ms = now;
+        self.by_modified.insert(modified_key(rec));
         Ok(Applied {
             ty,
             record: rec.clone(),
@@ -621,6 +640,7 @@ impl Table {
             updated_ms: now,
             archived: false,
         };
+        self.by_modified.insert(modified_key(&rec));
         self.records.insert(id, rec.clone());
         Ok(Applied {
             ty,
@@ -718,9 +738,11 @@ impl Store {
         let id = t.find_by(ty, "hs_object_id", id)?;
         let now = self.clock.now_ms();
         let rec = t.records.get_mut(&id)?;
+        let key = modified_key(rec);
         rec.archived = true;
         rec.updated_ms = now;
         let rec = rec.clone();
+        t.by_modified.remove(&key);
         if let Some(email) = rec.props.get("email") {
             t.by_email.remove(&email.to_lowercase());
         }
@@ -749,15 +771,9 @@ impl Store {
         t.records.get(&id).cloned()
     }
 
-    /// Runs `f` over the records of `ty` under the read lock.
-    pub fn scan<R>(
-        &self,
-        ty: ObjectType,
-        f: impl FnOnce(&mut dyn Iterator<Item = &Record>) -> R,
-    ) -> R {
-        let t = self.table(ty).read().expect("store lock");
-        let mut it = t.records.values();
-        f(&mut it)
+    /// The records of `ty`, read-locked until the view is dropped.
+    pub fn view(&self, ty: ObjectType) -> TableView<'_> {
+        TableView(self.table(ty).read().expect("store lock"))
     }
 
     /// Records with id greater than `after`, in id order, at most `limit`.
@@ -806,5 +822,46 @@ impl Store {
     pub fn count(&self, ty: ObjectType) -> usize {
         let t = self.table(ty).read().expect("store lock");
         t.records.values().filter(|r| !r.archived).count()
+    }
+}
+
+/// One type's records under the read lock, for queries: every record in id
+/// order, and live ones by last-modified date.
+pub struct TableView<'a>(RwLockReadGuard<'a, Table>);
+
+impl TableView<'_> {
+    /// Every record, archived ones included, in id order.
+    pub fn all(&self) -> impl DoubleEndedIterator<Item = &Record> {
+        self.0.records.values()
+    }
+
+    /// Records (archived ones included) whose id is in `ids`, in id order.
+    pub fn by_id(&self, ids: RangeInclusive<u64>) -> impl DoubleEndedIterator<Item = &Record> {
+        let (lo, hi) = ids.into_inner();
+        (lo <= hi)
+            .then(|| self.0.records.range(lo..=hi))
+            .into_iter()
+            .flatten()
+            .map(|(_, r)| r)
+    }
+
+    /// Live records last modified within `ms`, by date then [`tie_rank`].
+    pub fn by_modified(&self, ms: RangeInclusive<i64>) -> impl DoubleEndedIterator<Item = &Record> {
+        self.modified_keys(ms)
+            .map(|(_, _, id)| self.0.records.get(id).expect("indexed record exists"))
+    }
+
+    /// How many live records were last modified within `ms`.
+    pub fn count_modified(&self, ms: RangeInclusive<i64>) -> usize {
+        self.modified_keys(ms).count()
+    }
+
+    fn modified_keys(
+        &self,
+        ms: RangeInclusive<i64>,
+    ) -> impl DoubleEndedIterator<Item = &ModifiedKey> {
+        let (lo, hi) = ms.into_inner();
+        let range = (lo <= hi).then_some((lo, 0, 0)..=(hi, u64::MAX, u64::MAX));
+        range.into_iter().flat_map(|r| self.0.by_modified.range(r))
     }
 }
