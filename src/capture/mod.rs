@@ -293,11 +293,19 @@ async fn stream_loop(
             _ = stop.cancelled() => return Ok(()),
             ev = client.recv() => {
                 stream.handle(ev.map_err(CaptureError::Replication)?).await?;
+                let mut caught_up = false;
                 for _ in 1..DRAIN_BATCH {
                     match client.next_buffered().map_err(CaptureError::Replication)? {
                         Some(ev) => stream.handle(ev).await?,
-                        None => break,
+                        None if client.try_fill().map_err(CaptureError::Replication)? => {}
+                        None => {
+                            caught_up = true;
+                            break;
+                        }
                     }
+                }
+                if caught_up {
+                    producer.send_now();
                 }
             }
             r = &mut *driver, if !driver_done => {

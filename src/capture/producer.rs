@@ -314,6 +314,11 @@ pub struct Outgoing<'a> {
     pub idempotency_key: &'a str,
 }
 
+/// How long events may wait to fill a batch while the stream has a
+/// backlog: large batches keep the broker's work per event low. Once the
+/// stream is caught up, [`CaptureProducer::send_now`] cuts the wait short.
+const LINGER_MS: &str = "50";
+
 /// The capture producer.
 pub struct CaptureProducer {
     producer: Arc<BaseProducer<CaptureContext>>,
@@ -323,6 +328,8 @@ pub struct CaptureProducer {
     sends: AtomicU64,
     /// Signalled on every send, so an idle delivery server starts polling.
     sent: Notify,
+    /// [`Self::sends`] when lingering events were last sent at once.
+    sent_now: AtomicU64,
 }
 
 /// `send` serves delivery reports itself every this many events.
@@ -347,7 +354,7 @@ impl CaptureProducer {
         cc.set("queue.buffering.max.kbytes", kbytes.to_string())
             .set("queue.buffering.max.messages", "1000000")
             .set("batch.size", "1000000")
-            .set("linger.ms", "5")
+            .set("linger.ms", LINGER_MS)
             .set("batch.num.messages", "100000")
             .set("message.max.bytes", "10000000");
         let producer = cc
@@ -359,6 +366,7 @@ impl CaptureProducer {
             max_in_flight_bytes,
             sends: AtomicU64::new(0),
             sent: Notify::new(),
+            sent_now: AtomicU64::new(0),
         })
     }
 
@@ -400,6 +408,24 @@ impl CaptureProducer {
                 _ = self.sent.notified(), if idle => {}
                 _ = tokio::time::sleep(wait) => {}
             }
+        }
+    }
+
+    /// Sends lingering events at once. Called when the stream is caught
+    /// up: a lone change then leaves without waiting for `linger.ms`, while
+    /// a backlog still fills large batches. Blocks for at most 1 ms, the
+    /// time librdkafka's brokers take to notice.
+    pub fn send_now(&self) {
+        let sends = self.sends.load(Ordering::Relaxed);
+        if self.sent_now.swap(sends, Ordering::Relaxed) == sends {
+            return;
+        }
+        // librdkafka sends without lingering while a flush is under way;
+        // rust-rdkafka's own flush only ever flags it for an instant.
+        // SAFETY: the pointer is the live producer's handle; delivery
+        // reports are events here, so this call only waits.
+        unsafe {
+            rdkafka::bindings::rd_kafka_flush(self.producer.client().native_ptr(), 1);
         }
     }
 

@@ -340,6 +340,15 @@ impl Walsender {
         }
     }
 
+    /// Reads what the socket has ready without waiting; `false` when it had
+    /// nothing, i.e. the stream is caught up with the server.
+    pub fn try_fill(&mut self) -> Result<bool, WalsenderError> {
+        match futures::FutureExt::now_or_never(self.fill()) {
+            Some(r) => r.map(|()| true),
+            None => Ok(false),
+        }
+    }
+
     /// The next event already in the buffer, without reading the socket.
     pub fn next_buffered(&mut self) -> Result<Option<WalEvent>, WalsenderError> {
         while let Some(f) = self.take_frame()? {
