@@ -325,6 +325,9 @@ pub async fn run_processor(cfg: RunnerConfig, processor: Arc<Processor>, stop: C
     }
 }
 
+/// A batch's save and Kafka transaction, running beside the next batch.
+type Committing = tokio::task::JoinHandle<Result<(), RunError>>;
+
 async fn processor_session(
     cfg: &RunnerConfig,
     processor: &Arc<Processor>,
@@ -333,13 +336,35 @@ async fn processor_session(
     let consumer = cfg.consumer(&format!("{}-processor", cfg.topics.prefix()))?;
     consumer.subscribe(&[&cfg.changes_topic()])?;
     let producer = cfg.producer("processor")?;
+    let mut committing: Option<Committing> = None;
+    let result = process_batches(cfg, processor, stop, &consumer, &producer, &mut committing).await;
+    // However the session ends, the last batch's save lands before a new
+    // session reads state, so an old save never overwrites a newer one; the
+    // consumer stays in its group until that batch's transaction is done.
+    let last = match committing {
+        Some(task) => task
+            .await
+            .map_err(|_| RunError::from(rdkafka::error::KafkaError::Canceled))
+            .and_then(|r| r),
+        None => Ok(()),
+    };
+    result.and(last)
+}
+
+async fn process_batches(
+    cfg: &RunnerConfig,
+    processor: &Arc<Processor>,
+    stop: &CancellationToken,
+    consumer: &StreamConsumer,
+    producer: &FutureProducer,
+    committing: &mut Option<Committing>,
+) -> Result<(), RunError> {
     let events_topic = cfg.topics.sync_events();
     // A batch's bookkeeping is saved, then its transaction commits, while
     // the next batch is processed (it already sees the batch's states). If
     // either fails, the session restarts from the committed offsets and
     // both batches run again: their writes are idempotent.
-    let mut committing: Option<tokio::task::JoinHandle<Result<(), RunError>>> = None;
-    while let Some(batch) = next_batch(&consumer, stop).await {
+    while let Some(batch) = next_batch(consumer, stop).await {
         let batch = batch?;
         observe_queued("processor", &batch);
         let changes: Vec<Change> = batch
@@ -375,18 +400,14 @@ async fn processor_session(
         let (processor, producer, group, offsets, topic) = (
             processor.clone(),
             producer.clone(),
-            group(&consumer),
+            group(consumer),
             next_offsets(&batch)?,
             events_topic.clone(),
         );
-        committing = Some(tokio::spawn(async move {
+        *committing = Some(tokio::spawn(async move {
             processor.save(&done.bookkeeping).await?;
             transact(producer, group, offsets, topic, records).await
         }));
-    }
-    if let Some(last) = committing {
-        last.await
-            .map_err(|_| rdkafka::error::KafkaError::Canceled)??;
     }
     Ok(())
 }
