@@ -25,7 +25,7 @@ use super::route::{self, CHANGES_TOPIC};
 use crate::kafka::Topics;
 
 /// Most messages handled in one transaction.
-pub const MAX_BATCH: usize = 2_000;
+pub const MAX_BATCH: usize = 500;
 /// Partitions of the repartition topic (the most processors that share work).
 pub const CHANGES_PARTITIONS: i32 = 8;
 const TXN_TIMEOUT: Duration = Duration::from_secs(30);
