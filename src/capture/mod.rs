@@ -273,6 +273,11 @@ async fn run_here(
     Ok(summary)
 }
 
+/// Least time between two sends of lingering events while the stream is
+/// caught up: a trickle of small transactions then shares produce requests,
+/// which costs the broker far less than one request per transaction.
+const SEND_GAP: Duration = Duration::from_millis(5);
+
 /// Events handled from the read buffer before the loop looks at its other
 /// inputs again.
 const DRAIN_BATCH: usize = 512;
@@ -286,6 +291,9 @@ async fn stream_loop(
     until: Option<u64>,
 ) -> Result<(), CaptureError> {
     let mut tick = tokio::time::interval(Duration::from_millis(100));
+    // Caught-up sends are spaced by SEND_GAP; one is due at `send_due`.
+    let mut last_send = tokio::time::Instant::now();
+    let mut send_due: Option<tokio::time::Instant> = None;
     let mut reported = 0u64;
     let mut driver_done = false;
     let acks = producer.acks().clone();
@@ -307,8 +315,20 @@ async fn stream_loop(
                     }
                 }
                 if caught_up {
-                    producer.send_now();
+                    let due = last_send + SEND_GAP;
+                    if tokio::time::Instant::now() >= due {
+                        producer.send_now();
+                        last_send = tokio::time::Instant::now();
+                        send_due = None;
+                    } else {
+                        send_due.get_or_insert(due);
+                    }
                 }
+            }
+            _ = tokio::time::sleep_until(send_due.unwrap_or_else(tokio::time::Instant::now)), if send_due.is_some() => {
+                producer.send_now();
+                last_send = tokio::time::Instant::now();
+                send_due = None;
             }
             r = &mut *driver, if !driver_done => {
                 driver_done = true;
@@ -444,6 +464,11 @@ async fn ensure_topics(
     let cc = cc.clone();
     tokio::task::spawn_blocking(move || crate::kafka::partition_counts(&cc, &names))
         .await
-        .map_err(|_| CaptureError::kafka("reading topic metadata", rdkafka::error::KafkaError::Canceled))
+        .map_err(|_| {
+            CaptureError::kafka(
+                "reading topic metadata",
+                rdkafka::error::KafkaError::Canceled,
+            )
+        })
         .and_then(|r| r.map_err(|e| CaptureError::kafka("reading topic metadata", e)))
 }

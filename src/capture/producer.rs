@@ -424,8 +424,7 @@ impl CaptureProducer {
     /// The partition of an event of `topic` with `key`, when placed by record.
     fn partition(&self, topic: &str, key: Option<&[u8]>) -> Option<i32> {
         let n = *self.placement.get()?.get(topic)?;
-        let key: serde_json::Map<String, serde_json::Value> =
-            serde_json::from_slice(key?).ok()?;
+        let key: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(key?).ok()?;
         Some(crate::kafka::record_partition(
             &crate::processor::change::billing_id(&key),
             n,

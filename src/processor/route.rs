@@ -121,7 +121,9 @@ pub async fn route(
                 return Ok(None);
             }
             let id = billing_id(&b.key);
-            Ok(Some(Destination::billing(&b.schema, &b.table, &id, partitions)))
+            Ok(Some(Destination::billing(
+                &b.schema, &b.table, &id, partitions,
+            )))
         }
         Change::External(x) => external_destination(mappings, state, x, partitions).await,
     }

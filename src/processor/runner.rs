@@ -200,9 +200,10 @@ impl RunnerConfig {
         }
         let (cc, mut names) = (self.kafka.clone(), self.cdc_topics.clone());
         names.push(changes.clone());
-        let counts = tokio::task::spawn_blocking(move || crate::kafka::partition_counts(&cc, &names))
-            .await
-            .map_err(|_| rdkafka::error::KafkaError::Canceled)??;
+        let counts =
+            tokio::task::spawn_blocking(move || crate::kafka::partition_counts(&cc, &names))
+                .await
+                .map_err(|_| rdkafka::error::KafkaError::Canceled)??;
         let changes_partitions = counts.get(&changes).copied().unwrap_or(CHANGES_PARTITIONS);
         let (direct, routed): (Vec<String>, Vec<String>) = self
             .cdc_topics
@@ -490,7 +491,10 @@ async fn process_batches(
     while let Some(batch) = next_batch(consumer, stop).await {
         let batch = batch?;
         observe_queued("processor", &batch);
-        let changes: Vec<Change> = batch.iter().filter_map(|m| decode(m, &cdc_prefix, &external_prefix)).collect();
+        let changes: Vec<Change> = batch
+            .iter()
+            .filter_map(|m| decode(m, &cdc_prefix, &external_prefix))
+            .collect();
         let mut backoff = Duration::from_millis(200);
         let done = loop {
             match processor.process_unsaved(&changes).await {
