@@ -3,8 +3,13 @@
 //!
 //! ```text
 //!  capture ─► <prefix>.cdc.<schema>.<table>     ingest ─► <prefix>.external.<system>
-//!  processor ─► <prefix>.sync-events, <prefix>.processor.state (compacted)
+//!  router ─► <prefix>.processor.changes          processor ─► <prefix>.sync-events
 //! ```
+//!
+//! The processor's state (links, merge bases, versions) is not a topic: it
+//! lives in Postgres, schema `extsync`, behind an in-memory cache bounded by
+//! `processor.stateCacheCapacity`, and is saved before each batch's Kafka
+//! transaction commits.
 
 use rdkafka::ClientConfig;
 

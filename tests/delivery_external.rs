@@ -259,7 +259,7 @@ fn writer(sys: &Arc<Scripted>, not_found: NotFoundPolicy) -> ExternalWriter {
         ExternalWriterConfig {
             retry: fast_retries(),
             not_found,
-            max_batch: None,
+            ..Default::default()
         },
     )
 }

@@ -45,6 +45,7 @@ fn writer(
             retry,
             not_found: NotFoundPolicy::Skip,
             max_batch,
+            ..Default::default()
         },
     )
 }
