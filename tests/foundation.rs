@@ -341,8 +341,19 @@ fn on_not_found_is_read_per_entity_and_defaults_to_skip() {
     use extsync::config::OnNotFound;
     use extsync::delivery::NotFoundPolicy;
     let p = demo_with("onNotFound: skip", "onNotFound: create");
-    let sf = p.integrations.iter().find(|(id, _)| id.as_str() == "salesforce").unwrap().1;
-    let entity = |name: &str| sf.entities.iter().find(|(n, _)| n.as_str() == name).unwrap().1;
+    let sf = p
+        .integrations
+        .iter()
+        .find(|(id, _)| id.as_str() == "salesforce")
+        .unwrap()
+        .1;
+    let entity = |name: &str| {
+        sf.entities
+            .iter()
+            .find(|(n, _)| n.as_str() == name)
+            .unwrap()
+            .1
+    };
     assert_eq!(entity("accounts").on_not_found, OnNotFound::Create);
     assert_eq!(entity("subscriptions").on_not_found, OnNotFound::Skip);
 
