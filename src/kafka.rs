@@ -74,3 +74,38 @@ pub fn durable_producer(mut cc: ClientConfig) -> ClientConfig {
         .set("compression.type", "lz4");
     cc
 }
+
+/// Partitions of the topics extsync keys by record: the change topics it
+/// creates and the processor's repartition topic. Equal counts let the
+/// processor read a table's change topic directly, partition by partition
+/// beside the repartition topic (see [`record_partition`]).
+pub const RECORD_PARTITIONS: i32 = 8;
+
+/// The partition of a record among `partitions`, by its canonical billing
+/// id. Capture places a row's change events there and the router places the
+/// record's external changes there too, so with equal partition counts one
+/// processor owns both sides of a record.
+pub fn record_partition(billing_id: &str, partitions: i32) -> i32 {
+    (crc32fast::hash(billing_id.as_bytes()) % partitions.max(1) as u32) as i32
+}
+
+/// Partition counts of `topics` as the broker knows them; missing topics
+/// are left out.
+pub fn partition_counts(
+    cc: &ClientConfig,
+    topics: &[String],
+) -> Result<std::collections::HashMap<String, i32>, rdkafka::error::KafkaError> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    // A consumer's metadata requests never create topics.
+    let client: BaseConsumer = cc.create()?;
+    let mut counts = std::collections::HashMap::new();
+    for name in topics {
+        let md = client.fetch_metadata(Some(name), std::time::Duration::from_secs(10))?;
+        if let Some(t) = md.topics().iter().find(|t| t.error().is_none()) {
+            if !t.partitions().is_empty() {
+                counts.insert(name.clone(), t.partitions().len() as i32);
+            }
+        }
+    }
+    Ok(counts)
+}

@@ -29,6 +29,8 @@ mod window;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::collections::HashMap;
+
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::types::RDKafkaErrorCode;
@@ -144,7 +146,7 @@ async fn run_here(
         },
         setup::connect(&s.url),
     );
-    topics?;
+    producer.place_by_record(topics?);
     let client = client?;
     let (hb_sql, driver_sql) = (hb_sql?, driver_sql?);
     let toast = ToastCache::default();
@@ -394,7 +396,7 @@ async fn ensure_topics(
     cc: &rdkafka::ClientConfig,
     s: &Settings,
     tables: &[CapturedTable],
-) -> Result<(), CaptureError> {
+) -> Result<HashMap<String, i32>, CaptureError> {
     let admin: AdminClient<DefaultClientContext> = cc
         .create()
         .map_err(|e| CaptureError::kafka("creating the admin client", e))?;
@@ -406,11 +408,20 @@ async fn ensure_topics(
         names.push(s.topics.cdc_transactions());
     }
     if names.is_empty() {
-        return Ok(());
+        return Ok(HashMap::new());
     }
+    // Table topics are keyed by record (see `kafka::record_partition`); the
+    // transaction markers take the broker's default.
     let topics: Vec<NewTopic<'_>> = names
         .iter()
-        .map(|n| NewTopic::new(n, -1, TopicReplication::Fixed(-1)))
+        .map(|n| {
+            let partitions = if *n == s.topics.cdc_transactions() {
+                -1
+            } else {
+                crate::kafka::RECORD_PARTITIONS
+            };
+            NewTopic::new(n, partitions, TopicReplication::Fixed(-1))
+        })
         .collect();
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
     let results = admin
@@ -428,5 +439,11 @@ async fn ensure_topics(
             ));
         }
     }
-    Ok(())
+    // Existing topics keep their partition counts; events are placed by
+    // the count each topic really has.
+    let cc = cc.clone();
+    tokio::task::spawn_blocking(move || crate::kafka::partition_counts(&cc, &names))
+        .await
+        .map_err(|_| CaptureError::kafka("reading topic metadata", rdkafka::error::KafkaError::Canceled))
+        .and_then(|r| r.map_err(|e| CaptureError::kafka("reading topic metadata", e)))
 }

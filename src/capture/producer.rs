@@ -17,7 +17,7 @@
 //! driven by [`CaptureProducer::serve_deliveries`] and by `send`), and applied
 //! to [`Acks`] once per poll rather than once per event.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -330,6 +330,8 @@ pub struct CaptureProducer {
     sent: Notify,
     /// [`Self::sends`] when lingering events were last sent at once.
     sent_now: AtomicU64,
+    /// Partition counts of the topics whose events are placed by record.
+    placement: std::sync::OnceLock<HashMap<String, i32>>,
 }
 
 /// `send` serves delivery reports itself every this many events.
@@ -367,6 +369,7 @@ impl CaptureProducer {
             sends: AtomicU64::new(0),
             sent: Notify::new(),
             sent_now: AtomicU64::new(0),
+            placement: std::sync::OnceLock::new(),
         })
     }
 
@@ -409,6 +412,24 @@ impl CaptureProducer {
                 _ = tokio::time::sleep(wait) => {}
             }
         }
+    }
+
+    /// Places the events of `topics` (name → partition count) by record,
+    /// with [`crate::kafka::record_partition`]; other topics' events go by
+    /// librdkafka's key hash.
+    pub fn place_by_record(&self, topics: HashMap<String, i32>) {
+        let _ = self.placement.set(topics);
+    }
+
+    /// The partition of an event of `topic` with `key`, when placed by record.
+    fn partition(&self, topic: &str, key: Option<&[u8]>) -> Option<i32> {
+        let n = *self.placement.get()?.get(topic)?;
+        let key: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_slice(key?).ok()?;
+        Some(crate::kafka::record_partition(
+            &crate::processor::change::billing_id(&key),
+            n,
+        ))
     }
 
     /// Sends lingering events at once. Called when the stream is caught
@@ -466,6 +487,9 @@ impl CaptureProducer {
         let mut record = BaseRecord::with_opaque_to(ev.topic, batch as usize)
             .payload(ev.payload)
             .headers(headers);
+        if let Some(p) = self.partition(ev.topic, ev.key) {
+            record = record.partition(p);
+        }
         if let Some(k) = ev.key {
             record = record.key(k);
         }

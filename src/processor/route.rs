@@ -2,17 +2,25 @@
 //! that one processor owns each record and sees its changes in order.
 //!
 //! ```text
-//!  <prefix>.cdc.<schema>.<table>   (key: primary key)  ─┐
-//!                                                        ├─► router ──► <prefix>.processor.changes
-//!  <prefix>.external.<system>      (key: external id)  ─┘   key: "<schema>.<table>:<billing id>"
+//!  <prefix>.cdc.<schema>.<table>  (placed by record) ─────────────────────────────► processor
+//!  <prefix>.external.<system>     (key: external id) ─► router ─► <prefix>.processor.changes ─┘
+//!                                                        key: "<schema>.<table>:<billing id>"
 //! ```
+//!
+//! Capture places a row's change events on the partition that
+//! [`crate::kafka::record_partition`] gives for its billing id, and the
+//! router places that record's external changes on the same partition of
+//! the repartition topic. Change topics with as many partitions as the
+//! repartition topic are read by the processor directly; with range
+//! assignment, partition `n` of every topic goes to the same member, so one
+//! processor owns both sides of a record. A change topic with another
+//! partition count (created outside extsync) goes through the router too.
 //!
 //! External ids are re-keyed through the link table (`extsync.records`): a
 //! linked external record takes its billing record's key; an unlinked one
-//! keeps `ext:<integration>:<entity>:<external id>` until it is linked. The
-//! repartition topic has as many partitions as the processor group has
-//! members at most; consumer offsets and routed messages commit in one Kafka
-//! transaction, so every change is routed exactly once.
+//! keeps `ext:<integration>:<entity>:<external id>` until it is linked.
+//! Consumer offsets and routed messages commit in one Kafka transaction, so
+//! every change is routed exactly once.
 
 use serde_json::{Map, Value};
 
@@ -83,29 +91,48 @@ pub fn billing_key(schema: &str, table: &str, billing_id: &str) -> String {
     format!("{schema}.{table}:{billing_id}")
 }
 
-/// Routes one change: its key on the repartition topic, or `None` when no
-/// configured entity cares about it.
+/// Where a change goes on the repartition topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Destination {
+    pub key: String,
+    pub partition: i32,
+}
+
+impl Destination {
+    fn billing(schema: &str, table: &str, billing_id: &str, partitions: i32) -> Self {
+        Destination {
+            key: billing_key(schema, table, billing_id),
+            partition: crate::kafka::record_partition(billing_id, partitions),
+        }
+    }
+}
+
+/// Routes one change onto a repartition topic of `partitions` partitions,
+/// or `None` when no configured entity cares about it.
 pub async fn route(
     mappings: &Mappings,
     state: &StateStore,
     change: &Change,
-) -> Result<Option<String>, tokio_postgres::Error> {
+    partitions: i32,
+) -> Result<Option<Destination>, tokio_postgres::Error> {
     match change {
         Change::Billing(b) => {
             if mappings.for_table(&b.schema, &b.table).next().is_none() {
                 return Ok(None);
             }
-            Ok(Some(billing_key(&b.schema, &b.table, &billing_id(&b.key))))
+            let id = billing_id(&b.key);
+            Ok(Some(Destination::billing(&b.schema, &b.table, &id, partitions)))
         }
-        Change::External(x) => external_key(mappings, state, x).await,
+        Change::External(x) => external_destination(mappings, state, x, partitions).await,
     }
 }
 
-async fn external_key(
+async fn external_destination(
     mappings: &Mappings,
     state: &StateStore,
     x: &ExternalChange,
-) -> Result<Option<String>, tokio_postgres::Error> {
+    partitions: i32,
+) -> Result<Option<Destination>, tokio_postgres::Error> {
     let Some(entity) = mappings.for_external(&x.integration, &x.entity) else {
         return Ok(None);
     };
@@ -114,8 +141,14 @@ async fn external_key(
             .billing_id_of(&x.integration, &x.entity, &x.external_id)
             .await?
         {
-            Some(id) => billing_key(entity.table.schema(), entity.table.table(), &id),
-            None => format!("ext:{}:{}:{}", x.integration, x.entity, x.external_id),
+            Some(id) => {
+                Destination::billing(entity.table.schema(), entity.table.table(), &id, partitions)
+            }
+            None => {
+                let key = format!("ext:{}:{}:{}", x.integration, x.entity, x.external_id);
+                let partition = crate::kafka::record_partition(&key, partitions);
+                Destination { key, partition }
+            }
         },
     ))
 }

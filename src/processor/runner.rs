@@ -1,19 +1,22 @@
-//! The processor's Kafka loops: the router re-keys changes onto the
-//! repartition topic, the processor consumes it by record. Each loop commits
-//! its outputs and its consumer offsets in one Kafka transaction, with a
-//! producer fenced by its transactional id and the group's generation.
+//! The processor's Kafka loops: the router re-keys external changes onto
+//! the repartition topic; the processor consumes it beside the change
+//! topics, partition by partition, by record (see [`super::route`]). Each
+//! loop commits its outputs and its consumer offsets in one Kafka
+//! transaction, with a producer fenced by its transactional id and the
+//! group's generation.
 //!
 //! ```text
-//!  cdc.* + external.* ──router (txn)──► processor.changes ──processor (txn)──► sync-events
-//!                                                              └─ delivery, state (Postgres)
+//!  external.* (+ cdc.* not placed by record) ──router (txn)──► processor.changes ─┐
+//!  cdc.* ─────────────────────────────────────────────────────────────────────────┴─processor (txn)──► sync-events
+//!                                                                                    └─ delivery, state (Postgres)
 //! ```
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::message::OwnedMessage;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
@@ -27,7 +30,7 @@ use crate::kafka::Topics;
 /// Most messages handled in one transaction.
 pub const MAX_BATCH: usize = 500;
 /// Partitions of the repartition topic (the most processors that share work).
-pub const CHANGES_PARTITIONS: i32 = 8;
+pub const CHANGES_PARTITIONS: i32 = crate::kafka::RECORD_PARTITIONS;
 const TXN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Metric: messages routed, by kind.
@@ -78,6 +81,25 @@ pub enum RunError {
     State(#[from] tokio_postgres::Error),
 }
 
+/// The loops' consumer context: when partitions are assigned, records this
+/// process owned before may have been changed by another owner meanwhile,
+/// so the cached states are forgotten (unsaved ones stay until saved).
+pub struct Ownership {
+    state: Option<super::state::StateStore>,
+}
+
+impl ClientContext for Ownership {}
+
+impl ConsumerContext for Ownership {
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let (Some(state), Rebalance::Assign(_)) = (&self.state, rebalance) {
+            state.forget_cached();
+        }
+    }
+}
+
+type OwnerConsumer = StreamConsumer<Ownership>;
+
 /// Names and client settings of one pipeline's processor.
 #[derive(Clone)]
 pub struct RunnerConfig {
@@ -86,10 +108,31 @@ pub struct RunnerConfig {
     pub kafka: ClientConfig,
     /// Distinguishes this process's transactional ids.
     pub instance: String,
+    /// Change topics of the mapped tables.
+    pub cdc_topics: Vec<String>,
+    /// Which of them the processor reads directly, and which the router
+    /// re-keys; set by [`RunnerConfig::ensure_topics`].
+    pub layout: Layout,
+}
+
+/// How the change topics reach the processor.
+#[derive(Clone, Debug, Default)]
+pub struct Layout {
+    /// Partitions of the repartition topic.
+    pub changes_partitions: i32,
+    /// Change topics placed by record with as many partitions as the
+    /// repartition topic: read by the processor itself.
+    pub direct: Vec<String>,
+    /// Other change topics: re-keyed by the router.
+    pub routed: Vec<String>,
 }
 
 impl RunnerConfig {
-    fn consumer(&self, group: &str) -> Result<StreamConsumer, RunError> {
+    fn consumer(
+        &self,
+        group: &str,
+        state: Option<&super::state::StateStore>,
+    ) -> Result<OwnerConsumer, RunError> {
         let mut cc = self.kafka.clone();
         // No static membership (`group.instance.id`): the router subscribes
         // by pattern, and a static member's new subscription does not
@@ -103,8 +146,13 @@ impl RunnerConfig {
             .set("auto.offset.reset", "earliest")
             .set("isolation.level", "read_committed")
             .set("topic.metadata.refresh.interval.ms", "2000")
-            .set("fetch.wait.max.ms", "100");
-        Ok(cc.create()?)
+            .set("fetch.wait.max.ms", "100")
+            // Range assignment gives one member partition `n` of every
+            // topic with the same count: both sides of a record.
+            .set("partition.assignment.strategy", "range");
+        Ok(cc.create_with_context(Ownership {
+            state: state.cloned(),
+        })?)
     }
 
     fn producer(&self, role: &str) -> Result<FutureProducer, RunError> {
@@ -126,15 +174,23 @@ impl RunnerConfig {
         format!("{}.{CHANGES_TOPIC}", self.topics.prefix())
     }
 
-    /// Creates the processor's own topics when missing.
-    pub async fn ensure_topics(&self) -> Result<(), RunError> {
+    /// Creates the processor's topics and the change topics of the mapped
+    /// tables when missing, and decides the [`Layout`].
+    pub async fn ensure_topics(&mut self) -> Result<(), RunError> {
         let admin: AdminClient<DefaultClientContext> = self.kafka.create()?;
         let changes = self.changes_topic();
         let events = self.topics.sync_events();
-        let topics = [
+        let mut topics = vec![
             NewTopic::new(&changes, CHANGES_PARTITIONS, TopicReplication::Fixed(1)),
             NewTopic::new(&events, CHANGES_PARTITIONS, TopicReplication::Fixed(1)),
         ];
+        topics.extend(self.cdc_topics.iter().map(|t| {
+            NewTopic::new(
+                t,
+                crate::kafka::RECORD_PARTITIONS,
+                TopicReplication::Fixed(-1),
+            )
+        }));
         let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
         for r in admin.create_topics(&topics, &opts).await? {
             match r {
@@ -142,13 +198,32 @@ impl RunnerConfig {
                 Err((t, e)) => tracing::warn!(topic = t, error = %e, "creating topic"),
             }
         }
+        let (cc, mut names) = (self.kafka.clone(), self.cdc_topics.clone());
+        names.push(changes.clone());
+        let counts = tokio::task::spawn_blocking(move || crate::kafka::partition_counts(&cc, &names))
+            .await
+            .map_err(|_| rdkafka::error::KafkaError::Canceled)??;
+        let changes_partitions = counts.get(&changes).copied().unwrap_or(CHANGES_PARTITIONS);
+        let (direct, routed): (Vec<String>, Vec<String>) = self
+            .cdc_topics
+            .iter()
+            .cloned()
+            .partition(|t| counts.get(t) == Some(&changes_partitions));
+        if !routed.is_empty() {
+            tracing::info!(topics = ?routed, changes_partitions, "change topics with another partition count go through the router");
+        }
+        self.layout = Layout {
+            changes_partitions,
+            direct,
+            routed,
+        };
         Ok(())
     }
 }
 
 /// Waits for the first message (or `stop`), then takes what else is ready.
 async fn next_batch(
-    consumer: &StreamConsumer,
+    consumer: &OwnerConsumer,
     stop: &CancellationToken,
 ) -> Option<Result<Vec<OwnedMessage>, RunError>> {
     let first = tokio::select! {
@@ -180,8 +255,15 @@ fn next_offsets(batch: &[OwnedMessage]) -> Result<TopicPartitionList, RunError> 
     Ok(tpl)
 }
 
-/// Keyed records to publish in one transaction.
-type Records = Vec<(String, Vec<u8>)>;
+/// A keyed record to publish, on a chosen partition or by key hash.
+struct Record {
+    key: String,
+    partition: Option<i32>,
+    payload: Vec<u8>,
+}
+
+/// Records to publish in one transaction.
+type Records = Vec<Record>;
 
 /// Publishes `records` to `topic` and the consumer offsets after the
 /// batch in one Kafka transaction; aborts it on any error. The broker
@@ -197,8 +279,11 @@ async fn transact(
     let sent = async {
         // Waiting for each delivery first keeps the commit's own flush short.
         let mut deliveries = Vec::with_capacity(records.len());
-        for (key, payload) in &records {
-            let record = FutureRecord::to(&topic).key(key).payload(payload);
+        for r in &records {
+            let mut record = FutureRecord::to(&topic).key(&r.key).payload(&r.payload);
+            if let Some(p) = r.partition {
+                record = record.partition(p);
+            }
             deliveries.push(producer.send_result(record).map_err(|(e, _)| e)?);
         }
         let t0 = std::time::Instant::now();
@@ -228,8 +313,21 @@ async fn transact(
     Ok(sent?)
 }
 
-fn group(consumer: &StreamConsumer) -> rdkafka::consumer::ConsumerGroupMetadata {
+fn group(consumer: &OwnerConsumer) -> rdkafka::consumer::ConsumerGroupMetadata {
     consumer.group_metadata().expect("group consumer")
+}
+
+/// Logs why a loop restarts; a fenced producer means another process took
+/// over this process's transactional id.
+fn warn_restart(role: &'static str, e: &RunError) {
+    use rdkafka::types::RDKafkaErrorCode::{Fenced, InvalidProducerEpoch, ProducerFenced};
+    let fenced = matches!(e, RunError::Kafka(k)
+        if matches!(k.rdkafka_error_code(), Some(Fenced | ProducerFenced | InvalidProducerEpoch)));
+    if fenced {
+        tracing::error!(role, error = %e, "fenced by another process with the same transactional id: give each process its own EXTSYNC_INSTANCE; restarting from committed offsets");
+    } else {
+        tracing::warn!(role, error = %e, "restarting from committed offsets");
+    }
 }
 
 /// Runs the router until `stop`. Errors restart its clients from the last
@@ -242,10 +340,40 @@ pub async fn run_router(
 ) {
     while !stop.is_cancelled() {
         if let Err(e) = router_session(&cfg, &mappings, &state, &stop).await {
-            tracing::warn!(error = %e, "router restarting from committed offsets");
+            warn_restart("router", &e);
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
+}
+
+/// A consumed message as a change: CDC topics carry change events, external
+/// topics external change events, the repartition topic [`Change`]s. `None`
+/// for a tombstone, a truncate, or a malformed message (counted and logged).
+fn decode(m: &OwnedMessage, cdc_prefix: &str, external_prefix: &str) -> Option<Change> {
+    if m.topic().starts_with(cdc_prefix) {
+        return match route::parse_cdc(m.topic(), m.key(), m.payload()) {
+            Ok(b) => b.map(Change::Billing),
+            Err(e) => {
+                metrics::counter!(MALFORMED_TOTAL).increment(1);
+                tracing::warn!(error = %e, "skipping message");
+                None
+            }
+        };
+    }
+    let payload = m.payload()?;
+    let decoded = if m.topic().starts_with(external_prefix) {
+        serde_json::from_slice(payload).map(Change::External)
+    } else {
+        serde_json::from_slice::<Change>(payload)
+    };
+    if decoded.is_err() {
+        metrics::counter!(MALFORMED_TOTAL).increment(1);
+        tracing::warn!(
+            topic = m.topic(),
+            "skipping message that is not a change event"
+        );
+    }
+    decoded.ok()
 }
 
 async fn router_session(
@@ -255,42 +383,25 @@ async fn router_session(
     stop: &CancellationToken,
 ) -> Result<(), RunError> {
     let prefix = cfg.topics.prefix().replace('.', "\\.");
-    let consumer = cfg.consumer(&format!("{}-router", cfg.topics.prefix()))?;
-    consumer.subscribe(&[&format!(
-        "^{prefix}\\.(cdc\\.[^.]+\\.[^.]+|external\\.[^.]+)$"
-    )])?;
+    let consumer = cfg.consumer(&format!("{}-router", cfg.topics.prefix()), None)?;
+    let external = format!("^{prefix}\\.external\\.[^.]+$");
+    let mut subscription = vec![external.as_str()];
+    subscription.extend(cfg.layout.routed.iter().map(String::as_str));
+    consumer.subscribe(&subscription)?;
     let producer = cfg.producer("router")?;
     let out_topic = cfg.changes_topic();
     let cdc_prefix = format!("{}.cdc.", cfg.topics.prefix());
+    let external_prefix = format!("{}.external.", cfg.topics.prefix());
+    let partitions = cfg.layout.changes_partitions.max(1);
     while let Some(batch) = next_batch(&consumer, stop).await {
         let batch = batch?;
         observe_queued("router", &batch);
         let mut records = Records::new();
         for m in &batch {
-            let change = if m.topic().starts_with(&cdc_prefix) {
-                match route::parse_cdc(m.topic(), m.key(), m.payload()) {
-                    Ok(Some(b)) => Change::Billing(b),
-                    Ok(None) => continue,
-                    Err(e) => {
-                        metrics::counter!(MALFORMED_TOTAL).increment(1);
-                        tracing::warn!(error = %e, "skipping message");
-                        continue;
-                    }
-                }
-            } else {
-                match m.payload().map(serde_json::from_slice) {
-                    Some(Ok(x)) => Change::External(x),
-                    _ => {
-                        metrics::counter!(MALFORMED_TOTAL).increment(1);
-                        tracing::warn!(
-                            topic = m.topic(),
-                            "skipping message that is not an external change event"
-                        );
-                        continue;
-                    }
-                }
+            let Some(change) = decode(m, &cdc_prefix, &external_prefix) else {
+                continue;
             };
-            let Some(key) = route::route(mappings, state, &change).await? else {
+            let Some(to) = route::route(mappings, state, &change, partitions).await? else {
                 continue;
             };
             let side = match change {
@@ -298,7 +409,11 @@ async fn router_session(
                 Change::External(_) => "external",
             };
             metrics::counter!(ROUTED_TOTAL, "side" => side).increment(1);
-            records.push((key, serde_json::to_vec(&change).expect("change serializes")));
+            records.push(Record {
+                key: to.key,
+                partition: Some(to.partition),
+                payload: serde_json::to_vec(&change).expect("change serializes"),
+            });
         }
         transact(
             producer.clone(),
@@ -318,7 +433,7 @@ async fn router_session(
 pub async fn run_processor(cfg: RunnerConfig, processor: Arc<Processor>, stop: CancellationToken) {
     while !stop.is_cancelled() {
         if let Err(e) = processor_session(&cfg, &processor, &stop).await {
-            tracing::warn!(error = %e, "processor restarting from committed offsets");
+            warn_restart("processor", &e);
             processor.state.clear_cache();
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
@@ -333,8 +448,14 @@ async fn processor_session(
     processor: &Arc<Processor>,
     stop: &CancellationToken,
 ) -> Result<(), RunError> {
-    let consumer = cfg.consumer(&format!("{}-processor", cfg.topics.prefix()))?;
-    consumer.subscribe(&[&cfg.changes_topic()])?;
+    let consumer = cfg.consumer(
+        &format!("{}-processor", cfg.topics.prefix()),
+        Some(&processor.state),
+    )?;
+    let changes_topic = cfg.changes_topic();
+    let mut subscription = vec![changes_topic.as_str()];
+    subscription.extend(cfg.layout.direct.iter().map(String::as_str));
+    consumer.subscribe(&subscription)?;
     let producer = cfg.producer("processor")?;
     let mut committing: Option<Committing> = None;
     let result = process_batches(cfg, processor, stop, &consumer, &producer, &mut committing).await;
@@ -355,11 +476,13 @@ async fn process_batches(
     cfg: &RunnerConfig,
     processor: &Arc<Processor>,
     stop: &CancellationToken,
-    consumer: &StreamConsumer,
+    consumer: &OwnerConsumer,
     producer: &FutureProducer,
     committing: &mut Option<Committing>,
 ) -> Result<(), RunError> {
     let events_topic = cfg.topics.sync_events();
+    let cdc_prefix = format!("{}.cdc.", cfg.topics.prefix());
+    let external_prefix = format!("{}.external.", cfg.topics.prefix());
     // A batch's bookkeeping is saved, then its transaction commits, while
     // the next batch is processed (it already sees the batch's states). If
     // either fails, the session restarts from the committed offsets and
@@ -367,10 +490,7 @@ async fn process_batches(
     while let Some(batch) = next_batch(consumer, stop).await {
         let batch = batch?;
         observe_queued("processor", &batch);
-        let changes: Vec<Change> = batch
-            .iter()
-            .filter_map(|m| m.payload().and_then(|p| serde_json::from_slice(p).ok()))
-            .collect();
+        let changes: Vec<Change> = batch.iter().filter_map(|m| decode(m, &cdc_prefix, &external_prefix)).collect();
         let mut backoff = Duration::from_millis(200);
         let done = loop {
             match processor.process_unsaved(&changes).await {
@@ -395,7 +515,11 @@ async fn process_batches(
         let records = done
             .events
             .iter()
-            .map(|ev| (ev.key(), serde_json::to_vec(ev).expect("event serializes")))
+            .map(|ev| Record {
+                key: ev.key(),
+                partition: None,
+                payload: serde_json::to_vec(ev).expect("event serializes"),
+            })
             .collect();
         let (processor, producer, group, offsets, topic) = (
             processor.clone(),

@@ -101,10 +101,22 @@ pub async fn start(
     crate::delivery::metrics::describe();
     super::runner::describe_metrics();
     let processor = processor(pipeline).await?;
-    let cfg = RunnerConfig {
-        topics: Topics::new(&pipeline.kafka.topic_prefix),
+    let topics = Topics::new(&pipeline.kafka.topic_prefix);
+    let mut cdc_topics: Vec<String> = pipeline
+        .integrations
+        .values()
+        .filter(|i| i.enabled)
+        .flat_map(|i| i.entities.values())
+        .map(|e| topics.cdc(e.table.schema(), e.table.table()))
+        .collect();
+    cdc_topics.sort();
+    cdc_topics.dedup();
+    let mut cfg = RunnerConfig {
+        topics,
         kafka: kafka::client_config(&pipeline.kafka)?,
-        instance: std::env::var("EXTSYNC_INSTANCE").unwrap_or_else(|_| pipeline.name.to_string()),
+        instance: instance_name(),
+        cdc_topics,
+        layout: Default::default(),
     };
     cfg.ensure_topics().await?;
     let router = tokio::spawn(runner::run_router(
@@ -115,6 +127,17 @@ pub async fn start(
     ));
     let proc = tokio::spawn(runner::run_processor(cfg, processor, stop));
     Ok(vec![router, proc])
+}
+
+/// This process's name in its transactional ids: `EXTSYNC_INSTANCE`, else
+/// the host name. Processes sharing a pipeline must differ in it (or fence
+/// each other); a restarted process keeps it, so that its first transaction
+/// aborts whatever its predecessor left open.
+fn instance_name() -> String {
+    std::env::var("EXTSYNC_INSTANCE")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| gethostname::gethostname().to_string_lossy().into_owned())
 }
 
 /// The pipeline reduced to one integration, for a replay of it alone.

@@ -381,10 +381,17 @@ impl StateStore {
         Ok(())
     }
 
-    /// Forgets cached states (after a partition moves away).
-    pub fn clear_cache(&self) {
+    /// Forgets the cached states and links, e.g. when partitions are
+    /// assigned; states not saved yet stay.
+    pub fn forget_cached(&self) {
         self.cache.invalidate_all();
         self.links.invalidate_all();
+    }
+
+    /// Forgets everything, unsaved states too: for a processor restarting
+    /// from its committed offsets, after its last save finished.
+    pub fn clear_cache(&self) {
+        self.forget_cached();
         self.unsaved.clear();
     }
 }
