@@ -2,8 +2,8 @@
 //! builds its clients from the pipeline's `kafka` section.
 //!
 //! ```text
-//!  capture ─► <prefix>.cdc.<schema>.<table>     ingest ─► <prefix>.external.<system>
-//!  router ─► <prefix>.processor.changes          processor ─► <prefix>.sync-events
+//!  capture ─► <prefix>.cdc.<schema>.<table> (placed by record) ──────────────────► processor ─► <prefix>.sync-events
+//!  ingest  ─► <prefix>.external.<system> ─► router ─► <prefix>.processor.changes ─┘
 //! ```
 //!
 //! The processor's state (links, merge bases, versions) is not a topic: it

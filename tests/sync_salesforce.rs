@@ -603,7 +603,7 @@ async fn replaying_history_twice_creates_once_and_changes_nothing() {
         "capture wrote every change",
         Duration::from_secs(60),
         || {
-            let marks: Vec<_> = (0..4)
+            let marks: Vec<_> = (0..extsync::kafka::RECORD_PARTITIONS)
                 .map(|p| {
                     rdkafka::consumer::Consumer::fetch_watermarks(
                         &consumer,
