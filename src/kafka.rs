@@ -101,10 +101,10 @@ pub fn partition_counts(
     let mut counts = std::collections::HashMap::new();
     for name in topics {
         let md = client.fetch_metadata(Some(name), std::time::Duration::from_secs(10))?;
-        if let Some(t) = md.topics().iter().find(|t| t.error().is_none()) {
-            if !t.partitions().is_empty() {
-                counts.insert(name.clone(), t.partitions().len() as i32);
-            }
+        if let Some(t) = md.topics().iter().find(|t| t.error().is_none())
+            && !t.partitions().is_empty()
+        {
+            counts.insert(name.clone(), t.partitions().len() as i32);
         }
     }
     Ok(counts)
