@@ -2,9 +2,14 @@
 //! builds its clients from the pipeline's `kafka` section.
 //!
 //! ```text
-//!  capture ─► <prefix>.cdc.<schema>.<table>     ingest ─► <prefix>.external.<system>
-//!  processor ─► <prefix>.sync-events, <prefix>.processor.state (compacted)
+//!  capture ─► <prefix>.cdc.<schema>.<table> (placed by record) ──────────────────► processor ─► <prefix>.sync-events
+//!  ingest  ─► <prefix>.external.<system> ─► router ─► <prefix>.processor.changes ─┘
 //! ```
+//!
+//! The processor's state (links, merge bases, versions) is not a topic: it
+//! lives in Postgres, schema `extsync`, behind an in-memory cache bounded by
+//! `processor.stateCacheCapacity`, and is saved before each batch's Kafka
+//! transaction commits.
 
 use rdkafka::ClientConfig;
 
@@ -96,10 +101,8 @@ pub fn partition_counts(
     let mut counts = std::collections::HashMap::new();
     for name in topics {
         let md = client.fetch_metadata(Some(name), std::time::Duration::from_secs(10))?;
-        if let Some(t) = md
-            .topics()
-            .iter()
-            .find(|t| t.error().is_none() && !t.partitions().is_empty())
+        if let Some(t) = md.topics().iter().find(|t| t.error().is_none())
+            && !t.partitions().is_empty()
         {
             counts.insert(name.clone(), t.partitions().len() as i32);
         }

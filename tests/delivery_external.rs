@@ -18,7 +18,7 @@ use extsync::connectors::{
 };
 use extsync::delivery::{
     DeliveryError, ExternalWrite, ExternalWriteOp, ExternalWriter, ExternalWriterConfig,
-    IntegrationStatus, Interruption, NotFoundPolicy, OutcomeKind, RetryPolicy,
+    IntegrationStatus, Interruption, NotFoundPolicy, OutcomeKind, RetryPolicy, StatusStore,
 };
 use serde_json::{Map, Value, json};
 
@@ -259,7 +259,7 @@ fn writer(sys: &Arc<Scripted>, not_found: NotFoundPolicy) -> ExternalWriter {
         ExternalWriterConfig {
             retry: fast_retries(),
             not_found,
-            max_batch: None,
+            ..Default::default()
         },
     )
 }
@@ -464,6 +464,88 @@ async fn refused_credentials_pause_the_integration_until_they_work_again() {
     assert_eq!(kinds(&out), [OutcomeKind::Created, OutcomeKind::Created]);
     assert_eq!(*w.status().borrow(), IntegrationStatus::Active);
     assert_eq!(sys.count(), 2);
+}
+
+/// Statuses saved, in order, as (integration, status, message).
+#[derive(Default)]
+struct SavedStatuses(Mutex<Vec<(String, String, Option<String>)>>);
+
+#[async_trait]
+impl StatusStore for SavedStatuses {
+    async fn save(
+        &self,
+        integration: &str,
+        status: &IntegrationStatus,
+    ) -> Result<(), tokio_postgres::Error> {
+        let message = match status {
+            IntegrationStatus::Active => None,
+            IntegrationStatus::AuthExpired { message, .. } => Some(message.clone()),
+        };
+        self.0
+            .lock()
+            .unwrap()
+            .push((integration.into(), status.as_str().into(), message));
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn the_status_is_saved_when_it_changes_and_once_at_the_first_write() {
+    let sys = Scripted::new(200);
+    let saved = Arc::new(SavedStatuses::default());
+    let w = writer(&sys, NotFoundPolicy::Skip).with_status_store(saved.clone());
+    let writes = [create("Account", "a1", "Acme", true)];
+    w.write(&writes).await.unwrap();
+    w.write(&writes).await.unwrap();
+    assert_eq!(
+        *saved.0.lock().unwrap(),
+        [("crm".to_string(), "active".to_string(), None)],
+        "an earlier process's status is replaced once, not at every write"
+    );
+
+    sys.token_expired.store(true, Ordering::SeqCst);
+    sys.refuse_auth.store(true, Ordering::SeqCst);
+    for _ in 0..3 {
+        w.write(&writes).await.expect_err("paused");
+    }
+    sys.refuse_auth.store(false, Ordering::SeqCst);
+    w.write(&writes).await.unwrap();
+    w.write(&writes).await.unwrap();
+    let expired = Some("invalid_grant: expired access/refresh token".to_string());
+    assert_eq!(
+        *saved.0.lock().unwrap(),
+        [
+            ("crm".to_string(), "active".to_string(), None),
+            ("crm".to_string(), "auth_expired".to_string(), expired),
+            ("crm".to_string(), "active".to_string(), None),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn on_not_found_is_chosen_per_entity() {
+    let sys = Scripted::new(200);
+    let w = ExternalWriter::new(
+        "crm",
+        sys.clone(),
+        ExternalWriterConfig {
+            retry: fast_retries(),
+            not_found_by_entity: HashMap::from([("accounts".to_string(), NotFoundPolicy::Create)]),
+            ..Default::default()
+        },
+    );
+    let contact = ExternalWrite {
+        entity: "contacts".into(),
+        object: "Contact".into(),
+        ..update("c1", "gone-contact", "Ann")
+    };
+    let out = w
+        .write(&[update("a1", "gone-account", "Acme"), contact])
+        .await
+        .unwrap();
+    assert_eq!(kinds(&out), [OutcomeKind::Created, OutcomeKind::Skipped]);
+    assert_eq!(out[1].external_id.as_deref(), Some("gone-contact"));
+    assert_eq!(sys.count(), 1);
 }
 
 #[tokio::test]

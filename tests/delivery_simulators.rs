@@ -1,10 +1,12 @@
 //! External writer against the Salesforce and HubSpot simulators through the
 //! real connectors: batch sizes, injected 5xx, rate-limit storms, token
-//! expiry mid-run, refused credentials, validation failures isolated to
-//! their record, and replays that create nothing twice.
+//! expiry mid-run, refused credentials (the integration's status saved in
+//! Postgres), validation failures isolated to their record, and replays that
+//! create nothing twice.
 
 mod hubspot_support;
 mod salesforce_support;
+mod support;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,7 +16,7 @@ use extsync::connectors::salesforce::SalesforceConnector;
 use extsync::delivery::{
     DeliveryError, DeliveryOutcome, ExternalWrite, ExternalWriteOp, ExternalWriter,
     ExternalWriterConfig, IntegrationStatus, Interruption, NotFoundPolicy, OutcomeKind,
-    RetryPolicy,
+    PgStatusStore, RetryPolicy,
 };
 use extsync::simulators::RunningSimulator;
 use extsync::simulators::hubspot::limits::LimitsConfig;
@@ -45,6 +47,7 @@ fn writer(
             retry,
             not_found: NotFoundPolicy::Skip,
             max_batch,
+            ..Default::default()
         },
     )
 }
@@ -255,6 +258,96 @@ async fn salesforce_refused_credentials_pause_the_integration_and_lose_nothing()
     assert_eq!(sf_creates(&org, "Account"), 0);
 }
 
+/// A migrated state database of its own, and the status store on it.
+async fn status_db() -> (support::TestDb, Arc<tokio_postgres::Client>) {
+    let db = support::TestDb::create().await;
+    let mut client = db.client().await;
+    extsync::store::migrate(&mut client).await.unwrap();
+    (db, Arc::new(client))
+}
+
+/// `(status, message, error_code, since)` of `integration` in `extsync.integration_status`.
+async fn saved_status(
+    db: &tokio_postgres::Client,
+    integration: &str,
+) -> Option<(
+    String,
+    Option<String>,
+    Option<String>,
+    chrono::DateTime<chrono::Utc>,
+)> {
+    db.query_opt(
+        "SELECT status, message, error_code, since FROM extsync.integration_status WHERE integration = $1",
+        &[&integration],
+    )
+    .await
+    .unwrap()
+    .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+}
+
+#[tokio::test]
+async fn salesforce_refused_refresh_is_saved_as_auth_expired_until_writes_work_again() {
+    let org = salesforce_support::start().await;
+    let (_db, client) = status_db().await;
+    let w = writer("sf", org.connector.clone(), policy(3), None)
+        .with_status_store(Arc::new(PgStatusStore::new(client.clone())));
+    let first = w.write(&sf_accounts(5, "p")).await.unwrap();
+    assert!(all(&first, OutcomeKind::Created));
+    let (status, ..) = saved_status(&client, "sf").await.expect("a status row");
+    assert_eq!(status, "active");
+
+    // Every session ends and the refresh token is refused from now on.
+    post(
+        &org.url(),
+        "/__admin/faults",
+        json!({"expireTokens": true, "refuseRefresh": true}),
+    )
+    .await;
+    let writes = sf_accounts(10, "p");
+    let err = w.write(&writes).await.expect_err("credentials refused");
+    assert!(
+        matches!(
+            err,
+            DeliveryError::Interrupted {
+                reason: Interruption::AuthExpired,
+                pending: 10,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let (status, message, code, since) = saved_status(&client, "sf").await.unwrap();
+    assert_eq!(
+        (status.as_str(), message.as_deref(), code.as_deref()),
+        (
+            "auth_expired",
+            Some("expired access/refresh token"),
+            Some("invalid_grant")
+        )
+    );
+    w.write(&writes).await.expect_err("still refused");
+    assert_eq!(
+        saved_status(&client, "sf").await.unwrap().3,
+        since,
+        "the status keeps the time it began"
+    );
+    assert_eq!(sf_creates(&org, "Account"), 5);
+
+    post(
+        &org.url(),
+        "/__admin/faults",
+        json!({"refuseRefresh": false}),
+    )
+    .await;
+    let out = w.write(&writes).await.unwrap();
+    assert!(all(&out[..5], OutcomeKind::Updated));
+    assert!(all(&out[5..], OutcomeKind::Created));
+    let (status, message, code, _) = saved_status(&client, "sf").await.unwrap();
+    assert_eq!((status.as_str(), message, code), ("active", None, None));
+    assert_eq!(*w.status().borrow(), IntegrationStatus::Active);
+    assert_eq!(sf_creates(&org, "Account"), 10);
+}
+
 #[tokio::test]
 async fn salesforce_validation_failure_stays_with_its_record() {
     let mut config = SalesforceSimConfig::default();
@@ -428,6 +521,35 @@ async fn hubspot_faults_and_token_expiry_mid_run_leave_one_record_each() {
     for (a, b) in first.iter().chain(&rest).zip(&replay) {
         assert_eq!(a.external_id, b.external_id);
     }
+}
+
+#[tokio::test]
+async fn hubspot_refused_refresh_pauses_writes_until_it_is_accepted() {
+    let (running, sim) = hs_portal(LimitsConfig::unlimited()).await;
+    let w = hs_writer(&running, policy(3), None);
+    hubspot_support::admin(
+        &running,
+        "/__admin/faults",
+        json!({"expireTokens": true, "refuseRefresh": true}),
+    )
+    .await;
+    let writes = hs_companies(3, "r");
+    let err = w.write(&writes).await.expect_err("refresh refused");
+    match &err {
+        DeliveryError::Interrupted { reason, source, .. } => {
+            assert_eq!(*reason, Interruption::AuthExpired);
+            assert_eq!(source.code.as_deref(), Some("BAD_REFRESH_TOKEN"));
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    assert_eq!(w.status().borrow().as_str(), "auth_expired");
+    assert_eq!(hs_creations(&sim), 0);
+
+    hubspot_support::admin(&running, "/__admin/faults", json!({"refuseRefresh": false})).await;
+    let out = w.write(&writes).await.unwrap();
+    assert!(all(&out, OutcomeKind::Created));
+    assert_eq!(*w.status().borrow(), IntegrationStatus::Active);
+    assert_eq!(hs_creations(&sim), 3);
 }
 
 #[tokio::test]

@@ -284,6 +284,86 @@ fn custom_transform_needs_a_function() {
 }
 
 #[test]
+fn bad_on_not_found_is_rejected_at_its_value() {
+    let from = "onNotFound: skip";
+    let (line, col) = demo_value_position(from, "onNotFound: ");
+    let err = validate_broken(from, "onNotFound: recreate");
+    assert_eq!(
+        err,
+        format!(
+            "FILE:{line}:{col}: integrations.salesforce.entities.accounts.onNotFound: unknown variant `recreate`, expected `skip` or `create`"
+        )
+    );
+}
+
+#[test]
+fn state_cache_capacity_must_be_positive() {
+    let from = "stateCacheCapacity: 200000";
+    let (line, col) = demo_value_position(from, "stateCacheCapacity: ");
+    let err = validate_broken(from, "stateCacheCapacity: 0");
+    assert_eq!(
+        err,
+        format!(
+            "FILE:{line}:{col}: processor.stateCacheCapacity: stateCacheCapacity must be at least 1"
+        )
+    );
+    let err = validate_broken(from, "stateCacheCapacity: lots");
+    assert!(
+        err.starts_with(&format!(
+            "FILE:{line}:{col}: processor.stateCacheCapacity: invalid type"
+        )),
+        "{err}"
+    );
+}
+
+/// The demo pipeline with `edit` applied, parsed.
+fn demo_with(from: &str, to: &str) -> extsync::config::Pipeline {
+    let demo = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/pipelines/demo.yaml"))
+        .unwrap();
+    assert!(demo.contains(from), "demo.yaml no longer contains {from:?}");
+    extsync::config::parse_str(&demo.replacen(from, to, 1), "demo.yaml")
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[test]
+fn state_cache_capacity_is_read_and_defaults_to_the_constant() {
+    let set = demo_with("stateCacheCapacity: 200000", "stateCacheCapacity: 1500");
+    assert_eq!(set.processor.state_cache_capacity, 1500);
+    let unset = demo_with("processor:\n  stateCacheCapacity: 200000\n", "");
+    assert_eq!(
+        unset.processor.state_cache_capacity,
+        extsync::config::DEFAULT_STATE_CACHE_CAPACITY
+    );
+}
+
+#[test]
+fn on_not_found_is_read_per_entity_and_defaults_to_skip() {
+    use extsync::config::OnNotFound;
+    use extsync::delivery::NotFoundPolicy;
+    let p = demo_with("onNotFound: skip", "onNotFound: create");
+    let sf = p
+        .integrations
+        .iter()
+        .find(|(id, _)| id.as_str() == "salesforce")
+        .unwrap()
+        .1;
+    let entity = |name: &str| {
+        sf.entities
+            .iter()
+            .find(|(n, _)| n.as_str() == name)
+            .unwrap()
+            .1
+    };
+    assert_eq!(entity("accounts").on_not_found, OnNotFound::Create);
+    assert_eq!(entity("subscriptions").on_not_found, OnNotFound::Skip);
+
+    let writer = extsync::processor::service::writer_config(sf);
+    assert_eq!(writer.not_found_for("accounts"), NotFoundPolicy::Create);
+    assert_eq!(writer.not_found_for("subscriptions"), NotFoundPolicy::Skip);
+    assert_eq!(writer.not_found_for("unknown"), NotFoundPolicy::Skip);
+}
+
+#[test]
 fn malformed_yaml_and_missing_file_are_reported() {
     let err = validate_broken("postgres:\n", "postgres: [\n");
     assert!(err.starts_with("FILE:"), "{err}");

@@ -56,6 +56,9 @@ enum Stages {
     Capture,
     /// Capture, ingest and the processor.
     All,
+    /// Capture and the processor, no ingest: extsync only writes to
+    /// Salesforce and learns of a deleted Account from its write alone.
+    CaptureAndProcessor,
 }
 
 struct Sync {
@@ -78,6 +81,12 @@ impl Sync {
     /// Sets up the database, topics and simulator, and starts `stages` in
     /// this process.
     async fn start_stages(stages: Stages) -> Sync {
+        Self::start_with(stages, "").await
+    }
+
+    /// Like [`Sync::start_stages`], with `entity_settings` (YAML lines at
+    /// the accounts entity's indentation) added to the accounts entity.
+    async fn start_with(stages: Stages, entity_settings: &str) -> Sync {
         credentials_env();
         let _ = tracing_subscriber::fmt()
             .with_env_filter(std::env::var("EXTSYNC_LOG").unwrap_or_else(|_| "warn".into()))
@@ -125,7 +134,12 @@ integrations:
           - {{ alguna: mrr, external: MRR__c, direction: alguna_to_external, transform: number_to_currency }}
         conflictResolution:
           default: latest_wins
+{entity_settings}
 "#,
+            entity_settings = entity_settings
+                .lines()
+                .map(|l| format!("        {l}\n"))
+                .collect::<String>(),
             db = db.url,
             brokers = kafka.brokers,
             prefix = kafka.prefix,
@@ -139,12 +153,18 @@ integrations:
         if stages != Stages::None {
             tasks.push(support::spawn_capture(&pipeline, &stop));
         }
-        if stages == Stages::All {
-            tasks.extend(
+        match stages {
+            Stages::All => tasks.extend(
                 support::start_ingest_and_processor(&pipeline, &stop)
                     .await
                     .0,
-            );
+            ),
+            Stages::CaptureAndProcessor => tasks.extend(
+                extsync::processor::service::start(&pipeline, stop.clone())
+                    .await
+                    .unwrap(),
+            ),
+            Stages::None | Stages::Capture => {}
         }
         Sync {
             db,
@@ -224,6 +244,67 @@ integrations:
             .iter()
             .filter(|w| w["client"] == json!("extsync"))
             .count()
+    }
+
+    /// Distinct Accounts extsync created or upserted, from the simulator's
+    /// write log: every Account it upserts is one its first upsert created.
+    async fn extsync_created(&self) -> usize {
+        let v: Value = reqwest::get(format!("{}/__admin/written?object=Account", self.base_url))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["written"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|w| {
+                w["client"] == json!("extsync")
+                    && (w["op"] == json!("create") || w["op"] == json!("upsert"))
+            })
+            .map(|w| w["id"].as_str().unwrap().to_string())
+            .collect::<std::collections::HashSet<_>>()
+            .len()
+    }
+
+    /// `(status, message, error_code)` of the integration in `extsync.integration_status`.
+    async fn integration_status(&self) -> Option<(String, Option<String>, Option<String>)> {
+        self.db
+            .client()
+            .await
+            .query_opt(
+                "SELECT status, message, error_code FROM extsync.integration_status WHERE integration = 'salesforce'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+    }
+
+    /// The `sync.record` events published so far for billing id `billing_id`.
+    async fn record_events(&self, billing_id: &str) -> Vec<Value> {
+        let topic = format!("{}.sync-events", self.kafka.prefix);
+        let consumer = self
+            .kafka
+            .reader_from_start(&topic, std::time::Instant::now() + Duration::from_secs(30));
+        let billing_id = billing_id.to_string();
+        tokio::task::spawn_blocking(move || {
+            use rdkafka::Message;
+            use rdkafka::consumer::Consumer;
+            let mut out = Vec::new();
+            while let Some(m) = consumer.poll(Duration::from_secs(2)) {
+                let m = m.unwrap();
+                let ev: Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
+                if ev["type"] == json!("sync.record") && ev["billing_id"] == json!(billing_id) {
+                    out.push(ev);
+                }
+            }
+            consumer.unassign().unwrap();
+            out
+        })
+        .await
+        .unwrap()
     }
 
     async fn billing_name(&self, id: i64) -> String {
@@ -522,7 +603,7 @@ async fn replaying_history_twice_creates_once_and_changes_nothing() {
         "capture wrote every change",
         Duration::from_secs(60),
         || {
-            let marks: Vec<_> = (0..4)
+            let marks: Vec<_> = (0..extsync::kafka::RECORD_PARTITIONS)
                 .map(|p| {
                     rdkafka::consumer::Consumer::fetch_watermarks(
                         &consumer,
@@ -764,5 +845,243 @@ async fn token_expiry_and_a_rate_limit_storm_mid_sync_lose_nothing_and_create_on
         .filter(|a| !a.deleted)
         .collect();
     assert_eq!(live.len(), 40, "an Account was created twice");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_token_refresh_mid_sync_pauses_writes_and_resumes_exactly_once() {
+    let _slot = PIPELINE_SLOT.lock().await;
+    let s = Sync::start().await;
+    let db = s.db.client().await;
+    db.batch_execute(
+        "INSERT INTO accounts (id, name) SELECT g, 'First ' || g FROM generate_series(1, 20) g",
+    )
+    .await
+    .unwrap();
+    eventually(
+        "the first 20 Accounts exist",
+        Duration::from_secs(60),
+        || async { s.extsync_created().await == 20 },
+    )
+    .await;
+    assert_eq!(
+        s.integration_status().await,
+        Some(("active".to_string(), None, None))
+    );
+
+    // Every session ends and the refresh token is refused, while more changes come.
+    admin(
+        &s,
+        "/__admin/faults",
+        json!({"expireTokens": true, "refuseRefresh": true}),
+    )
+    .await;
+    let writes_before = s.extsync_writes().await;
+    db.batch_execute(
+        "INSERT INTO accounts (id, name) SELECT g, 'First ' || g FROM generate_series(21, 40) g;
+         UPDATE accounts SET name = 'Second ' || id, updated_at = now() WHERE id <= 20",
+    )
+    .await
+    .unwrap();
+    eventually(
+        "the integration's status is auth_expired",
+        Duration::from_secs(60),
+        || async {
+            s.integration_status()
+                .await
+                .is_some_and(|st| st.0 == "auth_expired")
+        },
+    )
+    .await;
+    assert_eq!(
+        s.integration_status().await.unwrap(),
+        (
+            "auth_expired".to_string(),
+            Some("expired access/refresh token".to_string()),
+            Some("invalid_grant".to_string())
+        )
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        s.extsync_writes().await,
+        writes_before,
+        "writes continued while the credentials were refused"
+    );
+    let failed: i64 = db
+        .query_one("SELECT count(*) FROM extsync.failed_records", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(failed, 0, "paused writes are waiting, not failed");
+
+    // The credentials work again: every change arrives, each Account once.
+    admin(&s, "/__admin/faults", json!({"refuseRefresh": false})).await;
+    let expected = |id: i64| {
+        if id <= 20 {
+            format!("Second {id}")
+        } else {
+            format!("First {id}")
+        }
+    };
+    eventually(
+        "all 40 Accounts hold their latest names",
+        Duration::from_secs(90),
+        || async {
+            let accounts = s.accounts().await;
+            (1..=40).all(|id| {
+                accounts.iter().any(|a| {
+                    !a.deleted
+                        && a.fields.get("Alguna_Id__c") == Some(&json!(id.to_string()))
+                        && a.fields["Name"] == json!(expected(id))
+                })
+            })
+        },
+    )
+    .await;
+    eventually(
+        "the integration's status is active again",
+        Duration::from_secs(30),
+        || async { s.integration_status().await == Some(("active".to_string(), None, None)) },
+    )
+    .await;
+    let live = s
+        .accounts()
+        .await
+        .into_iter()
+        .filter(|a| !a.deleted)
+        .count();
+    assert_eq!(live, 40, "one Account per billing row");
+    assert_eq!(
+        s.extsync_created().await,
+        40,
+        "an Account was created twice"
+    );
+    // Each change was written once: 40 creates and 20 renames.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(s.extsync_writes().await, 60);
+    s.stop().await;
+}
+
+/// Creates Account 1, deletes it in Salesforce behind extsync's back (no
+/// ingest runs, so only the next write can find out), then renames the
+/// billing row. Returns the deleted Account's id.
+async fn rename_after_the_account_was_deleted(s: &Sync) -> String {
+    let db = s.db.client().await;
+    db.execute("INSERT INTO accounts (id, name) VALUES (1, 'Acme')", &[])
+        .await
+        .unwrap();
+    eventually("the Account exists", Duration::from_secs(60), || async {
+        s.account_for("1").await.is_some()
+    })
+    .await;
+    let gone = s.account_for("1").await.unwrap().id;
+    s.person()
+        .write("Account", WriteOp::Delete { id: gone.clone() })
+        .await
+        .unwrap();
+    db.execute(
+        "UPDATE accounts SET name = 'Acme Corp', updated_at = now() WHERE id = 1",
+        &[],
+    )
+    .await
+    .unwrap();
+    gone
+}
+
+/// The external id the billing record is linked to.
+async fn linked_id(s: &Sync) -> Option<String> {
+    s.db.client()
+        .await
+        .query_one(
+            "SELECT external_id FROM extsync.records WHERE integration = 'salesforce' AND entity = 'accounts' AND billing_id = '1'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_not_found_skip_records_a_skipped_outcome_and_creates_nothing() {
+    let _slot = PIPELINE_SLOT.lock().await;
+    let s = Sync::start_with(Stages::CaptureAndProcessor, "onNotFound: skip").await;
+    let gone = rename_after_the_account_was_deleted(&s).await;
+    eventually(
+        "the rename is recorded as skipped",
+        Duration::from_secs(60),
+        || async {
+            s.record_events("1")
+                .await
+                .iter()
+                .any(|e| e["outcome"] == json!("skipped") && e["flow"] == json!("to_external"))
+        },
+    )
+    .await;
+    let events = s.record_events("1").await;
+    let outcomes: Vec<&Value> = events.iter().map(|e| &e["outcome"]).collect();
+    assert_eq!(
+        outcomes,
+        [&json!("created"), &json!("skipped")],
+        "{events:#?}"
+    );
+    assert_eq!(events[1]["external_id"], json!(gone));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(s.account_for("1").await.is_none(), "an Account was created");
+    assert_eq!(s.extsync_created().await, 1);
+    assert_eq!(linked_id(&s).await, Some(gone));
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_not_found_create_makes_the_account_again_and_links_it() {
+    let _slot = PIPELINE_SLOT.lock().await;
+    let s = Sync::start_with(Stages::CaptureAndProcessor, "onNotFound: create").await;
+    let gone = rename_after_the_account_was_deleted(&s).await;
+    eventually(
+        "a new Account holds the rename",
+        Duration::from_secs(60),
+        || async {
+            s.account_for("1")
+                .await
+                .is_some_and(|a| a.fields["Name"] == json!("Acme Corp"))
+        },
+    )
+    .await;
+    let again = s.account_for("1").await.unwrap().id;
+    assert_ne!(again, gone);
+    eventually("the link follows", Duration::from_secs(30), || async {
+        linked_id(&s).await.as_deref() == Some(again.as_str())
+    })
+    .await;
+    let events = s.record_events("1").await;
+    let outcomes: Vec<&Value> = events.iter().map(|e| &e["outcome"]).collect();
+    assert_eq!(
+        outcomes,
+        [&json!("created"), &json!("created")],
+        "{events:#?}"
+    );
+    assert_eq!(events[1]["external_id"], json!(again));
+    assert_eq!(s.extsync_created().await, 2);
+
+    // The next change updates the new Account.
+    s.db.client()
+        .await
+        .execute(
+            "UPDATE accounts SET email = 'a@acme.test' WHERE id = 1",
+            &[],
+        )
+        .await
+        .unwrap();
+    eventually(
+        "the new Account is updated",
+        Duration::from_secs(60),
+        || async {
+            s.account_for("1")
+                .await
+                .is_some_and(|a| a.fields["Email__c"] == json!("a@acme.test"))
+        },
+    )
+    .await;
+    assert_eq!(s.extsync_created().await, 2);
     s.stop().await;
 }

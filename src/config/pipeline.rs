@@ -19,6 +19,8 @@ pub const DEFAULT_TOPIC_PREFIX: &str = "extsync";
 pub const DEFAULT_ORIGIN: &str = "extsync";
 /// Default Prometheus listen address.
 pub const DEFAULT_METRICS_ADDRESS: &str = "127.0.0.1:9464";
+/// Default number of records whose sync state the processor keeps in memory.
+pub const DEFAULT_STATE_CACHE_CAPACITY: u64 = 200_000;
 
 /// One extsync pipeline: a billing database, a Kafka cluster, integrations.
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
@@ -32,6 +34,8 @@ pub struct Pipeline {
     pub telemetry: TelemetryConfig,
     #[serde(default)]
     pub ingest: IngestConfig,
+    #[serde(default)]
+    pub processor: ProcessorConfig,
     /// External systems, keyed by integration id.
     #[serde(default)]
     pub integrations: BTreeMap<Name, Integration>,
@@ -316,6 +320,30 @@ fn default_sweep_secs() -> u64 {
     60
 }
 
+/// The processor: linking, mapping, conflict resolution and delivery.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ProcessorConfig {
+    /// Most records whose sync state (link, merge base, versions) is kept in
+    /// memory, least recently used evicted first; the rest is read from
+    /// Postgres (schema `extsync`) when needed. At least 1.
+    #[serde(default = "default_state_cache_capacity")]
+    #[schemars(range(min = 1))]
+    pub state_cache_capacity: u64,
+}
+
+impl Default for ProcessorConfig {
+    fn default() -> Self {
+        Self {
+            state_cache_capacity: default_state_cache_capacity(),
+        }
+    }
+}
+
+fn default_state_cache_capacity() -> u64 {
+    DEFAULT_STATE_CACHE_CAPACITY
+}
+
 /// One connection to an external system.
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -479,6 +507,23 @@ pub struct Entity {
     pub conflict_resolution: ConflictResolution,
     #[serde(default)]
     pub matching: Option<Matching>,
+    /// What a write does when the linked external record no longer exists
+    /// (the vendor answers `not_found`).
+    #[serde(default)]
+    pub on_not_found: OnNotFound,
+}
+
+/// What a write to a linked external record that no longer exists does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OnNotFound {
+    /// Write nothing: the record's outcome is `skipped` and it stays linked
+    /// to the missing record.
+    #[default]
+    Skip,
+    /// Create the record again (by upsert on `billingIdField` when set) and
+    /// link the billing record to the new one.
+    Create,
 }
 
 /// A reference from a child entity to its parent, e.g. contacts → accounts.

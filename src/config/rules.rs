@@ -31,6 +31,14 @@ impl Violation {
 /// Every rule the pipeline breaks; empty when it is usable.
 pub fn violations(pipeline: &Pipeline) -> Vec<Violation> {
     let mut out = Vec::new();
+    if pipeline.processor.state_cache_capacity == 0 {
+        out.push(Violation::at_value(
+            NodePath::default()
+                .key("processor")
+                .key("stateCacheCapacity"),
+            "stateCacheCapacity must be at least 1",
+        ));
+    }
     for (id, integration) in &pipeline.integrations {
         let at = NodePath::default()
             .key("integrations")

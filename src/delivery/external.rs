@@ -9,6 +9,14 @@
 //!                        └─────── auth_expired: authenticate, retry once; else pause the integration
 //! ```
 //!
+//! A paused integration's status is `auth_expired` (saved through its
+//! [`StatusStore`], with the vendor's message); its writes come back as
+//! [`DeliveryError::Interrupted`] until authentication succeeds, and the
+//! first call that completes after that saves `active` again.
+//!
+//! An update whose record is gone (`not_found`) follows the entity's
+//! [`NotFoundPolicy`]: skipped, or created again.
+//!
 //! Idempotency rules:
 //! - A create whose entity has a `billing_id_field` is sent as an upsert by
 //!   that field, so a retry, a replay or a concurrent process finds the
@@ -32,12 +40,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
-use tokio::sync::watch;
+use chrono::Utc;
+use tokio::sync::{Mutex, watch};
 
 use super::intent::{DeliveryOutcome, ExternalWrite, ExternalWriteOp, OutcomeKind};
 use super::metrics;
 use super::retry::{Attempts, RetryPolicy};
+use super::status::{IntegrationStatus, StatusStore};
 use crate::connectors::{
     Connector, ConnectorError, ErrorClass, ExternalRecord, RequestBudget, WriteOp, WriteOutcome,
 };
@@ -59,29 +68,23 @@ pub enum NotFoundPolicy {
 #[derive(Debug, Clone, Default)]
 pub struct ExternalWriterConfig {
     pub retry: RetryPolicy,
+    /// What an update whose record is gone does, for entities not in
+    /// `not_found_by_entity`.
     pub not_found: NotFoundPolicy,
+    /// The same per entity (billing entity name), as the pipeline's
+    /// `onNotFound` sets it.
+    pub not_found_by_entity: HashMap<String, NotFoundPolicy>,
     /// Largest batch sent, below the connector's own [`Connector::max_batch`].
     pub max_batch: Option<usize>,
 }
 
-/// Whether an integration's writes flow.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum IntegrationStatus {
-    Active,
-    /// The system refused the credentials even after a refresh: writes are
-    /// paused until authentication succeeds again.
-    AuthExpired {
-        since: DateTime<Utc>,
-        message: String,
-    },
-}
-
-impl IntegrationStatus {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            IntegrationStatus::Active => "active",
-            IntegrationStatus::AuthExpired { .. } => "auth_expired",
-        }
+impl ExternalWriterConfig {
+    /// The [`NotFoundPolicy`] of `entity`.
+    pub fn not_found_for(&self, entity: &str) -> NotFoundPolicy {
+        self.not_found_by_entity
+            .get(entity)
+            .copied()
+            .unwrap_or(self.not_found)
     }
 }
 
@@ -185,6 +188,9 @@ pub struct ExternalWriter {
     config: ExternalWriterConfig,
     guard: Arc<dyn CreateGuard>,
     status: watch::Sender<IntegrationStatus>,
+    status_store: Option<Arc<dyn StatusStore>>,
+    /// The status last saved to `status_store` (`active` or `auth_expired`).
+    saved_status: Mutex<Option<&'static str>>,
 }
 
 /// How a write is sent.
@@ -231,6 +237,8 @@ impl ExternalWriter {
             config,
             guard: Arc::new(MemoryCreateGuard::default()),
             status,
+            status_store: None,
+            saved_status: Mutex::new(None),
         }
     }
 
@@ -243,6 +251,14 @@ impl ExternalWriter {
     /// Uses `guard` for creates without a billing-id field.
     pub fn with_create_guard(mut self, guard: Arc<dyn CreateGuard>) -> Self {
         self.guard = guard;
+        self
+    }
+
+    /// Saves the integration's status to `store` whenever it changes (and
+    /// once at the first write, so a status left by an earlier process is
+    /// brought up to date).
+    pub fn with_status_store(mut self, store: Arc<dyn StatusStore>) -> Self {
+        self.status_store = Some(store);
         self
     }
 
@@ -281,6 +297,9 @@ impl ExternalWriter {
         }
         let mut outcomes: Vec<Option<DeliveryOutcome>> = vec![None; writes.len()];
         let run = self.write_all(writes, &mut outcomes).await;
+        if run.is_ok() && !writes.is_empty() {
+            self.save_status(&IntegrationStatus::Active).await;
+        }
         let counted = count_outcomes(writes, &outcomes);
         for ((object, outcome), n) in counted {
             ::metrics::counter!(metrics::WRITES_TOTAL,
@@ -433,7 +452,7 @@ impl ExternalWriter {
                     Err(e) if e.class == ErrorClass::NotFound => match &item.op {
                         WriteOp::Delete { .. } => skipped(w),
                         WriteOp::Update { .. }
-                            if self.config.not_found == NotFoundPolicy::Create
+                            if self.config.not_found_for(&w.entity) == NotFoundPolicy::Create
                                 && !item.recreate =>
                         {
                             if let Some(again) = self.plan(w, item.index, true, outcomes).await {
@@ -611,13 +630,13 @@ impl ExternalWriter {
     ) -> Result<(), Stop> {
         if e.class == ErrorClass::AuthExpired {
             if *reauthenticated {
-                return Err(self.pause(e));
+                return Err(self.pause(e).await);
             }
             *reauthenticated = true;
             tracing::info!(integration = %self.integration, "credentials refused; authenticating again");
             return match self.connector.authenticate().await {
                 Ok(()) => Ok(()),
-                Err(auth) => Err(self.pause(auth)),
+                Err(auth) => Err(self.pause(auth).await),
             };
         }
         let Some(delay) = attempts.next_delay(&self.config.retry, e.retry_after) else {
@@ -640,20 +659,46 @@ impl ExternalWriter {
         Ok(())
     }
 
-    fn pause(&self, error: ConnectorError) -> Stop {
+    async fn pause(&self, error: ConnectorError) -> Stop {
         tracing::warn!(
             integration = %self.integration,
             error_type = error.class.as_str(),
+            code = error.code.as_deref().unwrap_or(""),
             "credentials refused after a refresh; pausing the integration's writes"
         );
         ::metrics::gauge!(metrics::PAUSED, "integration" => self.integration.clone()).set(1.0);
-        self.status.send_replace(IntegrationStatus::AuthExpired {
+        let status = IntegrationStatus::AuthExpired {
             since: Utc::now(),
             message: error.message.clone(),
-        });
+            code: error.code.as_deref().map(str::to_string),
+        };
+        self.status.send_replace(status.clone());
+        self.save_status(&status).await;
         Stop {
             reason: Interruption::AuthExpired,
             error,
+        }
+    }
+
+    /// Saves `status` through the status store when it differs from the
+    /// status saved last. A failed save is logged and tried again at the
+    /// next change or write.
+    async fn save_status(&self, status: &IntegrationStatus) {
+        let Some(store) = &self.status_store else {
+            return;
+        };
+        let mut saved = self.saved_status.lock().await;
+        if *saved == Some(status.as_str()) {
+            return;
+        }
+        match store.save(&self.integration, status).await {
+            Ok(()) => *saved = Some(status.as_str()),
+            Err(e) => tracing::warn!(
+                integration = %self.integration,
+                status = status.as_str(),
+                error = %e,
+                "saving the integration's status failed; trying again later"
+            ),
         }
     }
 
@@ -667,10 +712,14 @@ impl ExternalWriter {
                 self.status.send_replace(IntegrationStatus::Active);
                 Ok(())
             }
-            Err(e) => Err(Stop {
-                reason: Interruption::AuthExpired,
-                error: e,
-            }),
+            Err(e) => {
+                let current = self.status.borrow().clone();
+                self.save_status(&current).await;
+                Err(Stop {
+                    reason: Interruption::AuthExpired,
+                    error: e,
+                })
+            }
         }
     }
 }

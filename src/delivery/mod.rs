@@ -2,6 +2,7 @@
 //!
 //! ```text
 //!  processor ──ExternalWrite──► external::ExternalWriter ──► Connector (batched, budgeted, retried)
+//!                                         └─ status (active | auth_expired) ──► extsync.integration_status
 //!            ──BillingWrite───► billing::BillingWriter  ──► Postgres (origin-tagged, version-guarded)
 //! ```
 //!
@@ -15,11 +16,13 @@ pub mod external;
 pub mod intent;
 pub mod metrics;
 pub mod retry;
+pub mod status;
 
 pub use billing::{BillingError, BillingWriter, BillingWriterConfig};
 pub use external::{
-    CreateGuard, DeliveryError, ExternalWriter, ExternalWriterConfig, IntegrationStatus,
-    Interruption, MemoryCreateGuard, NotFoundPolicy,
+    CreateGuard, DeliveryError, ExternalWriter, ExternalWriterConfig, Interruption,
+    MemoryCreateGuard, NotFoundPolicy,
 };
 pub use intent::{BillingWrite, DeliveryOutcome, ExternalWrite, ExternalWriteOp, OutcomeKind};
 pub use retry::RetryPolicy;
+pub use status::{IntegrationStatus, PgStatusStore, StatusStore};

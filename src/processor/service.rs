@@ -1,6 +1,8 @@
-//! Running the processor for a pipeline: compiled mappings, durable state,
-//! one external writer per integration, the billing writer, and the router
-//! and processor loops.
+//! Running the processor for a pipeline: compiled mappings, durable state
+//! behind a cache of `processor.stateCacheCapacity` records, one external
+//! writer per integration (each entity's `onNotFound`, the integration's
+//! status saved in `extsync.integration_status`), the billing writer, and
+//! the router and processor loops.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,15 +15,13 @@ use super::mapping::Mappings;
 use super::runner::{self, RunError, RunnerConfig};
 use super::sinks::ExternalSink;
 use super::state::StateStore;
-use crate::config::Pipeline;
+use crate::config::{Integration, OnNotFound, Pipeline};
 use crate::connectors::registry::{self, ConnectError};
 use crate::delivery::billing::{BillingWriter, BillingWriterConfig};
-use crate::delivery::external::{ExternalWriter, ExternalWriterConfig};
+use crate::delivery::external::{ExternalWriter, ExternalWriterConfig, NotFoundPolicy};
+use crate::delivery::status::PgStatusStore;
 use crate::kafka::{self, Topics};
 use crate::store;
-
-/// Records whose state the processor keeps in memory.
-pub const STATE_CACHE_CAPACITY: u64 = 200_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProcessError {
@@ -46,6 +46,7 @@ pub async fn processor(pipeline: &Pipeline) -> Result<Arc<Processor>, ProcessErr
     store::migrate(&mut db).await?;
     let db = Arc::new(db);
     let mappings = Arc::new(Mappings::compile(pipeline)?);
+    let status = Arc::new(PgStatusStore::new(db.clone()));
     let mut external: HashMap<String, Arc<dyn ExternalSink>> = HashMap::new();
     for (id, integration) in pipeline
         .integrations
@@ -53,7 +54,8 @@ pub async fn processor(pipeline: &Pipeline) -> Result<Arc<Processor>, ProcessErr
         .filter(|(_, i)| i.enabled && !i.entities.is_empty())
     {
         let connector = registry::connect(id.as_str(), integration)?;
-        let writer = ExternalWriter::new(id.as_str(), connector, ExternalWriterConfig::default());
+        let writer = ExternalWriter::new(id.as_str(), connector, writer_config(integration))
+            .with_status_store(status.clone());
         external.insert(id.to_string(), Arc::new(writer));
     }
     let billing = BillingWriter::connect(
@@ -66,11 +68,29 @@ pub async fn processor(pipeline: &Pipeline) -> Result<Arc<Processor>, ProcessErr
     .await?;
     Ok(Arc::new(Processor {
         mappings,
-        state: StateStore::new(db.clone(), STATE_CACHE_CAPACITY),
+        state: StateStore::new(db.clone(), pipeline.processor.state_cache_capacity),
         billing: db,
         external,
         billing_sink: Arc::new(billing),
     }))
+}
+
+/// The external writer settings of `integration`: each entity's `onNotFound`.
+pub fn writer_config(integration: &Integration) -> ExternalWriterConfig {
+    ExternalWriterConfig {
+        not_found_by_entity: integration
+            .entities
+            .iter()
+            .map(|(name, e)| {
+                let policy = match e.on_not_found {
+                    OnNotFound::Skip => NotFoundPolicy::Skip,
+                    OnNotFound::Create => NotFoundPolicy::Create,
+                };
+                (name.to_string(), policy)
+            })
+            .collect(),
+        ..ExternalWriterConfig::default()
+    }
 }
 
 /// Starts the router and the processor loops of `pipeline`.

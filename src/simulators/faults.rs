@@ -1,6 +1,7 @@
 //! Fault injection shared by all simulators, driven by tests and demos through
 //! `/__admin/faults`: the next N requests fail with a 5xx, every request is
-//! delayed, all issued tokens expire now, or the rate budget is exhausted.
+//! delayed, all issued tokens expire now, the rate budget is exhausted, or
+//! refresh tokens are refused (as when a user revoked the app's access).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -22,6 +23,7 @@ struct Inner {
     latency_ms: AtomicU64,
     expire_tokens: AtomicBool,
     exhaust_limits: AtomicBool,
+    refuse_refresh: AtomicBool,
 }
 
 /// The admin request body and response: every field is optional on input.
@@ -43,6 +45,10 @@ pub struct FaultsSnapshot {
     /// Answer every API request with the vendor's rate-limit error.
     #[serde(default)]
     pub exhaust_limits: Option<bool>,
+    /// Refuse every `refresh_token` grant with the vendor's answer for a
+    /// revoked or expired refresh token, until set back to `false`.
+    #[serde(default)]
+    pub refuse_refresh: Option<bool>,
 }
 
 impl Faults {
@@ -63,6 +69,9 @@ impl Faults {
         if let Some(e) = s.exhaust_limits {
             self.0.exhaust_limits.store(e, Ordering::SeqCst);
         }
+        if let Some(r) = s.refuse_refresh {
+            self.0.refuse_refresh.store(r, Ordering::SeqCst);
+        }
     }
 
     pub fn snapshot(&self) -> FaultsSnapshot {
@@ -72,6 +81,7 @@ impl Faults {
             latency_ms: Some(self.0.latency_ms.load(Ordering::SeqCst)),
             expire_tokens: Some(self.0.expire_tokens.load(Ordering::SeqCst)),
             exhaust_limits: Some(self.0.exhaust_limits.load(Ordering::SeqCst)),
+            refuse_refresh: Some(self.0.refuse_refresh.load(Ordering::SeqCst)),
         }
     }
 
@@ -105,6 +115,11 @@ impl Faults {
 
     pub fn limits_exhausted(&self) -> bool {
         self.0.exhaust_limits.load(Ordering::Relaxed)
+    }
+
+    /// Whether `refresh_token` grants are refused.
+    pub fn refresh_refused(&self) -> bool {
+        self.0.refuse_refresh.load(Ordering::Relaxed)
     }
 }
 

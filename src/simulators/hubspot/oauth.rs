@@ -2,7 +2,9 @@
 //! `authorization_code` and `refresh_token` grants (form-encoded), access
 //! tokens that expire after `expires_in` seconds, refresh tokens that don't
 //! rotate, and private-app tokens that never expire. API calls are checked
-//! here and answered with HubSpot's exact 401 bodies.
+//! here and answered with HubSpot's exact 401 bodies. While the
+//! `refuseRefresh` fault is set, every `refresh_token` grant answers
+//! `400 {"status":"BAD_REFRESH_TOKEN",…}` as for a revoked refresh token.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -187,7 +189,9 @@ pub async fn token(State(sim): State<HubSpotSim>, Form(req): Form<TokenRequest>)
         }
         Some("refresh_token") => {
             let refresh = req.refresh_token.unwrap_or_default();
-            if !oauth.refresh.read().expect("oauth lock").contains(&refresh) {
+            if sim.faults().refresh_refused()
+                || !oauth.refresh.read().expect("oauth lock").contains(&refresh)
+            {
                 return oauth_error("BAD_REFRESH_TOKEN", "missing or unknown refresh token");
             }
             axum::Json(oauth.issue(refresh)).into_response()

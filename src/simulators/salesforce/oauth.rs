@@ -4,6 +4,8 @@
 //! end after the configured lifetime or when `/__admin/tokens/expire` (or the
 //! `expireTokens` fault) revokes them — then every call answers
 //! `401 [{"message":"Session expired or invalid","errorCode":"INVALID_SESSION_ID"}]`.
+//! While the `refuseRefresh` fault is set, every `refresh_token` grant answers
+//! `400 {"error":"invalid_grant","error_description":"expired access/refresh token"}`.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
@@ -209,7 +211,7 @@ pub async fn token(
                     .expect("tokens lock")
                     .contains(&(client_id.clone(), r.to_string()))
             });
-            if !valid {
+            if !valid || sim.faults.refresh_refused() {
                 return oauth_error("invalid_grant", "expired access/refresh token");
             }
         }
