@@ -69,7 +69,12 @@ impl Change {
     /// One line for logs: which side, which operation, which version.
     pub fn describe(&self) -> String {
         match self {
-            Change::Billing(b) => format!("billing {} at {}", b.op, b.committed_at.to_rfc3339()),
+            Change::Billing(b) => format!(
+                "billing {} at {}{}",
+                b.op,
+                b.committed_at.to_rfc3339(),
+                if b.is_retry() { " (retry)" } else { "" }
+            ),
             Change::External(x) => format!(
                 "external {:?} {} version {} at {} via {}{}",
                 x.op,
