@@ -17,6 +17,7 @@ use extsync::processor::events::SyncEvent;
 use extsync::simulators::RunningSimulator;
 use extsync::simulators::salesforce::{
     DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, DEMO_REFRESH_TOKEN, SalesforceSim, SalesforceSimConfig,
+    ValidationRule,
 };
 use rdkafka::Message;
 use rdkafka::consumer::BaseConsumer;
@@ -68,7 +69,8 @@ struct FailedRecord {
 
 /// Capture, ingest and the processor of a pipeline syncing accounts (with a
 /// custom transform on `code`) and their contacts with the Salesforce
-/// simulator, and a reader of its sync events.
+/// simulator (which rejects accounts named `Rejected`), and a reader of its
+/// sync events.
 struct Sync {
     db: TestDb,
     kafka: TestKafka,
@@ -90,7 +92,15 @@ impl Sync {
         let db = TestDb::create().await;
         db.client().await.batch_execute(SCHEMA).await.unwrap();
         let kafka = TestKafka::new();
-        let sim = SalesforceSim::new(SalesforceSimConfig::default()).unwrap();
+        let mut config = SalesforceSimConfig::default();
+        config.validation_rules.push(ValidationRule {
+            object: "Account".into(),
+            name: "Not_Rejected".into(),
+            condition: "Name = 'Rejected'".into(),
+            message: "This account is rejected".into(),
+            error_field: Some("Name".into()),
+        });
+        let sim = SalesforceSim::new(config).unwrap();
         let running = sim.serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let yaml = format!(
             r#"
@@ -578,6 +588,78 @@ async fn a_contact_whose_account_never_comes_fails_then_syncs_once_the_account_i
         records.iter().any(|e| e["outcome"] == "created"),
         "{records:?}"
     );
+    assert_valid_events(s.sync_events());
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contacts_of_accounts_that_fail_wait_for_them_and_sync_once_they_are_fixed() {
+    let _slot = PIPELINE_SLOT.lock().await;
+    let mut s = Sync::start().await;
+    let db = s.db.client().await;
+    // Account 30 is refused by Salesforce, account 32 by its transform; 34 is fine.
+    db.batch_execute(
+        "BEGIN;
+         INSERT INTO accounts (id, name, code) VALUES (30, 'Rejected', 'r'), (32, 'Throws', 'bad'), (34, 'Fine', 'f');
+         INSERT INTO contacts (id, account_id, last_name) VALUES (31, 30, 'Of Rejected'), (33, 32, 'Of Throws'), (35, 34, 'Of Fine');
+         COMMIT;",
+    )
+    .await
+    .unwrap();
+    assert_written_under(&mut s, "35", "34").await;
+    eventually(
+        "both accounts and their contacts are listed as failed",
+        Duration::from_secs(60),
+        || async { s.failed().await.len() == 4 },
+    )
+    .await;
+    let failed: Vec<(String, String, String)> = s
+        .failed()
+        .await
+        .into_iter()
+        .map(|f| (f.entity, f.billing_id, f.error_type))
+        .collect();
+    let row = |e: &str, id: &str, t: &str| (e.to_string(), id.to_string(), t.to_string());
+    assert_eq!(
+        failed,
+        vec![
+            row("accounts", "30", "field_validation"),
+            row("accounts", "32", "field_validation"),
+            row("contacts", "31", "parent_not_linked"),
+            row("contacts", "33", "parent_not_linked"),
+        ]
+    );
+    assert!(
+        s.events_of("sync.error", "accounts", "30")
+            .iter()
+            .any(|e| e["message"]
+                .as_str()
+                .unwrap()
+                .contains("This account is rejected")),
+        "the vendor's message is published"
+    );
+    // The refused create carried the fields it would have written.
+    let refused = s.events_of("sync.record", "accounts", "30");
+    assert!(
+        refused.iter().any(|e| e["outcome"] == "failed"
+            && e["fields"].as_array().unwrap().contains(&json!("Name"))),
+        "{refused:?}"
+    );
+
+    db.batch_execute(
+        "UPDATE accounts SET name = 'Accepted' WHERE id = 30;
+         UPDATE accounts SET code = 'ok' WHERE id = 32;",
+    )
+    .await
+    .unwrap();
+    assert_written_under(&mut s, "31", "30").await;
+    assert_written_under(&mut s, "33", "32").await;
+    eventually(
+        "nothing is left listed as failed",
+        Duration::from_secs(30),
+        || async { s.failed().await.is_empty() },
+    )
+    .await;
     assert_valid_events(s.sync_events());
     s.stop().await;
 }
