@@ -28,6 +28,7 @@ use tokio_postgres::Client;
 
 use super::change::{BillingChange, Change, RETRY_ORIGIN};
 use super::route::{self, CHANGES_TOPIC};
+use super::state::RecordKey;
 use crate::kafka::Topics;
 
 /// Most failed records re-queued in one pass; more wait for the next one.
@@ -113,11 +114,17 @@ impl Requeue {
         if rows.len() as i64 >= REQUEUE_LIMIT {
             self.wake();
         }
-        let mut sent: Vec<(String, String, String, DateTime<Utc>)> = Vec::with_capacity(rows.len());
+        // Each failure read, with the time it was recorded.
+        let mut read: Vec<(RecordKey, DateTime<Utc>)> = Vec::with_capacity(rows.len());
         let mut messages: Vec<(String, Vec<u8>)> = Vec::with_capacity(rows.len());
         for row in &rows {
             // A change this version cannot read is marked too: it never could be.
-            sent.push((row.get(0), row.get(1), row.get(2), row.get(4)));
+            let key = RecordKey {
+                integration: row.get(0),
+                entity: row.get(1),
+                billing_id: row.get(2),
+            };
+            read.push((key, row.get(4)));
             let mut change = match serde_json::from_value::<BillingChange>(row.get::<_, Value>(3)) {
                 Ok(c) => c,
                 Err(e) => {
@@ -139,26 +146,30 @@ impl Requeue {
         for d in futures::future::join_all(deliveries).await {
             d.map_err(|(e, _)| e)?;
         }
-        if sent.is_empty() {
+        if read.is_empty() {
             return Ok(0);
         }
         // Only the failures read above: one recorded since is re-queued anew.
-        let col = |f: fn(&(String, String, String, DateTime<Utc>)) -> &str| {
-            sent.iter().map(f).collect::<Vec<&str>>()
-        };
-        let at: Vec<DateTime<Utc>> = sent.iter().map(|s| s.3).collect();
+        let col = |f: fn(&RecordKey) -> &str| read.iter().map(|(k, _)| f(k)).collect::<Vec<&str>>();
+        let at: Vec<DateTime<Utc>> = read.iter().map(|(_, t)| *t).collect();
         db.execute(
             "UPDATE extsync.failed_records f SET requeued_at = now()
                FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[]) AS u(i, e, b, t)
               WHERE f.integration = u.i AND f.entity = u.e AND f.billing_id = u.b AND f.last_failed_at = u.t",
-            &[&col(|s| &s.0), &col(|s| &s.1), &col(|s| &s.2), &at],
+            &[
+                &col(|k| &k.integration),
+                &col(|k| &k.entity),
+                &col(|k| &k.billing_id),
+                &at,
+            ],
         )
         .await?;
-        metrics::counter!(REQUEUED_TOTAL).increment(sent.len() as u64);
+        let requeued = messages.len();
+        metrics::counter!(REQUEUED_TOTAL).increment(requeued as u64);
         tracing::debug!(
-            records = sent.len(),
+            records = requeued,
             "re-queued records whose parent is linked"
         );
-        Ok(sent.len())
+        Ok(requeued)
     }
 }
