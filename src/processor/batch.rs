@@ -1,7 +1,11 @@
 //! One batch of routed changes through link → map → resolve → deliver →
-//! record. Changes of one record are handled in order; writes are grouped so
-//! each integration gets one batched call per phase (parents, then children
-//! waiting for their parent's new id).
+//! record. Changes of one record are handled in order, parents' changes
+//! before their children's; writes are grouped so each integration gets one
+//! batched call per phase (parents, then children waiting for their
+//! parent's new id). A child whose parent is not linked elsewhere waits for
+//! it (bounded), then fails `parent_not_linked` and is retried once the
+//! parent is linked ([`super::retry`]). Every change considered yields a
+//! `sync.record` event: written, skipped (with the reason) or failed.
 //!
 //! ```text
 //!  changes ──expand per entity──► load states, billing rows, candidates
