@@ -2,21 +2,24 @@
 //! `parent_not_linked` failure keeps the parent it waits for and the change
 //! that failed. After a save that linked a parent or recorded such a
 //! failure, the failed records whose parent is linked now have that change
-//! re-queued onto the repartition topic, keyed like the record's own
-//! changes: its owner processes the retry in order with them.
+//! re-queued onto the repartition topic, on the record's partition (see
+//! [`crate::kafka::record_partition`]): the record's owner, which reads
+//! that partition beside the record's change topic, processes the retry.
 //!
 //! ```text
 //!  child change ──wait (bounded)──► parent_not_linked ──► failed_records (parent, change)
 //!  save: a parent linked, or a child failed ──► failed children whose parent is linked
-//!        ──► <prefix>.processor.changes (key: the child, origin RETRY_ORIGIN) ──► the child's owner
+//!        ──► <prefix>.processor.changes (the child's partition, origin RETRY_ORIGIN) ──► the child's owner
 //! ```
 //!
 //! Both saves query after they write, so whichever of "parent linked" and
 //! "child failed" is saved second finds the pair. A retry is marked
 //! re-queued only once Kafka has it; one that was not is found again by the
-//! next pass. A retry of a record that a later change already synced is a
-//! no-op (`superseded`).
+//! next pass. The two topics are not ordered with each other: a retry that
+//! comes after a later change of its record was processed is a no-op
+//! (`superseded`), so the newer row is never written over.
 
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -53,12 +56,17 @@ pub enum RequeueError {
     State(#[from] tokio_postgres::Error),
     #[error("re-queueing a record: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("topic {0} does not exist yet")]
+    NoTopic(String),
 }
 
 /// Re-queues failed children once their parent is linked.
 pub struct Requeue {
     producer: FutureProducer,
+    kafka: ClientConfig,
     topic: String,
+    /// Partitions of the repartition topic, read from the broker once.
+    partitions: OnceLock<i32>,
     /// A pass is due: something was saved that may have readied a retry,
     /// or the last pass did not finish. True at start, for retries a
     /// previous process left.
@@ -68,10 +76,12 @@ pub struct Requeue {
 impl Requeue {
     /// A requeue onto the repartition topic of `topics`.
     pub fn new(kafka: ClientConfig, topics: &Topics) -> Result<Self, RequeueError> {
-        let producer: FutureProducer = crate::kafka::durable_producer(kafka).create()?;
+        let producer: FutureProducer = crate::kafka::durable_producer(kafka.clone()).create()?;
         Ok(Self {
             producer,
+            kafka,
             topic: format!("{}.{CHANGES_TOPIC}", topics.prefix()),
+            partitions: OnceLock::new(),
             due: AtomicBool::new(true),
         })
     }
@@ -97,6 +107,24 @@ impl Requeue {
         }
     }
 
+    /// Partitions of the repartition topic.
+    async fn partitions(&self) -> Result<i32, RequeueError> {
+        if let Some(n) = self.partitions.get() {
+            return Ok(*n);
+        }
+        let (cc, topic) = (self.kafka.clone(), self.topic.clone());
+        let counts = tokio::task::spawn_blocking(move || {
+            crate::kafka::partition_counts(&cc, std::slice::from_ref(&topic))
+        })
+        .await
+        .map_err(|_| rdkafka::error::KafkaError::Canceled)??;
+        let n = counts
+            .get(&self.topic)
+            .copied()
+            .ok_or_else(|| RequeueError::NoTopic(self.topic.clone()))?;
+        Ok(*self.partitions.get_or_init(|| n))
+    }
+
     /// Re-queues the failed records whose parent is linked now.
     async fn pass(&self, db: &Client) -> Result<usize, RequeueError> {
         let rows = db
@@ -114,9 +142,13 @@ impl Requeue {
         if rows.len() as i64 >= REQUEUE_LIMIT {
             self.wake();
         }
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let partitions = self.partitions().await?;
         // Each failure read, with the time it was recorded.
         let mut read: Vec<(RecordKey, DateTime<Utc>)> = Vec::with_capacity(rows.len());
-        let mut messages: Vec<(String, Vec<u8>)> = Vec::with_capacity(rows.len());
+        let mut messages: Vec<(String, i32, Vec<u8>)> = Vec::with_capacity(rows.len());
         for row in &rows {
             // A change this version cannot read is marked too: it never could be.
             let key = RecordKey {
@@ -133,13 +165,18 @@ impl Requeue {
                 }
             };
             change.origin = Some(RETRY_ORIGIN.to_string());
-            let key = route::billing_key(&change.schema, &change.table, &change.billing_id());
+            let id = change.billing_id();
+            let key = route::billing_key(&change.schema, &change.table, &id);
+            let partition = crate::kafka::record_partition(&id, partitions);
             let payload = serde_json::to_vec(&Change::Billing(change)).expect("changes serialize");
-            messages.push((key, payload));
+            messages.push((key, partition, payload));
         }
-        let deliveries = messages.iter().map(|(key, payload)| {
+        let deliveries = messages.iter().map(|(key, partition, payload)| {
             self.producer.send(
-                FutureRecord::to(&self.topic).key(key).payload(payload),
+                FutureRecord::to(&self.topic)
+                    .key(key)
+                    .partition(*partition)
+                    .payload(payload),
                 SEND_TIMEOUT,
             )
         });
