@@ -34,8 +34,11 @@ enum Command {
         /// Pipeline file, e.g. pipelines/demo.yaml.
         file: PathBuf,
     },
-    /// Print the JSON Schema of pipeline files.
-    Schema,
+    /// Print a JSON Schema: of pipeline files (the default) or of the events extsync publishes.
+    Schema {
+        #[arg(value_enum, default_value_t = SchemaKind::Pipeline)]
+        which: SchemaKind,
+    },
     /// Run every stage of a pipeline until SIGINT/SIGTERM.
     Run {
         /// Pipeline file, e.g. pipelines/demo.yaml.
@@ -207,6 +210,33 @@ async fn replay(
     Ok(())
 }
 
+/// The JSON Schemas `extsync schema` prints (committed in `schemas/`).
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum SchemaKind {
+    /// Pipeline files.
+    Pipeline,
+    /// Events on `<prefix>.sync-events`.
+    SyncEvent,
+    /// Events on `<prefix>.external.<system>`.
+    ExternalChange,
+    /// Change events on `<prefix>.cdc.<schema>.<table>`.
+    CdcEnvelope,
+    /// Transaction markers on `<prefix>.cdc.transactions`.
+    CdcTransaction,
+}
+
+impl SchemaKind {
+    fn schema_json(self) -> String {
+        match self {
+            SchemaKind::Pipeline => config::schema_json(),
+            SchemaKind::SyncEvent => extsync::processor::events::schema_json(),
+            SchemaKind::ExternalChange => extsync::ingest::event::schema_json(),
+            SchemaKind::CdcEnvelope => capture::schema::envelope_schema_json(),
+            SchemaKind::CdcTransaction => capture::schema::transaction_schema_json(),
+        }
+    }
+}
+
 /// External systems `extsync simulate` can stand in for.
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum SimulatedSystem {
@@ -279,8 +309,8 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::Schema => {
-            print!("{}", config::schema_json());
+        Command::Schema { which } => {
+            print!("{}", which.schema_json());
             ExitCode::SUCCESS
         }
         Command::Run { pipeline } => {

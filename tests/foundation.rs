@@ -413,6 +413,34 @@ fn sync_event_schema_is_current() {
     );
 }
 
+#[test]
+fn extsync_schema_prints_each_committed_schema() {
+    for (which, file) in [
+        (None, "pipeline.schema.json"),
+        (Some("pipeline"), "pipeline.schema.json"),
+        (Some("sync-event"), "sync-event.schema.json"),
+        (Some("external-change"), "external-change.schema.json"),
+        (Some("cdc-envelope"), "cdc-envelope.schema.json"),
+        (Some("cdc-transaction"), "cdc-transaction.schema.json"),
+    ] {
+        let mut args = vec!["schema"];
+        args.extend(which);
+        let (code, stdout, stderr) = extsync(&args);
+        assert_eq!(code, 0, "{stderr}");
+        let committed = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("schemas")
+                .join(file),
+        )
+        .unwrap();
+        assert!(
+            stdout == committed,
+            "`extsync {}` differs from schemas/{file}",
+            args.join(" ")
+        );
+    }
+}
+
 #[tokio::test]
 async fn metrics_endpoint_serves_prometheus_text() {
     let port = std::net::TcpListener::bind("127.0.0.1:0")

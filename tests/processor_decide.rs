@@ -7,7 +7,9 @@ use extsync::connectors::record::ChangeOp;
 use extsync::delivery::ExternalWriteOp;
 use extsync::ingest::{ChangeSource, ExternalChange};
 use extsync::processor::change::BillingChange;
+use extsync::processor::change::RETRY_ORIGIN;
 use extsync::processor::decide::{Plan, billing_change, external_change};
+use extsync::processor::events::SkipReason;
 use extsync::processor::mapping::Mappings;
 use extsync::processor::state::RecordState;
 use serde_json::{Map, Value, json};
@@ -228,7 +230,7 @@ fn echoes_of_own_writes_are_dropped_by_content_hash_and_origin() {
         5,
     );
     let d = external_change(&m, e, &state, "7", &echo, Some(&view));
-    assert_eq!(d.plan, Plan::Nothing("echo of extsync's own write"));
+    assert_eq!(d.plan, Plan::Nothing(SkipReason::Echo));
     assert_eq!(d.state.external_version.as_deref(), Some("v2"));
 
     let mut by_origin = external(
@@ -240,12 +242,12 @@ fn echoes_of_own_writes_are_dropped_by_content_hash_and_origin() {
     by_origin.origin = Some("com/salesforce/api/rest/60.0;client=extsync".into());
     assert_eq!(
         external_change(&m, e, &state, "7", &by_origin, Some(&view)).plan,
-        Plan::Nothing("echo of extsync's own write")
+        Plan::Nothing(SkipReason::Echo)
     );
 
     // The same version twice is not processed twice.
     let d2 = external_change(&m, e, &d.state, "7", &echo, Some(&view));
-    assert_eq!(d2.plan, Plan::Nothing("version already seen"));
+    assert_eq!(d2.plan, Plan::Nothing(SkipReason::VersionSeen));
 }
 
 #[test]
@@ -372,6 +374,39 @@ fn child_waits_for_its_parent_then_carries_the_parent_id() {
 }
 
 #[test]
+fn a_retry_after_the_parent_is_linked_writes_unless_a_later_change_was_synced() {
+    let m = mappings();
+    let e = m.for_external("sf", "subscriptions").unwrap();
+    let row = json!({"id": 3, "account_id": 7, "product": "Growth"});
+    let mut retry = billing("subscriptions", "c", row, 5);
+    retry.origin = Some(RETRY_ORIGIN.into());
+    let d = billing_change(
+        &m,
+        e,
+        &RecordState::default(),
+        &retry,
+        &[],
+        Some("001ABC".into()),
+    );
+    let Plan::Write {
+        external: Some(w), ..
+    } = d.plan
+    else {
+        panic!("{:?}", d.plan)
+    };
+    assert_eq!(w.op, ExternalWriteOp::Create);
+    assert_eq!(w.fields.get("AccountId"), Some(&json!("001ABC")));
+
+    // A later change of the record was synced meanwhile: the retry is stale.
+    let synced_later = RecordState {
+        billing_changed_at: Some(Utc.timestamp_opt(6, 0).unwrap()),
+        ..RecordState::default()
+    };
+    let d = billing_change(&m, e, &synced_later, &retry, &[], Some("001ABC".into()));
+    assert_eq!(d.plan, Plan::Nothing(SkipReason::Superseded));
+}
+
+#[test]
 fn deletes_propagate_once_and_never_resurrect() {
     let m = mappings();
     let e = m.for_external("sf", "accounts").unwrap();
@@ -402,7 +437,7 @@ fn deletes_propagate_once_and_never_resurrect() {
     let late = external("001ABC", "v9", json!({"Name": "Zombie"}), 10);
     assert_eq!(
         external_change(&m, e, &d.state, "7", &late, Some(&view)).plan,
-        Plan::Nothing("record was deleted")
+        Plan::Nothing(SkipReason::Deleted)
     );
 }
 

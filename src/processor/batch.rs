@@ -1,7 +1,11 @@
 //! One batch of routed changes through link → map → resolve → deliver →
-//! record. Changes of one record are handled in order; writes are grouped so
-//! each integration gets one batched call per phase (parents, then children
-//! waiting for their parent's new id).
+//! record. Changes of one record are handled in order, parents' changes
+//! before their children's; writes are grouped so each integration gets one
+//! batched call per phase (parents, then children waiting for their
+//! parent's new id). A child whose parent is not linked elsewhere waits for
+//! it (bounded), then fails `parent_not_linked` and is retried once the
+//! parent is linked ([`super::retry`]). Every change considered yields a
+//! `sync.record` event: written, skipped (with the reason) or failed.
 //!
 //! ```text
 //!  changes ──expand per entity──► load states, billing rows, candidates
@@ -9,7 +13,7 @@
 //!          ──deliver────────────► outcomes ──► states, conflicts, counters, failures (Postgres)
 //! ```
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,13 +21,14 @@ use chrono::Utc;
 use serde_json::{Map, Value};
 use tokio_postgres::Client;
 
-use super::bookkeeping::{Bookkeeping, strategy_name, winner_name};
+use super::bookkeeping::{Bookkeeping, Failure, ParentWait, strategy_name, winner_name};
 use super::change::{BillingChange, Change};
 use super::decide::{self, Decision, Plan};
-use super::events::{Counts, Flow, Outcome, SyncEvent};
+use super::events::{Counts, Flow, Outcome, SkipReason, SyncEvent};
 use super::mapping::{EntityMap, Mappings};
 use super::merge::{Base, Resolution};
 use super::record;
+use super::retry::Requeue;
 use super::sinks::{BillingSink, ExternalSink, SinkError};
 use super::state::{RecordKey, RecordState, StateStore};
 use crate::delivery::{BillingWrite, DeliveryOutcome, ExternalWrite, ExternalWriteOp, OutcomeKind};
@@ -32,8 +37,12 @@ use crate::ingest::{ChangeSource, ExternalChange};
 /// Unlinked external records of one (integration, entity): id and fields.
 type Candidates = Vec<(String, Map<String, Value>)>;
 
-/// How long a child waits, in total, for its parent to be linked.
+/// How long a child waits, in total, for its parent to be linked, unless
+/// the processor is given another wait.
 pub const PARENT_WAIT: Duration = Duration::from_secs(10);
+/// Error type of a record whose parent was not linked within the wait; it is
+/// retried once the parent is linked.
+pub const PARENT_NOT_LINKED: &str = "parent_not_linked";
 /// Most unlinked records considered when matching.
 pub const MATCH_CANDIDATES: i64 = 10_000;
 
@@ -67,6 +76,10 @@ pub struct Processor {
     pub billing: Arc<Client>,
     pub external: HashMap<String, Arc<dyn ExternalSink>>,
     pub billing_sink: Arc<dyn BillingSink>,
+    /// How long a child waits, in total, for its parent to be linked.
+    pub parent_wait: Duration,
+    /// Re-queues children that failed waiting once their parent is linked.
+    pub requeue: Option<Requeue>,
 }
 
 /// One unit of work: one change for one entity of one integration.
@@ -78,6 +91,8 @@ struct Work<'a> {
 
 /// A decided write waiting for delivery.
 struct Pending {
+    /// Position of the work that made it.
+    seq: usize,
     key: RecordKey,
     before: RecordState,
     external: Option<ExternalWrite>,
@@ -97,9 +112,19 @@ impl Processor {
         Ok(done.events)
     }
 
-    /// Saves a processed batch's bookkeeping.
+    /// Saves a processed batch's bookkeeping, then re-queues the records
+    /// waiting for a parent that is linked now (see [`super::retry`]).
     pub async fn save(&self, bookkeeping: &Bookkeeping) -> Result<(), tokio_postgres::Error> {
-        bookkeeping.save(&self.state, &self.billing).await
+        bookkeeping.save(&self.state, &self.billing).await?;
+        if let Some(requeue) = &self.requeue {
+            if bookkeeping.parents_linked
+                || bookkeeping.failures.iter().any(|f| f.waiting.is_some())
+            {
+                requeue.wake();
+            }
+            requeue.run_if_due(&self.billing).await;
+        }
+        Ok(())
     }
 
     /// Processes `changes` (in order). Its states are visible to the next
@@ -108,7 +133,9 @@ impl Processor {
     pub async fn process_unsaved(&self, changes: &[Change]) -> Result<Processed, BatchError> {
         let now = Utc::now();
         let t0 = std::time::Instant::now();
-        let mut events = Vec::new();
+        // Events with the position of the work that made them, so that each
+        // record's events keep the order of its changes.
+        let mut events: Vec<(usize, SyncEvent)> = Vec::new();
         let mut counts: BTreeMap<(String, String), Counts> = BTreeMap::new();
 
         // 1. Expand into per-entity work and find the records involved.
@@ -147,6 +174,11 @@ impl Processor {
                 }
             }
         }
+        // Parents before their children, so that a child whose parent is
+        // created in this batch finds it; each record keeps its own order.
+        if self.mappings.entities.iter().any(|e| e.parent.is_some()) {
+            work.sort_by_cached_key(|w| self.depth(w.entity));
+        }
 
         // 2. Unlinked external records: match them to billing rows or index them.
         for w in work.iter_mut().filter(|w| w.key.is_none()) {
@@ -167,32 +199,40 @@ impl Processor {
             tokio::try_join!(self.state.load_many(&keys), self.load_views(&work))?;
         let mut states: HashMap<RecordKey, RecordState> =
             keys.iter().cloned().zip(loaded).collect();
+        // Parents not linked yet: linking one may ready a waiting child.
+        let unlinked_parents: HashSet<RecordKey> = states
+            .iter()
+            .filter(|(k, s)| s.external_id.is_none() && self.is_parent(k))
+            .map(|(k, _)| k.clone())
+            .collect();
         let existing = self.existing(&work, &states).await?;
         let t_load = t0.elapsed();
         let mut candidates: HashMap<(String, String), Candidates> = HashMap::new();
 
         // 4. Decide, record by record, in order.
         let mut pending: Vec<Pending> = Vec::new();
-        let mut resolutions: Vec<(RecordKey, Option<String>, Resolution)> = Vec::new();
-        let mut failures: Vec<(RecordKey, Option<String>, String, String)> = Vec::new();
+        let mut resolutions: Vec<(usize, RecordKey, Option<String>, Resolution)> = Vec::new();
+        let mut failures: Vec<(usize, Failure)> = Vec::new();
+        // Parents whose wait ran out in this batch: their other children fail at once.
+        let mut gave_up: HashSet<RecordKey> = HashSet::new();
+        let mut waits_ended: Vec<(RecordKey, chrono::DateTime<Utc>)> = Vec::new();
         let mut decided: Vec<(String, chrono::DateTime<Utc>)> = Vec::new();
         let mut decided_external: Vec<(String, chrono::DateTime<Utc>)> = Vec::new();
-        for w in &work {
+        for (seq, w) in work.iter().enumerate() {
             let Some(key) = w.key.clone() else { continue };
             let e = w.entity;
             let state = states.get(&key).cloned().unwrap_or_default();
-            *counts
+            let c = counts
                 .entry((e.integration.clone(), e.entity.clone()))
-                .or_default() = {
-                let mut c = counts
-                    .get(&(e.integration.clone(), e.entity.clone()))
-                    .cloned()
-                    .unwrap_or_default();
-                c.synced += 1;
-                c
-            };
+                .or_default();
+            c.synced += 1;
             metrics::counter!(PROCESSED_TOTAL, "integration" => e.integration.clone(), "entity" => e.entity.clone()).increment(1);
+            let flow = match w.change {
+                Change::Billing(_) => Flow::ToExternal,
+                Change::External(_) => Flow::ToAlguna,
+            };
             let mut waits_for = None;
+            let mut parent_wait = None;
             let decision = match w.change {
                 Change::Billing(b) => {
                     if state.external_id.is_none()
@@ -246,7 +286,17 @@ impl Processor {
                             );
                             waits_for = Some(parent_key);
                         } else {
-                            match self.wait_for_parent(&parent_key).await? {
+                            // A parent this batch handled (its changes come
+                            // first) and left unlinked will not be linked by
+                            // waiting; neither will one whose wait ran out.
+                            let linked = if states.contains_key(&parent_key)
+                                || gave_up.contains(&parent_key)
+                            {
+                                None
+                            } else {
+                                self.wait_for_parent(&parent_key).await?
+                            };
+                            match linked {
                                 Some(ext) => {
                                     d = decide::billing_change(
                                         &self.mappings,
@@ -260,7 +310,7 @@ impl Processor {
                                 None => {
                                     d = Decision {
                                         plan: Plan::Failed {
-                                            error_type: "parent_not_linked",
+                                            error_type: PARENT_NOT_LINKED,
                                             message: format!(
                                                 "parent {}/{} is not linked to a {} record yet",
                                                 parent_key.entity,
@@ -269,7 +319,18 @@ impl Processor {
                                             ),
                                         },
                                         state: state.clone(),
+                                    };
+                                    let mut change = b.clone();
+                                    // The retry is a change of its own origin.
+                                    if change.is_retry() {
+                                        change.origin = None;
                                     }
+                                    parent_wait = Some(ParentWait {
+                                        entity: parent_key.entity.clone(),
+                                        billing_id: parent_key.billing_id.clone(),
+                                        change,
+                                    });
+                                    gave_up.insert(parent_key);
                                 }
                             }
                         }
@@ -299,7 +360,20 @@ impl Processor {
                 "decided"
             );
             match decision.plan {
-                Plan::Nothing(_) => {}
+                Plan::Nothing(reason) => {
+                    c.skipped += 1;
+                    // A retry that writes nothing ends the record's wait.
+                    if let Change::Billing(b) = w.change
+                        && b.is_retry()
+                    {
+                        waits_ended.push((key.clone(), b.committed_at));
+                    }
+                    events.push((
+                        seq,
+                        record_event(&key, external_id, flow, Outcome::Skipped, Vec::new(), now)
+                            .skipped(reason),
+                    ));
+                }
                 Plan::Review(cands) => {
                     let msg = format!(
                         "{} possible matches ({}); link it by hand",
@@ -310,13 +384,35 @@ impl Processor {
                             .collect::<Vec<_>>()
                             .join(", ")
                     );
-                    failures.push((key.clone(), None, "match_review".into(), msg));
+                    failures.push((
+                        seq,
+                        Failure {
+                            key: key.clone(),
+                            external_id: None,
+                            error_type: "match_review".into(),
+                            message: msg,
+                            flow,
+                            fields: Vec::new(),
+                            waiting: None,
+                        },
+                    ));
                 }
                 Plan::NeedsParent { .. } => unreachable!("resolved above"),
                 Plan::Failed {
                     error_type,
                     message,
-                } => failures.push((key.clone(), external_id.clone(), error_type.into(), message)),
+                } => failures.push((
+                    seq,
+                    Failure {
+                        key: key.clone(),
+                        external_id: external_id.clone(),
+                        error_type: error_type.into(),
+                        message,
+                        flow,
+                        fields: Vec::new(),
+                        waiting: parent_wait,
+                    },
+                )),
                 Plan::Write {
                     external,
                     billing,
@@ -333,7 +429,7 @@ impl Processor {
                         }
                     }
                     for r in rs {
-                        resolutions.push((key.clone(), external_id.clone(), r));
+                        resolutions.push((seq, key.clone(), external_id.clone(), r));
                     }
                     // A create already pending for this record absorbs later writes.
                     if let Some(p) = pending.iter_mut().find(|p| {
@@ -392,6 +488,7 @@ impl Processor {
                         }
                     }
                     pending.push(Pending {
+                        seq,
                         key: key.clone(),
                         before: state.clone(),
                         external,
@@ -433,14 +530,51 @@ impl Processor {
         self.deliver_external(&pending, &first, &mut outcomes)
             .await?;
         let t_ext = t0.elapsed();
-        for &i in &second {
+        let mut ready = Vec::with_capacity(second.len());
+        for i in second {
             let parent = pending[i].waits_for.clone().expect("second phase waits");
             let parent_ext = pending
                 .iter()
                 .position(|p| p.key == parent)
                 .and_then(|j| outcomes.get(&j))
                 .and_then(|o| o.external_id.clone());
-            if let (Some(ext), Some(x)) = (parent_ext, pending[i].external.as_mut())
+            let Some(ext) = parent_ext else {
+                // The parent's create failed: the child waits for it like
+                // any child of an unlinked parent.
+                let p = &pending[i];
+                states.insert(p.key.clone(), p.before.clone());
+                failures.push((
+                    p.seq,
+                    Failure {
+                        key: p.key.clone(),
+                        external_id: p.before.external_id.clone(),
+                        error_type: PARENT_NOT_LINKED.into(),
+                        message: format!(
+                            "parent {}/{} could not be written to {}",
+                            parent.entity, parent.billing_id, parent.integration
+                        ),
+                        flow: Flow::ToExternal,
+                        fields: written_fields(p),
+                        // The record's latest change: the pending write holds
+                        // every change of the batch.
+                        waiting: work
+                            .iter()
+                            .rev()
+                            .filter(|w| w.key.as_ref() == Some(&p.key))
+                            .find_map(|w| match w.change {
+                                Change::Billing(b) => Some(b),
+                                Change::External(_) => None,
+                            })
+                            .map(|b| ParentWait {
+                                entity: parent.entity.clone(),
+                                billing_id: parent.billing_id.clone(),
+                                change: b.clone(),
+                            }),
+                    },
+                ));
+                continue;
+            };
+            if let Some(x) = pending[i].external.as_mut()
                 && let Some(p) = &self
                     .mappings
                     .for_external(&x.integration, &x.entity)
@@ -448,12 +582,17 @@ impl Processor {
             {
                 x.fields.insert(p.external.clone(), Value::String(ext));
             }
+            ready.push(i);
         }
+        // Children left waiting write nothing, on either side.
+        let waiting: HashSet<usize> = (0..pending.len())
+            .filter(|&i| pending[i].waits_for.is_some() && !ready.contains(&i))
+            .collect();
         let pending = pending;
-        self.deliver_external(&pending, &second, &mut outcomes)
+        self.deliver_external(&pending, &ready, &mut outcomes)
             .await?;
         let billing_idx: Vec<usize> = (0..pending.len())
-            .filter(|&i| pending[i].billing.is_some())
+            .filter(|&i| pending[i].billing.is_some() && !waiting.contains(&i))
             .collect();
         let billing_outcomes = if billing_idx.is_empty() {
             Vec::new()
@@ -470,6 +609,9 @@ impl Processor {
 
         // 6. Fold outcomes into states and events.
         for (i, p) in pending.iter().enumerate() {
+            if waiting.contains(&i) {
+                continue;
+            }
             let c = counts
                 .entry((p.key.integration.clone(), p.key.entity.clone()))
                 .or_default();
@@ -483,7 +625,18 @@ impl Processor {
                             .map(|(c, m)| (c.as_str().to_string(), m))
                             .unwrap_or(("transient".into(), "failed".into()));
                         *st = p.before.clone();
-                        failures.push((p.key.clone(), st.external_id.clone(), class, msg));
+                        failures.push((
+                            p.seq,
+                            Failure {
+                                key: p.key.clone(),
+                                external_id: st.external_id.clone(),
+                                error_type: class,
+                                message: msg,
+                                flow: Flow::ToExternal,
+                                fields: x.fields.keys().cloned().collect(),
+                                waiting: None,
+                            },
+                        ));
                     }
                     kind => {
                         if let Some(id) = &o.external_id {
@@ -507,22 +660,27 @@ impl Processor {
                         if o.version.is_some() {
                             st.external_version = o.version.clone();
                         }
+                        let mut ev = record_event(
+                            &p.key,
+                            st.external_id.clone(),
+                            Flow::ToExternal,
+                            outcome_of(kind),
+                            x.fields.keys().cloned().collect(),
+                            now,
+                        );
                         match kind {
                             OutcomeKind::Created => c.created += 1,
                             OutcomeKind::Updated => c.updated += 1,
                             OutcomeKind::Deleted => c.deleted += 1,
-                            _ => c.skipped += 1,
+                            _ => {
+                                c.skipped += 1;
+                                ev = ev.skipped(match x.op {
+                                    ExternalWriteOp::Create => SkipReason::AlreadyCreated,
+                                    _ => SkipReason::NotFound,
+                                });
+                            }
                         }
-                        events.push(SyncEvent::Record {
-                            integration: p.key.integration.clone(),
-                            entity: p.key.entity.clone(),
-                            billing_id: p.key.billing_id.clone(),
-                            external_id: st.external_id.clone(),
-                            flow: Flow::ToExternal,
-                            outcome: outcome_of(kind),
-                            fields: x.fields.keys().cloned().collect(),
-                            at: now,
-                        });
+                        events.push((p.seq, ev));
                     }
                 }
             }
@@ -536,12 +694,26 @@ impl Processor {
                     let msg = o.error.clone().map(|e| e.1).unwrap_or_default();
                     states.insert(p.key.clone(), p.before.clone());
                     failures.push((
-                        p.key.clone(),
-                        p.before.external_id.clone(),
-                        "field_validation".into(),
-                        msg,
+                        p.seq,
+                        Failure {
+                            key: p.key.clone(),
+                            external_id: p.before.external_id.clone(),
+                            error_type: "field_validation".into(),
+                            message: msg,
+                            flow: Flow::ToAlguna,
+                            fields: b.columns.keys().cloned().collect(),
+                            waiting: None,
+                        },
                     ));
                 } else {
+                    let mut ev = record_event(
+                        &p.key,
+                        states.get(&p.key).and_then(|s| s.external_id.clone()),
+                        Flow::ToAlguna,
+                        outcome_of(o.kind),
+                        b.columns.keys().cloned().collect(),
+                        now,
+                    );
                     if o.kind == OutcomeKind::Updated {
                         c.updated += 1;
                         // Row images captured before this write are stale for these fields.
@@ -553,57 +725,67 @@ impl Processor {
                         }
                     } else {
                         c.skipped += 1;
+                        ev = ev.skipped(SkipReason::RowIsNewer);
                     }
-                    events.push(SyncEvent::Record {
-                        integration: p.key.integration.clone(),
-                        entity: p.key.entity.clone(),
-                        billing_id: p.key.billing_id.clone(),
-                        external_id: states.get(&p.key).and_then(|s| s.external_id.clone()),
-                        flow: Flow::ToAlguna,
-                        outcome: outcome_of(o.kind),
-                        fields: b.columns.keys().cloned().collect(),
-                        at: now,
-                    });
+                    events.push((p.seq, ev));
                 }
             }
         }
-        for (key, external_id, r) in &resolutions {
+        for (seq, key, external_id, r) in &resolutions {
             counts
                 .entry((key.integration.clone(), key.entity.clone()))
                 .or_default()
                 .conflicts += 1;
             let winner = winner_name(r.winner);
             metrics::counter!(CONFLICTS_TOTAL, "integration" => key.integration.clone(), "entity" => key.entity.clone(), "winner" => winner).increment(1);
-            events.push(SyncEvent::Conflict {
-                integration: key.integration.clone(),
-                entity: key.entity.clone(),
-                billing_id: key.billing_id.clone(),
-                external_id: external_id.clone(),
-                field: r.field.clone(),
-                strategy: strategy_name(r.strategy),
-                winner: winner.into(),
-                alguna_value: r.alguna_value.clone(),
-                external_value: r.external_value.clone(),
-                base_alguna: r.base_alguna.clone(),
-                base_external: r.base_external.clone(),
-                at: now,
-            });
+            events.push((
+                *seq,
+                SyncEvent::Conflict {
+                    integration: key.integration.clone(),
+                    entity: key.entity.clone(),
+                    billing_id: key.billing_id.clone(),
+                    external_id: external_id.clone(),
+                    field: r.field.clone(),
+                    strategy: strategy_name(r.strategy),
+                    winner: winner.into(),
+                    alguna_value: r.alguna_value.clone(),
+                    external_value: r.external_value.clone(),
+                    base_alguna: r.base_alguna.clone(),
+                    base_external: r.base_external.clone(),
+                    at: now,
+                },
+            ));
         }
-        for (key, external_id, class, message) in &failures {
+        for (seq, f) in &failures {
             counts
-                .entry((key.integration.clone(), key.entity.clone()))
+                .entry((f.key.integration.clone(), f.key.entity.clone()))
                 .or_default()
                 .failed += 1;
-            metrics::counter!(FAILURES_TOTAL, "integration" => key.integration.clone(), "entity" => key.entity.clone(), "error_type" => class.clone()).increment(1);
-            events.push(SyncEvent::Error {
-                integration: key.integration.clone(),
-                entity: key.entity.clone(),
-                billing_id: key.billing_id.clone(),
-                external_id: external_id.clone(),
-                error_type: class.clone(),
-                message: message.clone(),
-                at: now,
-            });
+            metrics::counter!(FAILURES_TOTAL, "integration" => f.key.integration.clone(), "entity" => f.key.entity.clone(), "error_type" => f.error_type.clone()).increment(1);
+            events.push((
+                *seq,
+                SyncEvent::Error {
+                    integration: f.key.integration.clone(),
+                    entity: f.key.entity.clone(),
+                    billing_id: f.key.billing_id.clone(),
+                    external_id: f.external_id.clone(),
+                    error_type: f.error_type.clone(),
+                    message: f.message.clone(),
+                    at: now,
+                },
+            ));
+            events.push((
+                *seq,
+                record_event(
+                    &f.key,
+                    f.external_id.clone(),
+                    f.flow,
+                    Outcome::Failed,
+                    f.fields.clone(),
+                    now,
+                )
+                .failed(&f.error_type, &f.message),
+            ));
         }
 
         // 7. Remember the states; the rest is saved by the caller.
@@ -612,20 +794,32 @@ impl Processor {
                 .into_iter()
                 .filter_map(|k| states.remove(&k).map(|s| (k, s)))
                 .collect();
+        let parents_linked = touched
+            .iter()
+            .any(|(k, s)| s.external_id.is_some() && unlinked_parents.contains(k));
+        let failures: Vec<Failure> = failures.into_iter().map(|(_, f)| f).collect();
         let synced = pending
             .iter()
-            .map(|p| &p.key)
-            .filter(|k| !failures.iter().any(|f| &f.0 == *k))
-            .cloned()
+            .enumerate()
+            .filter(|(i, p)| !waiting.contains(i) && !failures.iter().any(|f| f.key == p.key))
+            .map(|(_, p)| p.key.clone())
             .collect();
         let bookkeeping = Bookkeeping {
             states: self.state.remember(touched).await,
             counts: counts.clone(),
-            resolutions,
+            resolutions: resolutions
+                .into_iter()
+                .map(|(_, k, x, r)| (k, x, r))
+                .collect(),
             failures,
             synced,
+            waits_ended,
+            parents_linked,
         };
         tracing::debug!(changes = changes.len(), ?t_link, ?t_load, ?t_decide, ?t_ext, total = ?t0.elapsed(), "batch processed (times since its start)");
+        // Stable: each record's events stay in the order of its changes.
+        events.sort_by_key(|(seq, _)| *seq);
+        let mut events: Vec<SyncEvent> = events.into_iter().map(|(_, ev)| ev).collect();
         for ((integration, entity), c) in counts {
             events.push(SyncEvent::Completed {
                 integration,
@@ -908,12 +1102,42 @@ impl Processor {
             .external_id)
     }
 
+    /// How many parents the entity has above it (0 for a top-level entity).
+    fn depth(&self, e: &EntityMap) -> usize {
+        let mut depth = 0;
+        let mut at = e;
+        while let Some(p) = &at.parent {
+            match self
+                .mappings
+                .for_external(&at.integration, p.entity.as_str())
+            {
+                // A cycle in the configuration stops at the number of entities.
+                Some(parent) if depth < self.mappings.entities.len() => {
+                    depth += 1;
+                    at = parent;
+                }
+                _ => break,
+            }
+        }
+        depth
+    }
+
+    /// Whether another entity of the record's integration names its entity as parent.
+    fn is_parent(&self, key: &RecordKey) -> bool {
+        self.mappings.entities.iter().any(|e| {
+            e.integration == key.integration
+                && e.parent
+                    .as_ref()
+                    .is_some_and(|p| p.entity.as_str() == key.entity)
+        })
+    }
+
     /// Waits (bounded) for another owner to link the parent.
     async fn wait_for_parent(
         &self,
         key: &RecordKey,
     ) -> Result<Option<String>, tokio_postgres::Error> {
-        let deadline = tokio::time::Instant::now() + PARENT_WAIT;
+        let deadline = tokio::time::Instant::now() + self.parent_wait;
         self.state.settled().await;
         loop {
             let row = self
@@ -932,6 +1156,41 @@ impl Processor {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
+}
+
+/// A `sync.record` event of one record.
+fn record_event(
+    key: &RecordKey,
+    external_id: Option<String>,
+    flow: Flow,
+    outcome: Outcome,
+    fields: Vec<String>,
+    at: chrono::DateTime<Utc>,
+) -> SyncEvent {
+    SyncEvent::Record {
+        integration: key.integration.clone(),
+        entity: key.entity.clone(),
+        billing_id: key.billing_id.clone(),
+        external_id,
+        flow,
+        outcome,
+        fields,
+        reason: None,
+        error_type: None,
+        message: None,
+        at,
+    }
+}
+
+/// The fields a pending write would set, on whichever side.
+fn written_fields(p: &Pending) -> Vec<String> {
+    let mut fields: Vec<String> = p
+        .external
+        .iter()
+        .flat_map(|x| x.fields.keys().cloned())
+        .collect();
+    fields.extend(p.billing.iter().flat_map(|b| b.columns.keys().cloned()));
+    fields
 }
 
 fn key_of(e: &EntityMap, billing_id: &str) -> RecordKey {

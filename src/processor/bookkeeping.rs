@@ -11,17 +11,43 @@
 
 use std::collections::BTreeMap;
 
+use chrono::{DateTime, Utc};
+
 use serde_json::Value;
 use tokio_postgres::Client;
 
-use super::events::Counts;
+use super::batch::PARENT_NOT_LINKED;
+use super::change::BillingChange;
+use super::events::{Counts, Flow};
 use super::merge::{Resolution, Winner};
 use super::state::{RecordKey, StateStore, Unsaved};
 
 /// A conflict settled for a record (with its external id, if linked).
 pub type Resolved = (RecordKey, Option<String>, Resolution);
-/// A record that failed: external id, error class, vendor message.
-pub type Failure = (RecordKey, Option<String>, String, String);
+/// A record that failed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Failure {
+    pub key: RecordKey,
+    pub external_id: Option<String>,
+    /// `field_validation`, `parent_not_linked`, `match_review`, …
+    pub error_type: String,
+    /// The vendor's or the transform's message.
+    pub message: String,
+    pub flow: Flow,
+    /// Fields the failed write would have set (target side names).
+    pub fields: Vec<String>,
+    /// For `parent_not_linked`: what to re-queue once the parent is linked.
+    pub waiting: Option<ParentWait>,
+}
+
+/// A record waiting for its parent: the parent and the change that failed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParentWait {
+    /// Entity and billing id of the parent, in the record's integration.
+    pub entity: String,
+    pub billing_id: String,
+    pub change: BillingChange,
+}
 
 pub fn winner_name(w: Winner) -> &'static str {
     match w {
@@ -48,6 +74,12 @@ pub struct Bookkeeping {
     /// Records that synced, so are no longer failed.
     pub synced: Vec<RecordKey>,
     pub counts: BTreeMap<(String, String), Counts>,
+    /// Retries that wrote nothing (superseded, deleted meanwhile): the
+    /// record's `parent_not_linked` failure ends unless a change newer than
+    /// the retried one (committed at the time given) failed since.
+    pub waits_ended: Vec<(RecordKey, DateTime<Utc>)>,
+    /// A record that children may wait for was linked.
+    pub parents_linked: bool,
 }
 
 impl Bookkeeping {
@@ -62,6 +94,7 @@ impl Bookkeeping {
             resolutions,
             failures,
             synced,
+            waits_ended,
             counts,
             ..
         } = self;
@@ -101,24 +134,40 @@ impl Bookkeeping {
             let col = |f: &dyn Fn(&Failure) -> Option<String>| {
                 failures.iter().map(f).collect::<Vec<Option<String>>>()
             };
-            // One row per record: the last failure of the batch wins.
+            let changes: Vec<Option<Value>> = failures
+                .iter()
+                .map(|f| {
+                    f.waiting
+                        .as_ref()
+                        .map(|w| serde_json::to_value(&w.change).expect("changes serialize"))
+                })
+                .collect();
+            // One row per record: the last failure of the batch wins. A new
+            // failure is not re-queued yet, whatever the last one was.
             db
                 .execute(
-                    "INSERT INTO extsync.failed_records AS f (integration, entity, billing_id, external_id, error_type, message)
-                     SELECT DISTINCT ON (i, e, b) i, e, b, x, t, m
-                       FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])
-                            WITH ORDINALITY AS u(i, e, b, x, t, m, n)
+                    "INSERT INTO extsync.failed_records AS f (integration, entity, billing_id, external_id, error_type, message,
+                                                         parent_entity, parent_billing_id, change)
+                     SELECT DISTINCT ON (i, e, b) i, e, b, x, t, m, pe, pb, c
+                       FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                                   $7::text[], $8::text[], $9::jsonb[])
+                            WITH ORDINALITY AS u(i, e, b, x, t, m, pe, pb, c, n)
                       ORDER BY i, e, b, n DESC
                      ON CONFLICT (integration, entity, billing_id) DO UPDATE
                         SET external_id = excluded.external_id, error_type = excluded.error_type, message = excluded.message,
+                            parent_entity = excluded.parent_entity, parent_billing_id = excluded.parent_billing_id,
+                            change = excluded.change, requeued_at = NULL,
                             attempts = f.attempts + 1, last_failed_at = now()",
                     &[
-                        &col(&|f| Some(f.0.integration.clone())),
-                        &col(&|f| Some(f.0.entity.clone())),
-                        &col(&|f| Some(f.0.billing_id.clone())),
-                        &col(&|f| f.1.clone()),
-                        &col(&|f| Some(f.2.clone())),
-                        &col(&|f| Some(f.3.clone())),
+                        &col(&|f| Some(f.key.integration.clone())),
+                        &col(&|f| Some(f.key.entity.clone())),
+                        &col(&|f| Some(f.key.billing_id.clone())),
+                        &col(&|f| f.external_id.clone()),
+                        &col(&|f| Some(f.error_type.clone())),
+                        &col(&|f| Some(f.message.clone())),
+                        &col(&|f| f.waiting.as_ref().map(|w| w.entity.clone())),
+                        &col(&|f| f.waiting.as_ref().map(|w| w.billing_id.clone())),
+                        &changes,
                     ],
                 )
                 .await?;
@@ -134,6 +183,26 @@ impl Bookkeeping {
                     &col(&|k| &k.integration),
                     &col(&|k| &k.entity),
                     &col(&|k| &k.billing_id),
+                ],
+            )
+            .await?;
+        }
+        if !waits_ended.is_empty() {
+            let col = |f: &dyn Fn(&RecordKey) -> &str| {
+                waits_ended.iter().map(|(k, _)| f(k)).collect::<Vec<&str>>()
+            };
+            let at: Vec<DateTime<Utc>> = waits_ended.iter().map(|(_, t)| *t).collect();
+            db.execute(
+                "DELETE FROM extsync.failed_records f
+                      USING unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[]) AS u(i, e, b, t)
+                      WHERE f.integration = u.i AND f.entity = u.e AND f.billing_id = u.b
+                        AND f.error_type = $5 AND (f.change->>'committed_at')::timestamptz <= u.t",
+                &[
+                    &col(&|k| &k.integration),
+                    &col(&|k| &k.entity),
+                    &col(&|k| &k.billing_id),
+                    &at,
+                    &PARENT_NOT_LINKED,
                 ],
             )
             .await?;

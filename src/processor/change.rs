@@ -24,10 +24,20 @@ pub struct BillingChange {
     pub origin: Option<String>,
 }
 
+/// Origin of a billing change that extsync re-queued after the parent its
+/// record waited for was linked (see [`super::retry`]). Such a change is
+/// processed only when no later change of its record was.
+pub const RETRY_ORIGIN: &str = "retry:parent-linked";
+
 impl BillingChange {
     /// The canonical billing id: the single key value, or the key as JSON.
     pub fn billing_id(&self) -> String {
         billing_id(&self.key)
+    }
+
+    /// Whether extsync re-queued this change after its parent was linked.
+    pub fn is_retry(&self) -> bool {
+        self.origin.as_deref() == Some(RETRY_ORIGIN)
     }
 
     pub fn is_delete(&self) -> bool {
@@ -59,7 +69,12 @@ impl Change {
     /// One line for logs: which side, which operation, which version.
     pub fn describe(&self) -> String {
         match self {
-            Change::Billing(b) => format!("billing {} at {}", b.op, b.committed_at.to_rfc3339()),
+            Change::Billing(b) => format!(
+                "billing {} at {}{}",
+                b.op,
+                b.committed_at.to_rfc3339(),
+                if b.is_retry() { " (retry)" } else { "" }
+            ),
             Change::External(x) => format!(
                 "external {:?} {} version {} at {} via {}{}",
                 x.op,

@@ -12,6 +12,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use super::change::BillingChange;
+use super::events::SkipReason;
 use super::link::{self, MatchResult};
 use super::mapping::{EntityMap, FieldMap, Mappings};
 use super::merge::{self, Base, Resolution, Side};
@@ -28,8 +29,8 @@ use crate::ingest::ExternalChange;
 #[derive(Debug, Clone, PartialEq)]
 #[allow(clippy::large_enum_variant)]
 pub enum Plan {
-    /// Nothing to write; the reason is for sync events and debugging.
-    Nothing(&'static str),
+    /// Nothing to write, and why (reported in the record's `skipped` event).
+    Nothing(SkipReason),
     Write {
         external: Option<ExternalWrite>,
         /// Billing columns to set (column name → value).
@@ -133,19 +134,31 @@ pub fn billing_change(
         .is_some_and(|o| o.contains(ORIGIN_MARKER))
     {
         return Decision {
-            plan: Plan::Nothing("own write"),
+            plan: Plan::Nothing(SkipReason::OwnWrite),
+            state: next,
+        };
+    }
+    // A retry of a change that failed waiting for its parent, after a later
+    // change of the record was processed: that one holds the newer row.
+    if change.is_retry()
+        && state
+            .billing_changed_at
+            .is_some_and(|t| t >= change.committed_at)
+    {
+        return Decision {
+            plan: Plan::Nothing(SkipReason::Superseded),
             state: next,
         };
     }
     if !entity.fields.iter().any(|f| f.to_external) {
         return Decision {
-            plan: Plan::Nothing("no field flows to the external system"),
+            plan: Plan::Nothing(SkipReason::NoMappedFields),
             state: next,
         };
     }
     if state.deleted {
         return Decision {
-            plan: Plan::Nothing("record was deleted"),
+            plan: Plan::Nothing(SkipReason::Deleted),
             state: next,
         };
     }
@@ -166,13 +179,13 @@ pub fn billing_change(
                 billing: None,
                 resolutions: Vec::new(),
             },
-            None => Plan::Nothing("deleted before it was linked"),
+            None => Plan::Nothing(SkipReason::DeletedBeforeLinked),
         };
         return Decision { plan, state: next };
     }
     let Some(row) = &change.after else {
         return Decision {
-            plan: Plan::Nothing("no row image"),
+            plan: Plan::Nothing(SkipReason::NoRowImage),
             state: next,
         };
     };
@@ -205,7 +218,7 @@ pub fn billing_change(
                     state: next,
                 },
                 _ => Decision {
-                    plan: Plan::Nothing("no parent reference"),
+                    plan: Plan::Nothing(SkipReason::NoParentReference),
                     state: next,
                 },
             };
@@ -278,7 +291,7 @@ pub fn billing_change(
                     }
                     MatchResult::NoMatch if !rule.create_if_not_found => {
                         return Decision {
-                            plan: Plan::Nothing("no match and createIfNotFound is off"),
+                            plan: Plan::Nothing(SkipReason::NoMatch),
                             state: next,
                         };
                     }
@@ -346,7 +359,7 @@ pub fn billing_change(
     let billing = billing_columns(&view, &m.to_alguna);
     if external.is_none() && billing.is_none() && m.resolutions.is_empty() {
         return Decision {
-            plan: Plan::Nothing("in sync"),
+            plan: Plan::Nothing(SkipReason::InSync),
             state: next,
         };
     }
@@ -376,7 +389,7 @@ pub fn external_change(
         .is_some_and(|t| t > change.modified_at)
     {
         return Decision {
-            plan: Plan::Nothing("older version"),
+            plan: Plan::Nothing(SkipReason::OlderVersion),
             state: state.clone(),
         };
     }
@@ -393,7 +406,7 @@ pub fn external_change(
         let mut next = seen(state.external_image.clone());
         next.deleted = true;
         return Decision {
-            plan: Plan::Nothing("deleted externally"),
+            plan: Plan::Nothing(SkipReason::DeletedExternally),
             state: next,
         };
     }
@@ -426,9 +439,9 @@ pub fn external_change(
                 .as_deref()
                 .is_some_and(|h| h == external_hash(entity, &after));
         let why = match (same_version, own) {
-            (true, _) => "version already seen",
-            (false, true) => "echo of extsync's own write",
-            (false, false) => "no mapped field changed",
+            (true, _) => SkipReason::VersionSeen,
+            (false, true) => SkipReason::Echo,
+            (false, false) => SkipReason::NoMappedChange,
         };
         return Decision {
             plan: Plan::Nothing(why),
@@ -438,19 +451,19 @@ pub fn external_change(
     let mut next = seen(after);
     if state.deleted {
         return Decision {
-            plan: Plan::Nothing("record was deleted"),
+            plan: Plan::Nothing(SkipReason::Deleted),
             state: next,
         };
     }
     let Some(view) = billing_view else {
         return Decision {
-            plan: Plan::Nothing("not linked to a billing record"),
+            plan: Plan::Nothing(SkipReason::NotLinked),
             state: next,
         };
     };
     if !entity.fields.iter().any(|f| f.to_alguna || f.to_external) {
         return Decision {
-            plan: Plan::Nothing("no mapped fields"),
+            plan: Plan::Nothing(SkipReason::NoMappedFields),
             state: next,
         };
     }
@@ -500,7 +513,7 @@ pub fn external_change(
     });
     if external.is_none() && billing.is_none() && m.resolutions.is_empty() {
         return Decision {
-            plan: Plan::Nothing("in sync"),
+            plan: Plan::Nothing(SkipReason::InSync),
             state: next,
         };
     }

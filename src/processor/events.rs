@@ -1,6 +1,8 @@
 //! Sync events users consume on `<prefix>.sync-events`: one per record
-//! outcome, one per conflict, one per error, and a `sync.completed` summary
-//! per processed batch. JSON Schema: `schemas/sync-event.schema.json`.
+//! outcome (created, updated, deleted, skipped with a reason, failed with
+//! the error), one per conflict, one per error, and a `sync.completed`
+//! summary per processed batch. JSON Schema: `schemas/sync-event.schema.json`
+//! (`extsync schema sync-event` prints it).
 
 use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
@@ -26,6 +28,59 @@ pub enum Outcome {
     Failed,
 }
 
+/// Why a change that was considered wrote nothing (`outcome: skipped`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SkipReason {
+    /// A billing change extsync made itself (its replication origin).
+    OwnWrite,
+    /// An external change echoing extsync's own write (origin or content hash).
+    Echo,
+    /// An external version that was processed already.
+    VersionSeen,
+    /// An external image older than one processed already.
+    OlderVersion,
+    /// An external change that changed no mapped field.
+    NoMappedChange,
+    /// Both sides already hold the same values.
+    InSync,
+    /// No mapped field flows in this change's direction.
+    NoMappedFields,
+    /// The record was deleted; it is never written again.
+    Deleted,
+    /// The external record was deleted: the link ends, the billing row stays.
+    DeletedExternally,
+    /// The billing row was deleted before it was ever linked.
+    DeletedBeforeLinked,
+    /// The external record is not linked to a billing row (yet).
+    NotLinked,
+    /// No external record matches and `createIfNotFound` is off.
+    NoMatch,
+    /// The external record to update or delete no longer exists, and the
+    /// integration skips such writes.
+    NotFound,
+    /// The create was made by an earlier attempt; it is not made again.
+    AlreadyCreated,
+    /// The billing row changed after the external change being written.
+    RowIsNewer,
+    /// The child row references no parent.
+    NoParentReference,
+    /// A billing change without a row image.
+    NoRowImage,
+    /// A retried change that a later change of the record already superseded.
+    Superseded,
+}
+
+/// The reason as it appears in events (`in_sync`, `echo`, …).
+impl std::fmt::Display for SkipReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match serde_json::to_value(self) {
+            Ok(Value::String(s)) => f.write_str(&s),
+            _ => write!(f, "{self:?}"),
+        }
+    }
+}
+
 /// Counts of one processed batch, per integration and entity.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Counts {
@@ -42,7 +97,7 @@ pub struct Counts {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "type")]
 pub enum SyncEvent {
-    /// What happened to one record.
+    /// What happened to one record: one event per change considered.
     #[serde(rename = "sync.record")]
     Record {
         integration: String,
@@ -51,8 +106,18 @@ pub enum SyncEvent {
         external_id: Option<String>,
         flow: Flow,
         outcome: Outcome,
-        /// Fields written (target side names).
+        /// Fields written (target side names); for `failed`, the fields the
+        /// write would have set.
         fields: Vec<String>,
+        /// For `skipped`: why nothing was written.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<SkipReason>,
+        /// For `failed`: the error class, as in `sync.error`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error_type: Option<String>,
+        /// For `failed`: the vendor's or the transform's message.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        message: Option<String>,
         at: DateTime<Utc>,
     },
     /// A field changed on both sides since the last sync.
@@ -125,6 +190,38 @@ impl SyncEvent {
                 ..
             } => format!("{integration}/{entity}"),
         }
+    }
+}
+
+impl SyncEvent {
+    /// A `sync.record` event marked `skipped` for `why`; other events are
+    /// returned unchanged.
+    pub fn skipped(mut self, why: SkipReason) -> Self {
+        if let SyncEvent::Record {
+            outcome, reason, ..
+        } = &mut self
+        {
+            *outcome = Outcome::Skipped;
+            *reason = Some(why);
+        }
+        self
+    }
+
+    /// A `sync.record` event marked `failed` with the error; other events
+    /// are returned unchanged.
+    pub fn failed(mut self, class: &str, text: &str) -> Self {
+        if let SyncEvent::Record {
+            outcome,
+            error_type,
+            message,
+            ..
+        } = &mut self
+        {
+            *outcome = Outcome::Failed;
+            *error_type = Some(class.to_string());
+            *message = Some(text.to_string());
+        }
+        self
     }
 }
 

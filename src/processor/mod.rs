@@ -18,6 +18,7 @@ pub mod mapping;
 pub mod merge;
 pub mod record;
 pub mod replay;
+pub mod retry;
 pub mod route;
 pub mod runner;
 pub mod service;

@@ -6,12 +6,14 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::batch::Processor;
+use super::batch::{PARENT_WAIT, Processor};
 use super::mapping::Mappings;
+use super::retry::Requeue;
 use super::runner::{self, RunError, RunnerConfig};
 use super::sinks::ExternalSink;
 use super::state::StateStore;
@@ -22,6 +24,22 @@ use crate::delivery::external::{ExternalWriter, ExternalWriterConfig, NotFoundPo
 use crate::delivery::status::PgStatusStore;
 use crate::kafka::{self, Topics};
 use crate::store;
+
+/// Settings of the processor that pipeline files do not carry.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// How long a child waits, in total, for its parent to be linked before
+    /// it is a `parent_not_linked` failure (retried once the parent is).
+    pub parent_wait: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            parent_wait: PARENT_WAIT,
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProcessError {
@@ -37,10 +55,20 @@ pub enum ProcessError {
     Billing(#[from] crate::delivery::billing::BillingError),
     #[error(transparent)]
     Run(#[from] RunError),
+    #[error(transparent)]
+    Requeue(#[from] super::retry::RequeueError),
 }
 
 /// Builds the processor of `pipeline`.
 pub async fn processor(pipeline: &Pipeline) -> Result<Arc<Processor>, ProcessError> {
+    processor_with(pipeline, &Options::default()).await
+}
+
+/// Builds the processor of `pipeline` with `options`.
+pub async fn processor_with(
+    pipeline: &Pipeline,
+    options: &Options,
+) -> Result<Arc<Processor>, ProcessError> {
     let url = pipeline.postgres.url.resolve()?;
     let mut db = store::connect(&url).await?;
     store::migrate(&mut db).await?;
@@ -66,12 +94,23 @@ pub async fn processor(pipeline: &Pipeline) -> Result<Arc<Processor>, ProcessErr
         },
     )
     .await?;
+    // Only entities with a parent can wait for one.
+    let requeue = if mappings.entities.iter().any(|e| e.parent.is_some()) {
+        Some(Requeue::new(
+            kafka::client_config(&pipeline.kafka)?,
+            &Topics::new(&pipeline.kafka.topic_prefix),
+        )?)
+    } else {
+        None
+    };
     Ok(Arc::new(Processor {
         mappings,
         state: StateStore::new(db.clone(), pipeline.processor.state_cache_capacity),
         billing: db,
         external,
         billing_sink: Arc::new(billing),
+        parent_wait: options.parent_wait,
+        requeue,
     }))
 }
 
@@ -98,9 +137,19 @@ pub async fn start(
     pipeline: &Pipeline,
     stop: CancellationToken,
 ) -> Result<Vec<JoinHandle<()>>, ProcessError> {
+    start_with(pipeline, stop, &Options::default()).await
+}
+
+/// Starts the router and the processor loops of `pipeline` with `options`.
+pub async fn start_with(
+    pipeline: &Pipeline,
+    stop: CancellationToken,
+    options: &Options,
+) -> Result<Vec<JoinHandle<()>>, ProcessError> {
     crate::delivery::metrics::describe();
     super::runner::describe_metrics();
-    let processor = processor(pipeline).await?;
+    super::retry::describe_metrics();
+    let processor = processor_with(pipeline, options).await?;
     let topics = Topics::new(&pipeline.kafka.topic_prefix);
     let mut cdc_topics: Vec<String> = pipeline
         .integrations

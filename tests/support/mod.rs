@@ -330,13 +330,25 @@ pub async fn start_ingest_and_processor(
     Vec<tokio::task::JoinHandle<()>>,
     Option<std::net::SocketAddr>,
 ) {
+    start_ingest_and_processor_with(pipeline, stop, &Default::default()).await
+}
+
+/// [`start_ingest_and_processor`] with processor `options`.
+pub async fn start_ingest_and_processor_with(
+    pipeline: &extsync::config::Pipeline,
+    stop: &tokio_util::sync::CancellationToken,
+    options: &extsync::processor::service::Options,
+) -> (
+    Vec<tokio::task::JoinHandle<()>>,
+    Option<std::net::SocketAddr>,
+) {
     let ingest = extsync::ingest::service::start(pipeline, stop.clone())
         .await
         .unwrap();
     let webhook_addr = ingest.webhook_addr;
     let mut tasks = vec![tokio::spawn(ingest.join())];
     tasks.extend(
-        extsync::processor::service::start(pipeline, stop.clone())
+        extsync::processor::service::start_with(pipeline, stop.clone(), options)
             .await
             .unwrap(),
     );
