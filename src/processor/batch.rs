@@ -17,12 +17,12 @@ use chrono::Utc;
 use serde_json::{Map, Value};
 use tokio_postgres::Client;
 
-use super::bookkeeping::{Bookkeeping, strategy_name, winner_name};
+use super::bookkeeping::{Bookkeeping, parked_changes, strategy_name, winner_name};
 use super::change::{BillingChange, Change};
 use super::decide::{self, Decision, Plan};
 use super::events::{Counts, Flow, Outcome, SyncEvent};
 use super::mapping::{EntityMap, Mappings};
-use super::merge::{Base, Resolution};
+use super::merge::{Base, Parked, Resolution};
 use super::record;
 use super::sinks::{BillingSink, ExternalSink, SinkError};
 use super::state::{RecordKey, RecordState, StateStore};
@@ -177,7 +177,13 @@ impl Processor {
         let mut failures: Vec<(RecordKey, Option<String>, String, String)> = Vec::new();
         let mut decided: Vec<(String, chrono::DateTime<Utc>)> = Vec::new();
         let mut decided_external: Vec<(String, chrono::DateTime<Utc>)> = Vec::new();
-        for w in &work {
+        let later = later_changes(&work);
+        let parked_before: HashMap<RecordKey, BTreeMap<String, Parked>> = states
+            .iter()
+            .filter(|(_, s)| !s.base.parked.is_empty())
+            .map(|(k, s)| (k.clone(), s.base.parked.clone()))
+            .collect();
+        for (i, w) in work.iter().enumerate() {
             let Some(key) = w.key.clone() else { continue };
             let e = w.entity;
             let state = states.get(&key).cloned().unwrap_or_default();
@@ -213,10 +219,15 @@ impl Processor {
                         cands = &with_existing;
                     }
                     let parent_ext = self.parent_external_id(e, b, &states).await?;
+                    // Merged with the record's newest external image of the batch.
+                    let newer = later[i]
+                        .external
+                        .and_then(|x| decide::with_external(e, &state, x));
+                    let seen = newer.as_ref().unwrap_or(&state);
                     let mut d = decide::billing_change(
                         &self.mappings,
                         e,
-                        &state,
+                        seen,
                         b,
                         cands,
                         parent_ext.clone(),
@@ -239,7 +250,7 @@ impl Processor {
                             d = decide::billing_change(
                                 &self.mappings,
                                 e,
-                                &state,
+                                seen,
                                 b,
                                 cands,
                                 Some(String::new()),
@@ -251,7 +262,7 @@ impl Processor {
                                     d = decide::billing_change(
                                         &self.mappings,
                                         e,
-                                        &state,
+                                        seen,
                                         b,
                                         cands,
                                         Some(ext),
@@ -282,6 +293,9 @@ impl Processor {
                     if st.external_id.is_none() {
                         st.external_id = Some(x.external_id.clone());
                     }
+                    // The row merged with is at least as new as the record's
+                    // last billing change of the batch.
+                    st.billing_changed_at = st.billing_changed_at.max(later[i].billing_at);
                     decide::external_change(&self.mappings, e, &st, &key.billing_id, x, view)
                 }
             };
@@ -612,6 +626,13 @@ impl Processor {
                 .into_iter()
                 .filter_map(|k| states.remove(&k).map(|s| (k, s)))
                 .collect();
+        let settled = touched
+            .iter()
+            .flat_map(|(k, s)| {
+                let before = parked_before.get(k).cloned().unwrap_or_default();
+                parked_changes(k, &before, &s.base.parked)
+            })
+            .collect();
         let synced = pending
             .iter()
             .map(|p| &p.key)
@@ -624,6 +645,7 @@ impl Processor {
             resolutions,
             failures,
             synced,
+            settled,
         };
         tracing::debug!(changes = changes.len(), ?t_link, ?t_load, ?t_decide, ?t_ext, total = ?t0.elapsed(), "batch processed (times since its start)");
         for ((integration, entity), c) in counts {
@@ -932,6 +954,32 @@ impl Processor {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
+}
+
+/// The newest change of a record from the other side later in a batch.
+#[derive(Clone, Copy, Default)]
+struct Later<'a> {
+    /// The record's last external change after a billing change.
+    external: Option<&'a ExternalChange>,
+    /// Commit time of the record's last billing change after an external one.
+    billing_at: Option<chrono::DateTime<Utc>>,
+}
+
+/// [`Later`] for each unit of work, in order.
+fn later_changes<'a>(work: &[Work<'a>]) -> Vec<Later<'a>> {
+    let mut newest: HashMap<&RecordKey, Later<'a>> = HashMap::new();
+    let mut out = vec![Later::default(); work.len()];
+    for (i, w) in work.iter().enumerate().rev() {
+        let Some(key) = &w.key else { continue };
+        let later = newest.entry(key).or_default();
+        out[i] = *later;
+        match w.change {
+            Change::External(x) if later.external.is_none() => later.external = Some(x),
+            Change::Billing(b) => later.billing_at = later.billing_at.max(Some(b.committed_at)),
+            Change::External(_) => {}
+        }
+    }
+    out
 }
 
 fn key_of(e: &EntityMap, billing_id: &str) -> RecordKey {
