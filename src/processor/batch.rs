@@ -382,8 +382,12 @@ impl Processor {
                         table: e.table.to_string(),
                         key: pk_of(w.change, &key),
                         columns,
+                        // An external change was merged with a row at least
+                        // as new as the record's last billing change of the batch.
                         as_of: match w.change {
-                            Change::External(x) => x.modified_at,
+                            Change::External(x) => later[i]
+                                .billing_at
+                                .map_or(x.modified_at, |t| t.max(x.modified_at)),
                             Change::Billing(b) => b.committed_at,
                         },
                     });
