@@ -193,7 +193,11 @@ integrations:
         let cdc = Tail::open(&kafka, &topics.cdc("public", "accounts"));
         let routed = Tail::open(
             &kafka,
-            &format!("{}.{}", kafka.prefix, extsync::processor::route::CHANGES_TOPIC),
+            &format!(
+                "{}.{}",
+                kafka.prefix,
+                extsync::processor::route::CHANGES_TOPIC
+            ),
         );
         let events = Tail::open(&kafka, &topics.sync_events());
         let mut h = Harness {
@@ -586,7 +590,8 @@ async fn latest_wins_gives_the_later_salesforce_edit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_per_field_strategy_overrides_the_default() {
     let _slot = PIPELINE_SLOT.lock().await;
-    let mut h = Harness::start("{ default: alguna_wins, perField: { email: external_wins } }").await;
+    let mut h =
+        Harness::start("{ default: alguna_wins, perField: { email: external_wins } }").await;
     h.pause().await;
     h.billing_edit(
         "name = 'Acme Billing', email = 'billing@acme.test'",
@@ -654,7 +659,8 @@ async fn changes_to_different_fields_on_each_side_both_survive() {
     // Any strategy would lose one of the two edits if the merge were two-way.
     let mut h = Harness::start("{ default: external_wins }").await;
     h.pause().await;
-    h.billing_edit("name = 'Acme Billing'", "Acme Billing").await;
+    h.billing_edit("name = 'Acme Billing'", "Acme Billing")
+        .await;
     h.salesforce_edit(json!({"Email__c": "crm@acme.test"}), "crm@acme.test")
         .await;
     h.resume();
@@ -709,8 +715,13 @@ async fn manual_conflict_on_name(h: &mut Harness) {
     )
     .await;
     h.resume();
-    h.until_both("email", json!("crm@acme.test"), "Email__c", json!("crm@acme.test"))
-        .await;
+    h.until_both(
+        "email",
+        json!("crm@acme.test"),
+        "Email__c",
+        json!("crm@acme.test"),
+    )
+    .await;
     h.until_both("mrr", json!(250.0), "MRR__c", json!(250.0))
         .await;
     one_name_conflict(h, "manual", "manual").await;
@@ -762,7 +773,11 @@ async fn an_open_manual_conflict_is_recorded_once_until_its_values_change_and_se
         .await;
     h.stays_quiet(Duration::from_secs(3)).await;
     let rows = h.conflict_rows().await;
-    assert_eq!(rows.len(), 1, "the open conflict was recorded again: {rows:#?}");
+    assert_eq!(
+        rows.len(),
+        1,
+        "the open conflict was recorded again: {rows:#?}"
+    );
     assert!(!rows[0].resolved);
     assert_eq!(h.events_of("sync.conflict").len(), 1);
     assert_eq!(h.billing("name").await, json!("Acme Billing"));
@@ -809,8 +824,10 @@ async fn an_open_manual_conflict_is_recorded_once_until_its_values_change_and_se
     let rows = h.conflict_rows().await;
     assert_eq!(rows.len(), 2, "{rows:#?}");
     assert_eq!(rows[1].resolution.as_deref(), Some("settled"));
-    h.sql(&format!("UPDATE accounts SET name = 'Acme Final' WHERE id = {ID}"))
-        .await;
+    h.sql(&format!(
+        "UPDATE accounts SET name = 'Acme Final' WHERE id = {ID}"
+    ))
+    .await;
     h.until_synced("name", "Name", json!("Acme Final")).await;
     h.stays_quiet(Duration::from_secs(3)).await;
     assert_eq!(h.conflict_rows().await.len(), 2);

@@ -50,7 +50,9 @@ pub fn parked_changes(
     before: &BTreeMap<String, Parked>,
     after: &BTreeMap<String, Parked>,
 ) -> Vec<Settled> {
-    let fields = before.keys().chain(after.keys().filter(|f| !before.contains_key(*f)));
+    let fields = before
+        .keys()
+        .chain(after.keys().filter(|f| !before.contains_key(*f)));
     fields
         .filter(|f| before.get(*f) != after.get(*f))
         .map(|f| (key.clone(), f.clone(), after.get(f).cloned()))

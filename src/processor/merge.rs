@@ -160,8 +160,7 @@ pub fn merge(
                     Strategy::Manual => Winner::Manual,
                 };
                 let parked = out.base.parked.get(key);
-                if w == Winner::Manual
-                    && parked.is_some_and(|p| p.alguna == *a && p.external == *e)
+                if w == Winner::Manual && parked.is_some_and(|p| p.alguna == *a && p.external == *e)
                 {
                     // Still the conflict recorded before: nothing new.
                     continue;
