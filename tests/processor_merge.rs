@@ -2,8 +2,10 @@
 
 use chrono::{TimeZone, Utc};
 use extsync::config::{Strategy, parse_str};
+use extsync::processor::bookkeeping::parked_changes;
 use extsync::processor::mapping::Mappings;
-use extsync::processor::merge::{Base, Side, Winner, merge};
+use extsync::processor::merge::{Base, Parked, Side, Winner, merge};
+use extsync::processor::state::RecordKey;
 use serde_json::{Map, Value, json};
 
 const PIPELINE: &str = r#"
@@ -257,4 +259,114 @@ fn both_sides_making_the_same_change_is_not_a_conflict() {
     assert!(!m.to_external.contains_key("Name"));
     assert_eq!(m.base.alguna["name"], json!("Same"));
     assert_eq!(m.base.external["name"], json!("Same"));
+}
+
+/// A merge of `a` and `e` against `base`; billing changed at 10, the external side at 20.
+fn run_with(base: Base, a: Value, e: Value) -> extsync::processor::merge::Merge {
+    let pipeline = parse_str(PIPELINE, "merge.yaml").unwrap();
+    let mappings = Mappings::compile(&pipeline).unwrap();
+    let entity = mappings.for_external("sf", "accounts").unwrap();
+    let (a, e) = (alguna(a), external(e));
+    merge(
+        &mappings,
+        entity,
+        base,
+        Side {
+            fields: &a,
+            changed_at: Utc.timestamp_opt(10, 0).unwrap(),
+        },
+        Side {
+            fields: &e,
+            changed_at: Utc.timestamp_opt(20, 0).unwrap(),
+        },
+    )
+    .unwrap()
+}
+
+#[test]
+fn a_parked_conflict_is_recorded_once_while_its_values_stay() {
+    let first = run(
+        json!({"email": "billing@acme.test"}),
+        json!({"Email__c": "crm@acme.test"}),
+        10,
+        20,
+    );
+    assert_eq!(first.resolutions.len(), 1);
+    assert_eq!(
+        first.base.parked.get("email"),
+        Some(&Parked {
+            alguna: json!("billing@acme.test"),
+            external: json!("crm@acme.test"),
+        })
+    );
+    assert_eq!(
+        first.resolutions[0]
+            .alguna_changed_at
+            .map(|t| t.timestamp()),
+        Some(10)
+    );
+    assert_eq!(first.resolutions[0].external_field, "Email__c");
+
+    // A later change to another field: the parked conflict is not repeated.
+    let later = run_with(
+        first.base.clone(),
+        json!({"email": "billing@acme.test", "notes": "more"}),
+        json!({"Email__c": "crm@acme.test"}),
+    );
+    assert!(later.resolutions.is_empty(), "{:?}", later.resolutions);
+    assert_eq!(later.to_external.get("Description"), Some(&json!("more")));
+    assert!(!later.to_external.contains_key("Email__c") && !later.to_alguna.contains_key("email"));
+    assert_eq!(later.base.parked, first.base.parked);
+
+    // A new value on one side is a new conflict, against the same base.
+    let changed = run_with(
+        first.base.clone(),
+        json!({"email": "billing2@acme.test"}),
+        json!({"Email__c": "crm@acme.test"}),
+    );
+    assert_eq!(changed.resolutions.len(), 1);
+    assert_eq!(
+        changed.resolutions[0].base_alguna,
+        Some(json!("a@acme.test"))
+    );
+    assert_eq!(
+        changed.base.parked["email"].alguna,
+        json!("billing2@acme.test")
+    );
+}
+
+#[test]
+fn a_parked_conflict_settles_when_both_sides_agree() {
+    let first = run(
+        json!({"email": "billing@acme.test"}),
+        json!({"Email__c": "crm@acme.test"}),
+        10,
+        20,
+    );
+    let agreed = run_with(
+        first.base.clone(),
+        json!({"email": "billing@acme.test"}),
+        json!({"Email__c": "billing@acme.test"}),
+    );
+    assert!(agreed.resolutions.is_empty());
+    assert!(agreed.base.parked.is_empty());
+    assert_eq!(agreed.base.alguna["email"], json!("billing@acme.test"));
+    let key = RecordKey {
+        integration: "sf".into(),
+        entity: "accounts".into(),
+        billing_id: "1".into(),
+    };
+    assert_eq!(
+        parked_changes(&key, &first.base.parked, &agreed.base.parked),
+        vec![(key.clone(), "email".to_string(), None)]
+    );
+    assert!(parked_changes(&key, &first.base.parked, &first.base.parked).is_empty());
+}
+
+#[test]
+fn a_base_without_parked_conflicts_reads_as_before() {
+    let stored = json!({"alguna": {"name": "Acme"}, "external": {"name": "Acme"}});
+    let base: Base = serde_json::from_value(stored.clone()).unwrap();
+    assert!(base.parked.is_empty());
+    assert_eq!(serde_json::to_value(&base).unwrap(), stored);
 }

@@ -21,12 +21,14 @@ use chrono::Utc;
 use serde_json::{Map, Value};
 use tokio_postgres::Client;
 
-use super::bookkeeping::{Bookkeeping, Failure, ParentWait, strategy_name, winner_name};
+use super::bookkeeping::{
+    Bookkeeping, Failure, ParentWait, parked_changes, strategy_name, winner_name,
+};
 use super::change::{BillingChange, Change};
 use super::decide::{self, Decision, Plan};
 use super::events::{Counts, Flow, Outcome, SkipReason, SyncEvent};
 use super::mapping::{EntityMap, Mappings};
-use super::merge::{Base, Resolution};
+use super::merge::{Base, Parked, Resolution};
 use super::record;
 use super::retry::Requeue;
 use super::sinks::{BillingSink, ExternalSink, SinkError};
@@ -218,6 +220,12 @@ impl Processor {
         let mut waits_ended: Vec<(RecordKey, chrono::DateTime<Utc>)> = Vec::new();
         let mut decided: Vec<(String, chrono::DateTime<Utc>)> = Vec::new();
         let mut decided_external: Vec<(String, chrono::DateTime<Utc>)> = Vec::new();
+        let later = later_changes(&work);
+        let parked_before: HashMap<RecordKey, BTreeMap<String, Parked>> = states
+            .iter()
+            .filter(|(_, s)| !s.base.parked.is_empty())
+            .map(|(k, s)| (k.clone(), s.base.parked.clone()))
+            .collect();
         for (seq, w) in work.iter().enumerate() {
             let Some(key) = w.key.clone() else { continue };
             let e = w.entity;
@@ -253,10 +261,15 @@ impl Processor {
                         cands = &with_existing;
                     }
                     let parent_ext = self.parent_external_id(e, b, &states).await?;
+                    // Merged with the record's newest external image of the batch.
+                    let newer = later[seq]
+                        .external
+                        .and_then(|x| decide::with_external(e, &state, x));
+                    let seen = newer.as_ref().unwrap_or(&state);
                     let mut d = decide::billing_change(
                         &self.mappings,
                         e,
-                        &state,
+                        seen,
                         b,
                         cands,
                         parent_ext.clone(),
@@ -279,7 +292,7 @@ impl Processor {
                             d = decide::billing_change(
                                 &self.mappings,
                                 e,
-                                &state,
+                                seen,
                                 b,
                                 cands,
                                 Some(String::new()),
@@ -301,7 +314,7 @@ impl Processor {
                                     d = decide::billing_change(
                                         &self.mappings,
                                         e,
-                                        &state,
+                                        seen,
                                         b,
                                         cands,
                                         Some(ext),
@@ -343,6 +356,9 @@ impl Processor {
                     if st.external_id.is_none() {
                         st.external_id = Some(x.external_id.clone());
                     }
+                    // The row merged with is at least as new as the record's
+                    // last billing change of the batch.
+                    st.billing_changed_at = st.billing_changed_at.max(later[seq].billing_at);
                     decide::external_change(&self.mappings, e, &st, &key.billing_id, x, view)
                 }
             };
@@ -464,8 +480,12 @@ impl Processor {
                         table: e.table.to_string(),
                         key: pk_of(w.change, &key),
                         columns,
+                        // An external change was merged with a row at least
+                        // as new as the record's last billing change of the batch.
                         as_of: match w.change {
-                            Change::External(x) => x.modified_at,
+                            Change::External(x) => later[seq]
+                                .billing_at
+                                .map_or(x.modified_at, |t| t.max(x.modified_at)),
                             Change::Billing(b) => b.committed_at,
                         },
                     });
@@ -798,6 +818,13 @@ impl Processor {
             .iter()
             .any(|(k, s)| s.external_id.is_some() && unlinked_parents.contains(k));
         let failures: Vec<Failure> = failures.into_iter().map(|(_, f)| f).collect();
+        let settled = touched
+            .iter()
+            .flat_map(|(k, s)| {
+                let before = parked_before.get(k).cloned().unwrap_or_default();
+                parked_changes(k, &before, &s.base.parked)
+            })
+            .collect();
         let synced = pending
             .iter()
             .enumerate()
@@ -815,6 +842,7 @@ impl Processor {
             synced,
             waits_ended,
             parents_linked,
+            settled,
         };
         tracing::debug!(changes = changes.len(), ?t_link, ?t_load, ?t_decide, ?t_ext, total = ?t0.elapsed(), "batch processed (times since its start)");
         // Stable: each record's events stay in the order of its changes.
@@ -1191,6 +1219,32 @@ fn written_fields(p: &Pending) -> Vec<String> {
         .collect();
     fields.extend(p.billing.iter().flat_map(|b| b.columns.keys().cloned()));
     fields
+}
+
+/// The newest change of a record from the other side later in a batch.
+#[derive(Clone, Copy, Default)]
+struct Later<'a> {
+    /// The record's last external change after a billing change.
+    external: Option<&'a ExternalChange>,
+    /// Commit time of the record's last billing change after an external one.
+    billing_at: Option<chrono::DateTime<Utc>>,
+}
+
+/// [`Later`] for each unit of work, in order.
+fn later_changes<'a>(work: &[Work<'a>]) -> Vec<Later<'a>> {
+    let mut newest: HashMap<&RecordKey, Later<'a>> = HashMap::new();
+    let mut out = vec![Later::default(); work.len()];
+    for (i, w) in work.iter().enumerate().rev() {
+        let Some(key) = &w.key else { continue };
+        let later = newest.entry(key).or_default();
+        out[i] = *later;
+        match w.change {
+            Change::External(x) if later.external.is_none() => later.external = Some(x),
+            Change::Billing(b) => later.billing_at = later.billing_at.max(Some(b.committed_at)),
+            Change::External(_) => {}
+        }
+    }
+    out
 }
 
 fn key_of(e: &EntityMap, billing_id: &str) -> RecordKey {

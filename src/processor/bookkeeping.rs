@@ -19,7 +19,7 @@ use tokio_postgres::Client;
 use super::batch::PARENT_NOT_LINKED;
 use super::change::BillingChange;
 use super::events::{Counts, Flow};
-use super::merge::{Resolution, Winner};
+use super::merge::{Parked, Resolution, Winner};
 use super::state::{RecordKey, StateStore, Unsaved};
 
 /// A conflict settled for a record (with its external id, if linked).
@@ -48,6 +48,9 @@ pub struct ParentWait {
     pub billing_id: String,
     pub change: BillingChange,
 }
+/// A field whose open `manual` conflict changed: the values it is parked
+/// with now, or `None` once it is settled.
+pub type Settled = (RecordKey, String, Option<Parked>);
 
 pub fn winner_name(w: Winner) -> &'static str {
     match w {
@@ -65,6 +68,22 @@ pub fn strategy_name(s: crate::config::Strategy) -> String {
         .unwrap_or_default()
 }
 
+/// The fields of `key` whose open `manual` conflict is no longer the one
+/// parked before: settled, or parked again with other values.
+pub fn parked_changes(
+    key: &RecordKey,
+    before: &BTreeMap<String, Parked>,
+    after: &BTreeMap<String, Parked>,
+) -> Vec<Settled> {
+    let fields = before
+        .keys()
+        .chain(after.keys().filter(|f| !before.contains_key(*f)));
+    fields
+        .filter(|f| before.get(*f) != after.get(*f))
+        .map(|f| (key.clone(), f.clone(), after.get(f).cloned()))
+        .collect()
+}
+
 /// A processed batch's records, not yet saved.
 pub struct Bookkeeping {
     /// Record states, already visible to later batches through the cache.
@@ -80,6 +99,8 @@ pub struct Bookkeeping {
     pub waits_ended: Vec<(RecordKey, DateTime<Utc>)>,
     /// A record that children may wait for was linked.
     pub parents_linked: bool,
+    /// Open `manual` conflicts that were settled or replaced by a new one.
+    pub settled: Vec<Settled>,
 }
 
 impl Bookkeeping {
@@ -96,6 +117,7 @@ impl Bookkeeping {
             synced,
             waits_ended,
             counts,
+            settled,
             ..
         } = self;
         if !resolutions.is_empty() {
@@ -108,12 +130,17 @@ impl Bookkeeping {
                     .map(|r| f(&r.2))
                     .collect::<Vec<Option<Value>>>()
             };
+            let times = |f: &dyn Fn(&Resolution) -> Option<DateTime<Utc>>| {
+                resolutions.iter().map(|r| f(&r.2)).collect::<Vec<_>>()
+            };
             db
                 .execute(
                     "INSERT INTO extsync.conflicts (integration, entity, billing_id, external_id, field, strategy, winner,
-                                                   alguna_value, external_value, base_alguna, base_external)
+                                                   alguna_value, external_value, base_alguna, base_external,
+                                                   external_field, alguna_changed_at, external_changed_at)
                      SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
-                                          $8::jsonb[], $9::jsonb[], $10::jsonb[], $11::jsonb[])",
+                                          $8::jsonb[], $9::jsonb[], $10::jsonb[], $11::jsonb[],
+                                          $12::text[], $13::timestamptz[], $14::timestamptz[])",
                     &[
                         &col(&|r| Some(r.0.integration.clone())),
                         &col(&|r| Some(r.0.entity.clone())),
@@ -126,9 +153,43 @@ impl Bookkeeping {
                         &json(&|r| Some(r.external_value.clone())),
                         &json(&|r| r.base_alguna.clone()),
                         &json(&|r| r.base_external.clone()),
+                        &col(&|r| Some(r.2.external_field.clone())),
+                        &times(&|r| r.alguna_changed_at),
+                        &times(&|r| r.external_changed_at),
                     ],
                 )
                 .await?;
+        }
+        // An open conflict whose field settled, or was parked again with
+        // other values (recorded above as a new conflict), is closed.
+        if !settled.is_empty() {
+            let col = |f: &dyn Fn(&Settled) -> &str| settled.iter().map(f).collect::<Vec<&str>>();
+            let parked = |f: &dyn Fn(&Parked) -> &Value| {
+                settled
+                    .iter()
+                    .map(|s| s.2.as_ref().map(f))
+                    .collect::<Vec<Option<&Value>>>()
+            };
+            let open: Vec<bool> = settled.iter().map(|s| s.2.is_some()).collect();
+            db.execute(
+                "UPDATE extsync.conflicts c
+                    SET resolved_at = now(), resolution = CASE WHEN u.open THEN 'superseded' ELSE 'settled' END
+                   FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::jsonb[], $7::bool[])
+                        AS u(i, e, b, f, a, x, open)
+                  WHERE c.integration = u.i AND c.entity = u.e AND c.billing_id = u.b AND c.field = u.f
+                    AND c.winner = 'manual' AND c.resolved_at IS NULL
+                    AND NOT (u.open AND c.alguna_value = u.a AND c.external_value = u.x)",
+                &[
+                    &col(&|s| &s.0.integration),
+                    &col(&|s| &s.0.entity),
+                    &col(&|s| &s.0.billing_id),
+                    &col(&|s| &s.1),
+                    &parked(&|p| &p.alguna),
+                    &parked(&|p| &p.external),
+                    &open,
+                ],
+            )
+            .await?;
         }
         if !failures.is_empty() {
             let col = |f: &dyn Fn(&Failure) -> Option<String>| {

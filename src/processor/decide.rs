@@ -410,19 +410,7 @@ pub fn external_change(
             state: next,
         };
     }
-    let mut after = change.after.clone().unwrap_or_default();
-    // An image modified before extsync's last write of a field holds a stale
-    // value for it: keep the value extsync wrote (the base).
-    for (field, written_at) in &state.external_written {
-        if change.modified_at <= *written_at
-            && let (Some(f), Some(v)) = (
-                entity.fields.iter().find(|f| f.alguna.as_str() == field),
-                state.base.external.get(field),
-            )
-        {
-            record::set(&mut after, &f.external, v.clone());
-        }
-    }
+    let after = current_image(entity, state, change);
     // Nothing new when the mapped fields are what extsync already knows the
     // record holds. Neither the version nor `changeOrigin` alone is enough:
     // the version extsync's write returned, and the image read for an echo,
@@ -525,6 +513,55 @@ pub fn external_change(
         },
         state: next,
     }
+}
+
+/// The external change's image, with the values extsync wrote since it
+/// was modified: an image modified before extsync's last write of a field
+/// holds a stale value for it, so the value extsync wrote (the base) is kept.
+fn current_image(
+    entity: &EntityMap,
+    state: &RecordState,
+    change: &ExternalChange,
+) -> Map<String, Value> {
+    let mut after = change.after.clone().unwrap_or_default();
+    for (field, written_at) in &state.external_written {
+        if change.modified_at <= *written_at
+            && let (Some(f), Some(v)) = (
+                entity.fields.iter().find(|f| f.alguna.as_str() == field),
+                state.base.external.get(field),
+            )
+        {
+            record::set(&mut after, &f.external, v.clone());
+        }
+    }
+    after
+}
+
+/// `state` as it is once a later external change of the linked record is
+/// seen: its image, version and modification time, with nothing merged.
+/// A billing change merges with it when both wait in the same batch, so an
+/// edit made on each side while extsync was away is a conflict, whichever
+/// comes first. `None` when the change adds nothing: not linked, a deletion,
+/// or an image older than one already seen.
+pub fn with_external(
+    entity: &EntityMap,
+    state: &RecordState,
+    change: &ExternalChange,
+) -> Option<RecordState> {
+    if state.external_id.is_none()
+        || state.deleted
+        || change.op == ChangeOp::Delete
+        || change.after.is_none()
+        || state
+            .external_changed_at
+            .is_some_and(|t| t > change.modified_at)
+    {
+        return None;
+    }
+    let mut next = state.with_image(current_image(entity, state, change));
+    next.external_version = Some(change.version.clone());
+    next.external_changed_at = Some(change.modified_at);
+    Some(next)
 }
 
 /// The external fields a create of `view` writes; `base` takes the values

@@ -4,6 +4,12 @@
 //! to the other; a field changed on both sides to different values is a
 //! conflict, settled by the field's strategy and always recorded.
 //!
+//! A `manual` conflict parks the field: neither side is written and its
+//! base is held back, so the base also keeps the values the conflict was
+//! recorded with. The same conflict is then recorded once, however many
+//! later changes the record sees; a new value on either side is a new
+//! conflict, and the two sides coming to agree settles it.
+//!
 //! ```text
 //!            base (last synced)
 //!           /                  \
@@ -29,6 +35,16 @@ use crate::config::{Strategy, Transform};
 pub struct Base {
     pub alguna: BTreeMap<String, Value>,
     pub external: BTreeMap<String, Value>,
+    /// Open `manual` conflicts, keyed by the billing field path.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub parked: BTreeMap<String, Parked>,
+}
+
+/// The values both sides held when a `manual` conflict was recorded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Parked {
+    pub alguna: Value,
+    pub external: Value,
 }
 
 /// One side's current state and when it was last changed.
@@ -59,6 +75,10 @@ pub struct Resolution {
     pub external_value: Value,
     pub base_alguna: Option<Value>,
     pub base_external: Option<Value>,
+    /// When each side last changed, as `latest_wins` compares them (absent
+    /// when unknown).
+    pub alguna_changed_at: Option<DateTime<Utc>>,
+    pub external_changed_at: Option<DateTime<Utc>>,
 }
 
 /// What one merge decided.
@@ -68,9 +88,11 @@ pub struct Merge {
     pub to_external: Map<String, Value>,
     /// Billing fields to write (billing view paths, billing representation).
     pub to_alguna: Map<String, Value>,
-    /// Every conflict, with its settlement.
+    /// Every new conflict, with its settlement (a conflict already parked
+    /// with the same values is not repeated).
     pub resolutions: Vec<Resolution>,
-    /// The base once the writes are applied (parked fields keep their old base).
+    /// The base once the writes are applied (parked fields keep their old
+    /// base, and the base records them as parked).
     pub base: Base,
 }
 
@@ -137,6 +159,13 @@ pub fn merge(
                     Strategy::LatestWins => Winner::Alguna,
                     Strategy::Manual => Winner::Manual,
                 };
+                let parked = out.base.parked.get(key);
+                if w == Winner::Manual && parked.is_some_and(|p| p.alguna == *a && p.external == *e)
+                {
+                    // Still the conflict recorded before: nothing new.
+                    continue;
+                }
+                let known = |t: DateTime<Utc>| (t > DateTime::<Utc>::UNIX_EPOCH).then_some(t);
                 out.resolutions.push(Resolution {
                     field: key.to_string(),
                     external_field: f.external.as_str().to_string(),
@@ -146,6 +175,8 @@ pub fn merge(
                     external_value: e.clone(),
                     base_alguna: base_a.cloned(),
                     base_external: base_e.cloned(),
+                    alguna_changed_at: known(alguna.changed_at),
+                    external_changed_at: known(external.changed_at),
                 });
                 Some(w)
             }
@@ -160,9 +191,21 @@ pub fn merge(
                 if out.base.external.get(key) != Some(e) {
                     out.base.external.insert(key.to_string(), e.clone());
                 }
+                // Agreeing sides settle an open conflict.
+                out.base.parked.remove(key);
             }
-            None | Some(Winner::Manual) => {}
+            None => {}
+            Some(Winner::Manual) => {
+                out.base.parked.insert(
+                    key.to_string(),
+                    Parked {
+                        alguna: a.clone(),
+                        external: e.clone(),
+                    },
+                );
+            }
             Some(Winner::Alguna) => {
+                out.base.parked.remove(key);
                 let v = a_as_ext.clone();
                 out.to_external
                     .insert(f.external.as_str().to_string(), v.clone());
@@ -170,6 +213,7 @@ pub fn merge(
                 out.base.external.insert(key.to_string(), v);
             }
             Some(Winner::External) => {
+                out.base.parked.remove(key);
                 let e_as_alg = mappings
                     .to_alguna(f, external.fields)?
                     .unwrap_or(Value::Null);

@@ -146,36 +146,75 @@ pub async fn start_with(
     stop: CancellationToken,
     options: &Options,
 ) -> Result<Vec<JoinHandle<()>>, ProcessError> {
-    crate::delivery::metrics::describe();
-    super::runner::describe_metrics();
-    super::retry::describe_metrics();
-    let processor = processor_with(pipeline, options).await?;
-    let topics = Topics::new(&pipeline.kafka.topic_prefix);
-    let mut cdc_topics: Vec<String> = pipeline
-        .integrations
-        .values()
-        .filter(|i| i.enabled)
-        .flat_map(|i| i.entities.values())
-        .map(|e| topics.cdc(e.table.schema(), e.table.table()))
-        .collect();
-    cdc_topics.sort();
-    cdc_topics.dedup();
-    let mut cfg = RunnerConfig {
-        topics,
-        kafka: kafka::client_config(&pipeline.kafka)?,
-        instance: instance_name(),
-        cdc_topics,
-        layout: Default::default(),
-    };
-    cfg.ensure_topics().await?;
-    let router = tokio::spawn(runner::run_router(
-        cfg.clone(),
-        processor.mappings.clone(),
-        processor.state.clone(),
-        stop.clone(),
-    ));
-    let proc = tokio::spawn(runner::run_processor(cfg, processor, stop));
-    Ok(vec![router, proc])
+    let loops = Loops::prepare_with(pipeline, options).await?;
+    Ok(vec![
+        loops.spawn_router(stop.clone()),
+        loops.spawn_processor(stop),
+    ])
+}
+
+/// The router and processor loops of a pipeline, built once and started
+/// each on its own: the processor loop can stop and start again (it
+/// resumes from its committed offsets) while the router keeps routing.
+pub struct Loops {
+    cfg: RunnerConfig,
+    processor: Arc<Processor>,
+}
+
+impl Loops {
+    /// Builds the processor of `pipeline` and creates its topics.
+    pub async fn prepare(pipeline: &Pipeline) -> Result<Loops, ProcessError> {
+        Self::prepare_with(pipeline, &Options::default()).await
+    }
+
+    /// [`Loops::prepare`] with `options`.
+    pub async fn prepare_with(
+        pipeline: &Pipeline,
+        options: &Options,
+    ) -> Result<Loops, ProcessError> {
+        crate::delivery::metrics::describe();
+        super::runner::describe_metrics();
+        super::retry::describe_metrics();
+        let processor = processor_with(pipeline, options).await?;
+        let topics = Topics::new(&pipeline.kafka.topic_prefix);
+        let mut cdc_topics: Vec<String> = pipeline
+            .integrations
+            .values()
+            .filter(|i| i.enabled)
+            .flat_map(|i| i.entities.values())
+            .map(|e| topics.cdc(e.table.schema(), e.table.table()))
+            .collect();
+        cdc_topics.sort();
+        cdc_topics.dedup();
+        let mut cfg = RunnerConfig {
+            topics,
+            kafka: kafka::client_config(&pipeline.kafka)?,
+            instance: instance_name(),
+            cdc_topics,
+            layout: Default::default(),
+        };
+        cfg.ensure_topics().await?;
+        Ok(Loops { cfg, processor })
+    }
+
+    /// Runs the router until `stop`.
+    pub fn spawn_router(&self, stop: CancellationToken) -> JoinHandle<()> {
+        tokio::spawn(runner::run_router(
+            self.cfg.clone(),
+            self.processor.mappings.clone(),
+            self.processor.state.clone(),
+            stop,
+        ))
+    }
+
+    /// Runs the processor loop until `stop`.
+    pub fn spawn_processor(&self, stop: CancellationToken) -> JoinHandle<()> {
+        tokio::spawn(runner::run_processor(
+            self.cfg.clone(),
+            self.processor.clone(),
+            stop,
+        ))
+    }
 }
 
 /// This process's name in its transactional ids: `EXTSYNC_INSTANCE`, else
