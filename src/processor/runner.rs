@@ -540,9 +540,10 @@ async fn process_batches(
     Ok(())
 }
 
-/// One log line per record written, conflict or error: what the sync did.
+/// One log line per record written, conflict or error: what the sync did
+/// (skipped records only at debug).
 fn announce(events: &[super::events::SyncEvent]) {
-    use super::events::SyncEvent;
+    use super::events::{Outcome, SyncEvent};
     for ev in events {
         match ev {
             SyncEvent::Record {
@@ -553,10 +554,18 @@ fn announce(events: &[super::events::SyncEvent]) {
                 flow,
                 outcome,
                 fields,
+                reason,
                 ..
-            } => {
-                tracing::info!(integration, entity, billing_id, external_id = external_id.as_deref().unwrap_or("-"), ?flow, ?outcome, fields = %fields.join(","), "synced");
-            }
+            } => match outcome {
+                // A failure is announced by its `sync.error`.
+                Outcome::Failed => {}
+                Outcome::Skipped => {
+                    tracing::debug!(integration, entity, billing_id, ?flow, ?reason, "skipped");
+                }
+                _ => {
+                    tracing::info!(integration, entity, billing_id, external_id = external_id.as_deref().unwrap_or("-"), ?flow, ?outcome, fields = %fields.join(","), "synced");
+                }
+            },
             SyncEvent::Conflict {
                 integration,
                 entity,
