@@ -555,26 +555,41 @@ impl ExternalWriter {
             .collect())
     }
 
-    /// Records of `object` whose unique field `field` already holds one of
-    /// `billing_ids`: creates that landed before a crash, or were made
-    /// elsewhere. Retried like writes; an error means "look again later".
+    /// Records of `object` whose unique `field` holds one of `billing_ids`
+    /// (a create that landed before a crash carries its billing id).
     pub async fn existing(
         &self,
         object: &str,
         field: &str,
         billing_ids: &[String],
     ) -> Result<Vec<ExternalRecord>, ConnectorError> {
+        self.reading(|| self.connector.find_by_field(object, field, billing_ids))
+            .await
+    }
+
+    /// The records of `object` with these ids as they are now; records that
+    /// no longer exist are left out.
+    pub async fn current(
+        &self,
+        object: &str,
+        ids: &[String],
+    ) -> Result<Vec<ExternalRecord>, ConnectorError> {
+        self.reading(|| self.connector.read_many(object, ids)).await
+    }
+
+    /// One read, within the rate budget, retried like writes.
+    async fn reading<'a, F, Fut>(&'a self, read: F) -> Result<Vec<ExternalRecord>, ConnectorError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<Vec<ExternalRecord>, ConnectorError>> + 'a,
+    {
         let mut attempts = Attempts::start();
         let mut reauthenticated = false;
         loop {
             if let Some(b) = &self.budget {
                 b.acquire().await;
             }
-            match self
-                .connector
-                .find_by_field(object, field, billing_ids)
-                .await
-            {
+            match read().await {
                 Ok(found) => return Ok(found),
                 Err(e) => {
                     if let Err(stop) = self

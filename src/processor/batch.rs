@@ -33,6 +33,7 @@ use super::record;
 use super::retry::Requeue;
 use super::sinks::{BillingSink, ExternalSink, SinkError};
 use super::state::{RecordKey, RecordState, StateStore};
+use super::unseen;
 use crate::delivery::{BillingWrite, DeliveryOutcome, ExternalWrite, ExternalWriteOp, OutcomeKind};
 use crate::ingest::{ChangeSource, ExternalChange};
 
@@ -82,6 +83,17 @@ pub struct Processor {
     pub parent_wait: Duration,
     /// Re-queues children that failed waiting once their parent is linked.
     pub requeue: Option<Requeue>,
+    /// Primary keys of the billing tables, read once per table.
+    pub primary_keys: dashmap::DashMap<String, PrimaryKey>,
+}
+
+/// A billing table's single primary-key column.
+#[derive(Debug, Clone)]
+pub struct PrimaryKey {
+    /// The column, quoted.
+    column: String,
+    /// Its SQL type, to compare with ids given as text (so its index serves).
+    sql_type: String,
 }
 
 /// One unit of work: one change for one entity of one integration.
@@ -208,6 +220,8 @@ impl Processor {
             .map(|(k, _)| k.clone())
             .collect();
         let existing = self.existing(&work, &states).await?;
+        let later = later_changes(&work);
+        let unseen = self.unseen(&work, &states, &later).await?;
         let t_load = t0.elapsed();
         let mut candidates: HashMap<(String, String), Candidates> = HashMap::new();
 
@@ -220,7 +234,6 @@ impl Processor {
         let mut waits_ended: Vec<(RecordKey, chrono::DateTime<Utc>)> = Vec::new();
         let mut decided: Vec<(String, chrono::DateTime<Utc>)> = Vec::new();
         let mut decided_external: Vec<(String, chrono::DateTime<Utc>)> = Vec::new();
-        let later = later_changes(&work);
         let parked_before: HashMap<RecordKey, BTreeMap<String, Parked>> = states
             .iter()
             .filter(|(_, s)| !s.base.parked.is_empty())
@@ -264,6 +277,7 @@ impl Processor {
                     // Merged with the record's newest external image of the batch.
                     let newer = later[seq]
                         .external
+                        .or_else(|| unseen.get(&key))
                         .and_then(|x| decide::with_external(e, &state, x));
                     let seen = newer.as_ref().unwrap_or(&state);
                     let mut d = decide::billing_change(
@@ -943,7 +957,7 @@ impl Processor {
         e: &EntityMap,
     ) -> Result<Candidates, tokio_postgres::Error> {
         self.state.settled().await;
-        let pk = self.primary_key(e).await?;
+        let pk = self.primary_key(e).await?.column;
         let sql = format!(
             "SELECT t.{pk}::text, to_jsonb(t) FROM {table} t
               WHERE NOT EXISTS (SELECT 1 FROM extsync.records r WHERE r.integration = $1 AND r.entity = $2
@@ -967,6 +981,30 @@ impl Processor {
                 )
             })
             .collect())
+    }
+
+    /// External edits not seen yet of the linked records that billing
+    /// changes of this batch would update (see [`super::unseen`]).
+    async fn unseen(
+        &self,
+        work: &[Work<'_>],
+        states: &HashMap<RecordKey, RecordState>,
+        later: &[Later<'_>],
+    ) -> Result<HashMap<RecordKey, ExternalChange>, BatchError> {
+        let records = work.iter().zip(later).filter_map(|(w, later)| {
+            let (Change::Billing(b), Some(key)) = (w.change, &w.key) else {
+                return None;
+            };
+            let state = states.get(key)?;
+            let wanted = later.external.is_none()
+                && !b.is_delete()
+                && !b.is_own_write()
+                && state.external_id.is_some()
+                && !state.deleted
+                && unseen::can_conflict(w.entity);
+            wanted.then_some((w.entity, key, state))
+        });
+        Ok(unseen::read_back(&self.external, records).await?)
     }
 
     /// External records that already carry the billing id of a record this
@@ -1062,9 +1100,12 @@ impl Processor {
         }
         let mut out = HashMap::new();
         for (table, (e, ids)) in wanted {
-            let pk = self.primary_key(e).await?;
+            let PrimaryKey {
+                column: pk,
+                sql_type,
+            } = self.primary_key(e).await?;
             let sql = format!(
-                "SELECT t.{pk}::text, to_jsonb(t) FROM {} t WHERE t.{pk}::text = ANY($1)",
+                "SELECT t.{pk}::text, to_jsonb(t) FROM {} t WHERE t.{pk} = ANY($1::text[]::{sql_type}[])",
                 quoted_table(e)
             );
             for r in self.billing.query(&sql, &[&ids]).await? {
@@ -1080,20 +1121,31 @@ impl Processor {
         Ok(out)
     }
 
-    /// The quoted single primary-key column of the entity's table.
-    async fn primary_key(&self, e: &EntityMap) -> Result<String, tokio_postgres::Error> {
+    /// The single primary-key column of the entity's table.
+    async fn primary_key(&self, e: &EntityMap) -> Result<PrimaryKey, tokio_postgres::Error> {
+        let table = e.table.to_string();
+        if let Some(pk) = self.primary_keys.get(&table) {
+            return Ok(pk.clone());
+        }
         let row = self
             .billing
             .query_opt(
-                "SELECT a.attname FROM pg_index i
+                "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_index i
                    JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
                   WHERE i.indrelid = (quote_ident($1) || '.' || quote_ident($2))::regclass AND i.indisprimary
                   LIMIT 1",
                 &[&e.table.schema(), &e.table.table()],
             )
             .await?;
-        let col: String = row.map(|r| r.get(0)).unwrap_or_else(|| "id".into());
-        Ok(format!("\"{}\"", col.replace('"', "\"\"")))
+        let (column, sql_type): (String, String) = row
+            .map(|r| (r.get(0), r.get(1)))
+            .unwrap_or_else(|| ("id".into(), "text".into()));
+        let pk = PrimaryKey {
+            column: format!("\"{}\"", column.replace('"', "\"\"")),
+            sql_type,
+        };
+        self.primary_keys.insert(table, pk.clone());
+        Ok(pk)
     }
 
     /// The parent's external id, when the entity has a parent and the row

@@ -43,6 +43,13 @@ impl BillingChange {
     pub fn is_delete(&self) -> bool {
         self.op == "d"
     }
+
+    /// Whether extsync wrote this change itself (its replication origin).
+    pub fn is_own_write(&self) -> bool {
+        self.origin
+            .as_deref()
+            .is_some_and(|o| o.contains(super::decide::ORIGIN_MARKER))
+    }
 }
 
 /// The canonical id of a primary key object.

@@ -128,11 +128,7 @@ pub fn billing_change(
 ) -> Decision {
     let mut next = state.clone();
     let billing_id = change.billing_id();
-    if change
-        .origin
-        .as_deref()
-        .is_some_and(|o| o.contains(ORIGIN_MARKER))
-    {
+    if change.is_own_write() {
         return Decision {
             plan: Plan::Nothing(SkipReason::OwnWrite),
             state: next,

@@ -11,6 +11,7 @@
 pub mod batch;
 pub mod bookkeeping;
 pub mod change;
+pub mod commit;
 pub mod decide;
 pub mod events;
 pub mod link;
@@ -25,3 +26,4 @@ pub mod service;
 pub mod sinks;
 pub mod state;
 pub mod transform;
+pub mod unseen;

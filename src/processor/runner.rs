@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::batch::{BatchError, Processor};
 use super::change::Change;
+use super::commit::{Committable, Committer};
 use super::route::{self, CHANGES_TOPIC};
 use crate::kafka::Topics;
 
@@ -257,10 +258,10 @@ fn next_offsets(batch: &[OwnedMessage]) -> Result<TopicPartitionList, RunError> 
 }
 
 /// A keyed record to publish, on a chosen partition or by key hash.
-struct Record {
-    key: String,
-    partition: Option<i32>,
-    payload: Vec<u8>,
+pub struct Record {
+    pub key: String,
+    pub partition: Option<i32>,
+    pub payload: Vec<u8>,
 }
 
 /// Records to publish in one transaction.
@@ -269,7 +270,7 @@ type Records = Vec<Record>;
 /// Publishes `records` to `topic` and the consumer offsets after the
 /// batch in one Kafka transaction; aborts it on any error. The broker
 /// round trips run on a blocking thread, not on an async worker.
-async fn transact(
+pub(super) async fn transact(
     producer: FutureProducer,
     group: rdkafka::consumer::ConsumerGroupMetadata,
     offsets: TopicPartitionList,
@@ -441,9 +442,6 @@ pub async fn run_processor(cfg: RunnerConfig, processor: Arc<Processor>, stop: C
     }
 }
 
-/// A batch's save and Kafka transaction, running beside the next batch.
-type Committing = tokio::task::JoinHandle<Result<(), RunError>>;
-
 async fn processor_session(
     cfg: &RunnerConfig,
     processor: &Arc<Processor>,
@@ -457,19 +455,16 @@ async fn processor_session(
     let mut subscription = vec![changes_topic.as_str()];
     subscription.extend(cfg.layout.direct.iter().map(String::as_str));
     consumer.subscribe(&subscription)?;
-    let producer = cfg.producer("processor")?;
-    let mut committing: Option<Committing> = None;
-    let result = process_batches(cfg, processor, stop, &consumer, &producer, &mut committing).await;
-    // However the session ends, the last batch's save lands before a new
+    let committer = Committer::start(
+        processor.clone(),
+        cfg.producer("processor")?,
+        cfg.topics.sync_events(),
+    );
+    let result = process_batches(cfg, processor, stop, &consumer, &committer).await;
+    // However the session ends, the queued batches' saves land before a new
     // session reads state, so an old save never overwrites a newer one; the
-    // consumer stays in its group until that batch's transaction is done.
-    let last = match committing {
-        Some(task) => task
-            .await
-            .map_err(|_| RunError::from(rdkafka::error::KafkaError::Canceled))
-            .and_then(|r| r),
-        None => Ok(()),
-    };
+    // consumer stays in its group until their transaction is done.
+    let last = committer.finish().await;
     result.and(last)
 }
 
@@ -478,16 +473,10 @@ async fn process_batches(
     processor: &Arc<Processor>,
     stop: &CancellationToken,
     consumer: &OwnerConsumer,
-    producer: &FutureProducer,
-    committing: &mut Option<Committing>,
+    committer: &Committer,
 ) -> Result<(), RunError> {
-    let events_topic = cfg.topics.sync_events();
     let cdc_prefix = format!("{}.cdc.", cfg.topics.prefix());
     let external_prefix = format!("{}.external.", cfg.topics.prefix());
-    // A batch's bookkeeping is saved, then its transaction commits, while
-    // the next batch is processed (it already sees the batch's states). If
-    // either fails, the session restarts from the committed offsets and
-    // both batches run again: their writes are idempotent.
     while let Some(batch) = next_batch(consumer, stop).await {
         let batch = batch?;
         observe_queued("processor", &batch);
@@ -496,7 +485,7 @@ async fn process_batches(
             .filter_map(|m| decode(m, &cdc_prefix, &external_prefix))
             .collect();
         let mut backoff = Duration::from_millis(200);
-        let done = loop {
+        let processed = loop {
             match processor.process_unsaved(&changes).await {
                 Ok(done) => break done,
                 Err(BatchError::State(e)) => return Err(e.into()),
@@ -510,13 +499,8 @@ async fn process_batches(
                 }
             }
         };
-        announce(&done.events);
-        if let Some(previous) = committing.take() {
-            previous
-                .await
-                .map_err(|_| rdkafka::error::KafkaError::Canceled)??;
-        }
-        let records = done
+        announce(&processed.events);
+        let records = processed
             .events
             .iter()
             .map(|ev| Record {
@@ -525,17 +509,16 @@ async fn process_batches(
                 payload: serde_json::to_vec(ev).expect("event serializes"),
             })
             .collect();
-        let (processor, producer, group, offsets, topic) = (
-            processor.clone(),
-            producer.clone(),
-            group(consumer),
-            next_offsets(&batch)?,
-            events_topic.clone(),
-        );
-        *committing = Some(tokio::spawn(async move {
-            processor.save(&done.bookkeeping).await?;
-            transact(producer, group, offsets, topic, records).await
-        }));
+        let batch = Committable {
+            records,
+            offsets: next_offsets(&batch)?,
+            group: group(consumer),
+            processed,
+        };
+        if !committer.queue(batch).await {
+            // The committer stopped; its error ends the session.
+            return Ok(());
+        }
     }
     Ok(())
 }

@@ -111,6 +111,7 @@ pub async fn processor_with(
         billing_sink: Arc::new(billing),
         parent_wait: options.parent_wait,
         requeue,
+        primary_keys: Default::default(),
     }))
 }
 
@@ -175,6 +176,7 @@ impl Loops {
         crate::delivery::metrics::describe();
         super::runner::describe_metrics();
         super::retry::describe_metrics();
+        super::commit::describe_metrics();
         let processor = processor_with(pipeline, options).await?;
         let topics = Topics::new(&pipeline.kafka.topic_prefix);
         let mut cdc_topics: Vec<String> = pipeline

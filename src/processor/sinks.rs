@@ -25,6 +25,11 @@ pub trait ExternalSink: Send + Sync {
         field: &str,
         billing_ids: &[String],
     ) -> Result<Vec<ExternalRecord>, SinkError>;
+
+    /// The records of `object` with these ids as they are now; records that
+    /// no longer exist are left out.
+    async fn current(&self, object: &str, ids: &[String])
+    -> Result<Vec<ExternalRecord>, SinkError>;
 }
 
 #[async_trait]
@@ -50,6 +55,16 @@ impl ExternalSink for crate::delivery::external::ExternalWriter {
         crate::delivery::external::ExternalWriter::existing(self, object, field, billing_ids)
             .await
             .map_err(|e| SinkError(format!("looking up existing records: {e}")))
+    }
+
+    async fn current(
+        &self,
+        object: &str,
+        ids: &[String],
+    ) -> Result<Vec<ExternalRecord>, SinkError> {
+        crate::delivery::external::ExternalWriter::current(self, object, ids)
+            .await
+            .map_err(|e| SinkError(format!("reading records before updating them: {e}")))
     }
 }
 
