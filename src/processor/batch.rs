@@ -373,7 +373,22 @@ impl Processor {
                     // The row merged with is at least as new as the record's
                     // last billing change of the batch.
                     st.billing_changed_at = st.billing_changed_at.max(later[seq].billing_at);
-                    decide::external_change(&self.mappings, e, &st, &key.billing_id, x, view)
+                    let d =
+                        decide::external_change(&self.mappings, e, &st, &key.billing_id, x, view);
+                    match decide::with_external(e, &st, x) {
+                        // The row holds a billing edit whose change is still on
+                        // its way, so its time is unknown: that change settles
+                        // `latest_wins` with both times.
+                        Some(seen)
+                            if later[seq].billing_at.is_none() && latest_wins_conflict(&d.plan) =>
+                        {
+                            Decision {
+                                plan: Plan::Nothing(SkipReason::AwaitsBillingChange),
+                                state: seen,
+                            }
+                        }
+                        _ => d,
+                    }
                 }
             };
             let external_id = decision
@@ -1297,6 +1312,12 @@ fn later_changes<'a>(work: &[Work<'a>]) -> Vec<Later<'a>> {
         }
     }
     out
+}
+
+/// Whether a plan settles a `latest_wins` conflict.
+fn latest_wins_conflict(plan: &Plan) -> bool {
+    matches!(plan, Plan::Write { resolutions, .. }
+        if resolutions.iter().any(|r| r.strategy == crate::config::Strategy::LatestWins))
 }
 
 fn key_of(e: &EntityMap, billing_id: &str) -> RecordKey {

@@ -69,6 +69,9 @@ pub enum SkipReason {
     NoRowImage,
     /// A retried change that a later change of the record already superseded.
     Superseded,
+    /// A `latest_wins` conflict with a billing edit whose change is still on
+    /// its way: that change settles it, with both change times.
+    AwaitsBillingChange,
 }
 
 /// The reason as it appears in events (`in_sync`, `echo`, …).
