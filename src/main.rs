@@ -8,11 +8,6 @@ use clap::{Parser, Subcommand};
 use extsync::telemetry::{self, LogFormat};
 use extsync::{capture, config, shutdown};
 
-/// The pipeline allocates many short-lived values per change; mimalloc
-/// keeps that cheaper than the system allocator under thread contention.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(
     name = "extsync",

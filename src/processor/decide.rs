@@ -107,12 +107,43 @@ fn hash_fields<'a>(
     mapped: impl Iterator<Item = &'a FieldMap>,
     fields: &Map<String, Value>,
 ) -> String {
-    // Sorted by name, as a JSON object of them would be.
-    let picked: std::collections::BTreeMap<&str, &Value> = mapped
+    // The hash of the JSON object of the fields, sorted by name (the last
+    // of a repeated name wins), written straight into the hash.
+    let mut picked: Vec<(&str, &Value)> = mapped
         .filter_map(|f| record::get(fields, &f.external).map(|v| (f.external.as_str(), v)))
         .collect();
-    let json = serde_json::to_vec(&picked).expect("JSON values serialize");
-    hex::encode(&Sha256::digest(&json)[..16])
+    picked.sort_by_key(|(name, _)| *name);
+    let mut out = HashWriter(Sha256::new());
+    out.0.update(b"{");
+    let mut first = true;
+    for (i, (name, value)) in picked.iter().enumerate() {
+        if picked.get(i + 1).is_some_and(|(next, _)| next == name) {
+            continue;
+        }
+        if !first {
+            out.0.update(b",");
+        }
+        first = false;
+        serde_json::to_writer(&mut out, name).expect("names serialize");
+        out.0.update(b":");
+        serde_json::to_writer(&mut out, value).expect("JSON values serialize");
+    }
+    out.0.update(b"}");
+    hex::encode(&out.0.finalize()[..16])
+}
+
+/// Feeds what is written to a hash.
+struct HashWriter(Sha256);
+
+impl std::io::Write for HashWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Plans a billing-side change. `candidates` are unlinked external records
