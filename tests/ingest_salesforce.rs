@@ -8,7 +8,7 @@ mod salesforce_support;
 mod support;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Once};
+use std::sync::Arc;
 use std::time::Duration;
 
 use extsync::connectors::{Connector, WriteOp};
@@ -22,20 +22,6 @@ use salesforce_support::fields;
 use serde_json::json;
 use support::{TestDb, TestKafka};
 use tokio_util::sync::CancellationToken;
-
-static ENV: Once = Once::new();
-
-fn credentials_env() {
-    use extsync::simulators::salesforce::{DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, DEMO_REFRESH_TOKEN};
-    ENV.call_once(|| {
-        // SAFETY: set once, before any task of this test binary reads them.
-        unsafe {
-            std::env::set_var("TEST_SF_CLIENT_ID", DEMO_CLIENT_ID);
-            std::env::set_var("TEST_SF_CLIENT_SECRET", DEMO_CLIENT_SECRET);
-            std::env::set_var("TEST_SF_REFRESH_TOKEN", DEMO_REFRESH_TOKEN);
-        }
-    });
-}
 
 fn pipeline(
     db: &TestDb,
@@ -99,7 +85,7 @@ async fn read_all(kafka: &TestKafka, expect: usize, limit: Duration) -> Vec<Exte
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn change_events_from_the_stream_arrive_once() {
-    credentials_env();
+    support::salesforce_credentials_env();
     let org = salesforce_support::start().await;
     let (db, kafka) = (TestDb::create().await, TestKafka::new());
     // Sweeps far apart: only the change-event stream can bring these.
@@ -159,7 +145,7 @@ async fn change_events_from_the_stream_arrive_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poller_dying_mid_sweep_resumes_from_its_cursor_without_loss_or_repeat() {
-    credentials_env();
+    support::salesforce_credentials_env();
     let org = salesforce_support::start().await;
     let (db, kafka) = (TestDb::create().await, TestKafka::new());
     let p = pipeline(&db, &kafka, &org.url(), 3600);

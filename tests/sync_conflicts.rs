@@ -11,7 +11,7 @@
 
 mod support;
 
-use std::sync::{Arc, Once};
+use std::sync::Arc;
 use std::time::Duration;
 
 use extsync::connectors::salesforce::{SalesforceConnector, SalesforceSettings};
@@ -28,24 +28,11 @@ use support::{TestDb, TestKafka, eventually};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-static ENV: Once = Once::new();
-
 /// One pipeline at a time: their timing stays independent on a small machine.
 static PIPELINE_SLOT: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// How long a pipeline gets to reach an expected state.
 const SETTLE: Duration = Duration::from_secs(60);
-
-fn credentials_env() {
-    ENV.call_once(|| {
-        // SAFETY: set once, before any task of this test binary reads them.
-        unsafe {
-            std::env::set_var("TEST_SF_CLIENT_ID", DEMO_CLIENT_ID);
-            std::env::set_var("TEST_SF_CLIENT_SECRET", DEMO_CLIENT_SECRET);
-            std::env::set_var("TEST_SF_REFRESH_TOKEN", DEMO_REFRESH_TOKEN);
-        }
-    });
-}
 
 const SCHEMA: &str = "
 CREATE TABLE accounts (
@@ -137,7 +124,7 @@ impl Harness {
     /// `conflictResolution`, inserts the billing row (name `Acme`, email
     /// `a@acme.test`) and waits until it is linked and in sync.
     async fn start(strategies: &str) -> Harness {
-        credentials_env();
+        support::salesforce_credentials_env();
         let _ = tracing_subscriber::fmt()
             .with_env_filter(std::env::var("EXTSYNC_LOG").unwrap_or_else(|_| "warn".into()))
             .with_test_writer()

@@ -8,7 +8,6 @@
 
 mod support;
 
-use std::sync::Once;
 use std::time::Duration;
 
 use extsync::connectors::salesforce::{SalesforceConnector, SalesforceSettings};
@@ -25,24 +24,11 @@ use serde_json::{Value, json};
 use support::{TestDb, TestKafka, eventually};
 use tokio_util::sync::CancellationToken;
 
-static ENV: Once = Once::new();
-
 /// One pipeline at a time keeps the tests' timing independent on a small machine.
 static PIPELINE_SLOT: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// How long a contact waits for its account in these tests.
 const PARENT_WAIT: Duration = Duration::from_secs(1);
-
-fn credentials_env() {
-    ENV.call_once(|| {
-        // SAFETY: set once, before any task of this test binary reads them.
-        unsafe {
-            std::env::set_var("TEST_SF_CLIENT_ID", DEMO_CLIENT_ID);
-            std::env::set_var("TEST_SF_CLIENT_SECRET", DEMO_CLIENT_SECRET);
-            std::env::set_var("TEST_SF_REFRESH_TOKEN", DEMO_REFRESH_TOKEN);
-        }
-    });
-}
 
 /// No foreign key: a contact may reference an account that comes later.
 const SCHEMA: &str = "
@@ -84,7 +70,7 @@ struct Sync {
 
 impl Sync {
     async fn start() -> Sync {
-        credentials_env();
+        support::salesforce_credentials_env();
         let _ = tracing_subscriber::fmt()
             .with_env_filter(std::env::var("EXTSYNC_LOG").unwrap_or_else(|_| "warn".into()))
             .with_test_writer()

@@ -5,7 +5,7 @@
 
 mod support;
 
-use std::sync::{Arc, Once};
+use std::sync::Arc;
 use std::time::Duration;
 
 use extsync::connectors::salesforce::{SalesforceConnector, SalesforceSettings};
@@ -19,22 +19,9 @@ use serde_json::{Value, json};
 use support::{TestDb, TestKafka, eventually};
 use tokio_util::sync::CancellationToken;
 
-static ENV: Once = Once::new();
-
 /// The end-to-end tests each run a whole pipeline; one at a time keeps their
 /// timing independent of each other on a small machine.
 static PIPELINE_SLOT: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn credentials_env() {
-    ENV.call_once(|| {
-        // SAFETY: set once, before any task of this test binary reads them.
-        unsafe {
-            std::env::set_var("TEST_SF_CLIENT_ID", DEMO_CLIENT_ID);
-            std::env::set_var("TEST_SF_CLIENT_SECRET", DEMO_CLIENT_SECRET);
-            std::env::set_var("TEST_SF_REFRESH_TOKEN", DEMO_REFRESH_TOKEN);
-        }
-    });
-}
 
 const SCHEMA: &str = "
 CREATE TABLE accounts (
@@ -87,7 +74,7 @@ impl Sync {
     /// Like [`Sync::start_stages`], with `entity_settings` (YAML lines at
     /// the accounts entity's indentation) added to the accounts entity.
     async fn start_with(stages: Stages, entity_settings: &str) -> Sync {
-        credentials_env();
+        support::salesforce_credentials_env();
         let _ = tracing_subscriber::fmt()
             .with_env_filter(std::env::var("EXTSYNC_LOG").unwrap_or_else(|_| "warn".into()))
             .with_test_writer()

@@ -17,6 +17,22 @@ pub fn setting(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: {HINT}"))
 }
 
+/// Sets `TEST_SF_CLIENT_ID`, `TEST_SF_CLIENT_SECRET` and
+/// `TEST_SF_REFRESH_TOKEN` to the Salesforce simulator's demo credentials,
+/// for pipelines that read them; once per test binary.
+pub fn salesforce_credentials_env() {
+    use extsync::simulators::salesforce::{DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, DEMO_REFRESH_TOKEN};
+    static ENV: std::sync::Once = std::sync::Once::new();
+    ENV.call_once(|| {
+        // SAFETY: set once, before any task of this test binary reads them.
+        unsafe {
+            std::env::set_var("TEST_SF_CLIENT_ID", DEMO_CLIENT_ID);
+            std::env::set_var("TEST_SF_CLIENT_SECRET", DEMO_CLIENT_SECRET);
+            std::env::set_var("TEST_SF_REFRESH_TOKEN", DEMO_REFRESH_TOKEN);
+        }
+    });
+}
+
 pub fn pg_url() -> String {
     setting("EXTSYNC_PG_URL")
 }
