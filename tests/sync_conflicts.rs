@@ -467,15 +467,8 @@ integrations:
     }
 
     async fn extsync_writes(&self) -> usize {
-        let v: Value = reqwest::get(format!("{}/__admin/written", self.base_url))
+        support::simulator_writes(&self.base_url, "")
             .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        v["written"]
-            .as_array()
-            .unwrap()
             .iter()
             .filter(|w| w["client"] == json!("extsync"))
             .count()

@@ -163,18 +163,10 @@ integrations:
 
     /// Writes extsync made (OAuth app calls are `INTEGRATION` changes).
     async fn extsync_writes(&self) -> Vec<Value> {
-        let v: Value = reqwest::get(format!("{}/__admin/written", self.sim.base_url()))
+        support::simulator_writes(&self.sim.base_url(), "")
             .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        v["written"]
-            .as_array()
-            .unwrap()
-            .iter()
+            .into_iter()
             .filter(|w| w["changeSource"] == json!("INTEGRATION"))
-            .cloned()
             .collect()
     }
 

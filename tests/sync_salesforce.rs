@@ -219,15 +219,8 @@ integrations:
     }
 
     async fn extsync_writes(&self) -> usize {
-        let v: Value = reqwest::get(format!("{}/__admin/written", self.base_url))
+        support::simulator_writes(&self.base_url, "")
             .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        v["written"]
-            .as_array()
-            .unwrap()
             .iter()
             .filter(|w| w["client"] == json!("extsync"))
             .count()
@@ -236,15 +229,8 @@ integrations:
     /// Distinct Accounts extsync created or upserted, from the simulator's
     /// write log: every Account it upserts is one its first upsert created.
     async fn extsync_created(&self) -> usize {
-        let v: Value = reqwest::get(format!("{}/__admin/written?object=Account", self.base_url))
+        support::simulator_writes(&self.base_url, "?object=Account")
             .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        v["written"]
-            .as_array()
-            .unwrap()
             .iter()
             .filter(|w| {
                 w["client"] == json!("extsync")
@@ -766,6 +752,33 @@ async fn kill_9_mid_sync_then_restart_converges_without_duplicates() {
 }
 
 /// POSTs to the simulator's admin surface.
+/// Waits until Accounts 1–40 hold their latest names: `Second <id>` for
+/// 1–20 (renamed), `First <id>` for 21–40.
+async fn until_latest_names(s: &Sync) {
+    let expected = |id: i64| {
+        if id <= 20 {
+            format!("Second {id}")
+        } else {
+            format!("First {id}")
+        }
+    };
+    eventually(
+        "all 40 Accounts hold their latest names",
+        Duration::from_secs(90),
+        || async {
+            let accounts = s.accounts().await;
+            (1..=40).all(|id| {
+                accounts.iter().any(|a| {
+                    !a.deleted
+                        && a.fields.get("Alguna_Id__c") == Some(&json!(id.to_string()))
+                        && a.fields["Name"] == json!(expected(id))
+                })
+            })
+        },
+    )
+    .await;
+}
+
 async fn admin(s: &Sync, path: &str, body: Value) {
     let resp = reqwest::Client::new()
         .post(format!("{}{path}", s.base_url))
@@ -803,28 +816,7 @@ async fn token_expiry_and_a_rate_limit_storm_mid_sync_lose_nothing_and_create_on
     tokio::time::sleep(Duration::from_secs(3)).await;
     admin(&s, "/__admin/faults", json!({"exhaustLimits": false})).await;
 
-    let expected = |id: i64| {
-        if id <= 20 {
-            format!("Second {id}")
-        } else {
-            format!("First {id}")
-        }
-    };
-    eventually(
-        "all 40 accounts hold their latest names",
-        Duration::from_secs(90),
-        || async {
-            let accounts = s.accounts().await;
-            (1..=40).all(|id| {
-                accounts.iter().any(|a| {
-                    !a.deleted
-                        && a.fields.get("Alguna_Id__c") == Some(&json!(id.to_string()))
-                        && a.fields["Name"] == json!(expected(id))
-                })
-            })
-        },
-    )
-    .await;
+    until_latest_names(&s).await;
     let live: Vec<_> = s
         .accounts()
         .await
@@ -903,28 +895,7 @@ async fn refused_token_refresh_mid_sync_pauses_writes_and_resumes_exactly_once()
 
     // The credentials work again: every change arrives, each Account once.
     admin(&s, "/__admin/faults", json!({"refuseRefresh": false})).await;
-    let expected = |id: i64| {
-        if id <= 20 {
-            format!("Second {id}")
-        } else {
-            format!("First {id}")
-        }
-    };
-    eventually(
-        "all 40 Accounts hold their latest names",
-        Duration::from_secs(90),
-        || async {
-            let accounts = s.accounts().await;
-            (1..=40).all(|id| {
-                accounts.iter().any(|a| {
-                    !a.deleted
-                        && a.fields.get("Alguna_Id__c") == Some(&json!(id.to_string()))
-                        && a.fields["Name"] == json!(expected(id))
-                })
-            })
-        },
-    )
-    .await;
+    until_latest_names(&s).await;
     eventually(
         "the integration's status is active again",
         Duration::from_secs(30),

@@ -92,9 +92,7 @@ async fn commit_batches(
             group = Some(b.group);
         }
         let group = group.expect("at least one batch");
-        if records.len() > 1 {
-            metrics::histogram!(GROUPED_RECORDS).record(records.len() as f64);
-        }
+        metrics::histogram!(GROUPED_RECORDS).record(records.len() as f64);
         transact(producer.clone(), group, offsets, topic.clone(), records).await?;
     }
     Ok(())

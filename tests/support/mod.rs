@@ -33,6 +33,17 @@ pub fn salesforce_credentials_env() {
     });
 }
 
+/// A simulator's write log (`GET <base>/__admin/written<query>`), oldest first.
+pub async fn simulator_writes(base_url: &str, query: &str) -> Vec<serde_json::Value> {
+    let v: serde_json::Value = reqwest::get(format!("{base_url}/__admin/written{query}"))
+        .await
+        .expect("the simulator answers")
+        .json()
+        .await
+        .expect("the write log is JSON");
+    v["written"].as_array().cloned().unwrap_or_default()
+}
+
 pub fn pg_url() -> String {
     setting("EXTSYNC_PG_URL")
 }
