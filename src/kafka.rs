@@ -75,11 +75,14 @@ pub fn durable_producer(mut cc: ClientConfig) -> ClientConfig {
     cc
 }
 
-/// Partitions of the topics extsync keys by record: the change topics it
-/// creates and the processor's repartition topic. Equal counts let the
-/// processor read a table's change topic directly, partition by partition
-/// beside the repartition topic (see [`record_partition`]).
-pub const RECORD_PARTITIONS: i32 = 8;
+/// Partitions of the topics extsync keys by record unless `kafka.partitions`
+/// says otherwise: the change topics it creates, the processor's
+/// repartition topic and the sync events. Equal counts let the processor
+/// read a table's change topic directly, partition by partition beside the
+/// repartition topic (see [`record_partition`]). librdkafka sends one
+/// produce request per partition, so a low count keeps the broker's work
+/// per change low; raise it to share the work among more processes.
+pub const DEFAULT_RECORD_PARTITIONS: u16 = 2;
 
 /// The partition of a record among `partitions`, by its canonical billing
 /// id. Capture places a row's change events there and the router places the

@@ -297,6 +297,20 @@ fn bad_on_not_found_is_rejected_at_its_value() {
 }
 
 #[test]
+fn partitions_must_be_in_range() {
+    let from = "partitions: 2";
+    let (line, col) = demo_value_position(from, "partitions: ");
+    for bad in ["partitions: 0", "partitions: 1001"] {
+        let err = validate_broken(from, bad);
+        assert_eq!(
+            err,
+            format!("FILE:{line}:{col}: kafka.partitions: partitions must be between 1 and 1000"),
+            "{bad}"
+        );
+    }
+}
+
+#[test]
 fn state_cache_capacity_must_be_positive() {
     let from = "stateCacheCapacity: 200000";
     let (line, col) = demo_value_position(from, "stateCacheCapacity: ");

@@ -576,7 +576,9 @@ async fn replaying_history_twice_creates_once_and_changes_nothing() {
         "capture wrote every change",
         Duration::from_secs(60),
         || {
-            let marks: Vec<_> = (0..extsync::kafka::RECORD_PARTITIONS)
+            let partitions = extsync::kafka::partition_counts(&s.kafka.config(), &[topic.clone()])
+                .unwrap()[&topic];
+            let marks: Vec<_> = (0..partitions)
                 .map(|p| {
                     rdkafka::consumer::Consumer::fetch_watermarks(
                         &consumer,

@@ -45,6 +45,9 @@ pub struct Args {
     /// messages piped by the raw consume → produce floor.
     #[arg(long, default_value_t = 60_000)]
     pub max_changes: u64,
+    /// Partitions of the topics keyed by record (`kafka.partitions`).
+    #[arg(long, default_value_t = extsync::kafka::DEFAULT_RECORD_PARTITIONS)]
+    pub partitions: u16,
 }
 
 /// Connections the load is spread over.
@@ -98,7 +101,7 @@ async fn bench(args: &Args, url: &str, brokers: &str, tag: &str) -> anyhow::Resu
     .map_err(anyhow::Error::msg)?;
     let running = sim.serve("127.0.0.1:0".parse()?).await?;
     let pipeline = extsync::config::parse_str(
-        &pipeline_yaml(url, brokers, tag, &running.base_url()),
+        &pipeline_yaml(args, url, brokers, tag, &running.base_url()),
         "bench-e2e.yaml",
     )
     .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -199,12 +202,13 @@ async fn bench(args: &Args, url: &str, brokers: &str, tag: &str) -> anyhow::Resu
     .to_string())
 }
 
-fn pipeline_yaml(url: &str, brokers: &str, tag: &str, base_url: &str) -> String {
+fn pipeline_yaml(args: &Args, url: &str, brokers: &str, tag: &str, base_url: &str) -> String {
+    let partitions = args.partitions;
     format!(
         r#"
 name: {tag}
 postgres: {{ url: "{url}", tables: [public.accounts], heartbeatSecs: 1 }}
-kafka: {{ brokers: "{brokers}", topicPrefix: "{tag}" }}
+kafka: {{ brokers: "{brokers}", topicPrefix: "{tag}", partitions: {partitions} }}
 telemetry: {{ metricsAddress: "" }}
 ingest: {{ webhookAddress: "", sweepSecs: 86400 }}
 integrations:

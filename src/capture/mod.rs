@@ -438,7 +438,7 @@ async fn ensure_topics(
             let partitions = if *n == s.topics.cdc_transactions() {
                 -1
             } else {
-                crate::kafka::RECORD_PARTITIONS
+                s.partitions
             };
             NewTopic::new(n, partitions, TopicReplication::Fixed(-1))
         })

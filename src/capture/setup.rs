@@ -36,6 +36,8 @@ pub struct Settings {
     pub transaction_events: bool,
     pub max_in_flight_bytes: u64,
     pub topics: Topics,
+    /// Partitions of the table topics capture creates.
+    pub partitions: i32,
 }
 
 /// `extsync_<name>` with characters slot names do not allow replaced.
@@ -71,6 +73,7 @@ impl Settings {
             transaction_events: pg.transaction_events,
             max_in_flight_bytes: pg.max_in_flight_bytes,
             topics: Topics::new(p.kafka.topic_prefix.clone()),
+            partitions: i32::from(p.kafka.partitions),
         })
     }
 }

@@ -220,9 +220,20 @@ pub struct KafkaConfig {
     #[serde(default = "default_prefix", deserialize_with = "topic_prefix")]
     #[schemars(regex(pattern = r"^[A-Za-z0-9._-]{1,200}$"))]
     pub topic_prefix: String,
+    /// Partitions of the topics extsync keys by record (change topics,
+    /// repartition topic, sync events) when it creates them: the most
+    /// processes that share the work. Every partition a send touches is one
+    /// produce request, so more partitions cost the broker more per change.
+    #[serde(default = "default_partitions")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub partitions: u16,
     /// librdkafka properties passed through unchanged (e.g. `compression.type`).
     #[serde(default)]
     pub options: BTreeMap<String, EnvString>,
+}
+
+fn default_partitions() -> u16 {
+    crate::kafka::DEFAULT_RECORD_PARTITIONS
 }
 
 fn default_prefix() -> String {

@@ -10,6 +10,9 @@ use std::collections::BTreeMap;
 use super::locate::{NodePath, Part};
 use super::pipeline::{Entity, FieldMapping, FieldPath, Pipeline, Transform};
 
+/// Most partitions of a topic keyed by record.
+const MAX_PARTITIONS: u16 = 1000;
+
 /// One broken rule, naming the node at fault.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Violation {
@@ -37,6 +40,12 @@ pub fn violations(pipeline: &Pipeline) -> Vec<Violation> {
                 .key("processor")
                 .key("stateCacheCapacity"),
             "stateCacheCapacity must be at least 1",
+        ));
+    }
+    if !(1..=MAX_PARTITIONS).contains(&pipeline.kafka.partitions) {
+        out.push(Violation::at_value(
+            NodePath::default().key("kafka").key("partitions"),
+            format!("partitions must be between 1 and {MAX_PARTITIONS}"),
         ));
     }
     for (id, integration) in &pipeline.integrations {

@@ -31,7 +31,6 @@ use crate::kafka::Topics;
 /// Most messages handled in one transaction.
 pub const MAX_BATCH: usize = 500;
 /// Partitions of the repartition topic (the most processors that share work).
-pub const CHANGES_PARTITIONS: i32 = crate::kafka::RECORD_PARTITIONS;
 const TXN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Metric: messages routed, by kind.
@@ -111,6 +110,9 @@ pub struct RunnerConfig {
     pub instance: String,
     /// Change topics of the mapped tables.
     pub cdc_topics: Vec<String>,
+    /// Partitions of the topics created here (`kafka.partitions`): the
+    /// most processors that share work.
+    pub partitions: i32,
     /// Which of them the processor reads directly, and which the router
     /// re-keys; set by [`RunnerConfig::ensure_topics`].
     pub layout: Layout,
@@ -164,7 +166,8 @@ impl RunnerConfig {
         )
         .set("enable.idempotence", "true")
         .set("acks", "all")
-        .set("linger.ms", "0")
+        // Records wait for [`send_queued`], which sends them in one request.
+        .set("linger.ms", "100")
         .set("transaction.timeout.ms", "60000");
         let p: FutureProducer = cc.create()?;
         p.init_transactions(TXN_TIMEOUT)?;
@@ -182,16 +185,14 @@ impl RunnerConfig {
         let changes = self.changes_topic();
         let events = self.topics.sync_events();
         let mut topics = vec![
-            NewTopic::new(&changes, CHANGES_PARTITIONS, TopicReplication::Fixed(1)),
-            NewTopic::new(&events, CHANGES_PARTITIONS, TopicReplication::Fixed(1)),
+            NewTopic::new(&changes, self.partitions, TopicReplication::Fixed(1)),
+            NewTopic::new(&events, self.partitions, TopicReplication::Fixed(1)),
         ];
-        topics.extend(self.cdc_topics.iter().map(|t| {
-            NewTopic::new(
-                t,
-                crate::kafka::RECORD_PARTITIONS,
-                TopicReplication::Fixed(-1),
-            )
-        }));
+        topics.extend(
+            self.cdc_topics
+                .iter()
+                .map(|t| NewTopic::new(t, self.partitions, TopicReplication::Fixed(-1))),
+        );
         let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
         for r in admin.create_topics(&topics, &opts).await? {
             match r {
@@ -205,7 +206,7 @@ impl RunnerConfig {
             tokio::task::spawn_blocking(move || crate::kafka::partition_counts(&cc, &names))
                 .await
                 .map_err(|_| rdkafka::error::KafkaError::Canceled)??;
-        let changes_partitions = counts.get(&changes).copied().unwrap_or(CHANGES_PARTITIONS);
+        let changes_partitions = counts.get(&changes).copied().unwrap_or(self.partitions);
         let (direct, routed): (Vec<String>, Vec<String>) = self
             .cdc_topics
             .iter()
@@ -279,7 +280,6 @@ pub(super) async fn transact(
 ) -> Result<(), RunError> {
     producer.begin_transaction()?;
     let sent = async {
-        // Waiting for each delivery first keeps the commit's own flush short.
         let mut deliveries = Vec::with_capacity(records.len());
         for r in &records {
             let mut record = FutureRecord::to(&topic).key(&r.key).payload(&r.payload);
@@ -288,16 +288,14 @@ pub(super) async fn transact(
             }
             deliveries.push(producer.send_result(record).map_err(|(e, _)| e)?);
         }
-        let t0 = std::time::Instant::now();
-        for d in deliveries {
-            d.await
-                .map_err(|_| rdkafka::error::KafkaError::Canceled)?
-                .map_err(|(e, _)| e)?;
-        }
-        let t_sent = t0.elapsed();
         let p = producer.clone();
         let n = records.len();
         tokio::task::spawn_blocking(move || {
+            let t0 = std::time::Instant::now();
+            // The records leave in one request per broker, at once; their
+            // delivery is awaited first to keep the commit's own flush short.
+            send_queued(&p)?;
+            let t_sent = t0.elapsed();
             p.send_offsets_to_transaction(&offsets, &group, TXN_TIMEOUT)?;
             let t_offsets = t0.elapsed();
             let r = p.commit_transaction(TXN_TIMEOUT);
@@ -305,7 +303,13 @@ pub(super) async fn transact(
             r
         })
         .await
-        .map_err(|_| rdkafka::error::KafkaError::Canceled)?
+        .map_err(|_| rdkafka::error::KafkaError::Canceled)??;
+        for d in deliveries {
+            d.await
+                .map_err(|_| rdkafka::error::KafkaError::Canceled)?
+                .map_err(|(e, _)| e)?;
+        }
+        Ok::<(), rdkafka::error::KafkaError>(())
     }
     .await;
     if sent.is_err() {
@@ -313,6 +317,21 @@ pub(super) async fn transact(
         let _ = tokio::task::spawn_blocking(move || p.abort_transaction(TXN_TIMEOUT)).await;
     }
     Ok(sent?)
+}
+
+/// Sends the queued records without lingering and waits until they are
+/// delivered. librdkafka skips `linger.ms` while a flush is under way;
+/// rust-rdkafka's own flush only flags one for an instant.
+fn send_queued(producer: &FutureProducer) -> Result<(), rdkafka::error::KafkaError> {
+    let ms = TXN_TIMEOUT.as_millis() as i32;
+    // SAFETY: the pointer is the live producer's handle; its delivery
+    // reports are events served by the producer's own thread, so this call
+    // only waits.
+    let code = unsafe { rdkafka::bindings::rd_kafka_flush(producer.client().native_ptr(), ms) };
+    match code {
+        rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR => Ok(()),
+        e => Err(rdkafka::error::KafkaError::Flush(e.into())),
+    }
 }
 
 fn group(consumer: &OwnerConsumer) -> rdkafka::consumer::ConsumerGroupMetadata {

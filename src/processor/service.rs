@@ -193,6 +193,7 @@ impl Loops {
             kafka: kafka::client_config(&pipeline.kafka)?,
             instance: instance_name(),
             cdc_topics,
+            partitions: i32::from(pipeline.kafka.partitions),
             layout: Default::default(),
         };
         cfg.ensure_topics().await?;
