@@ -576,8 +576,9 @@ async fn replaying_history_twice_creates_once_and_changes_nothing() {
         "capture wrote every change",
         Duration::from_secs(60),
         || {
-            let partitions = extsync::kafka::partition_counts(&s.kafka.config(), &[topic.clone()])
-                .unwrap()[&topic];
+            let partitions =
+                extsync::kafka::partition_counts(&s.kafka.config(), std::slice::from_ref(&topic))
+                    .unwrap()[&topic];
             let marks: Vec<_> = (0..partitions)
                 .map(|p| {
                     rdkafka::consumer::Consumer::fetch_watermarks(
