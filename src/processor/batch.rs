@@ -77,6 +77,9 @@ pub struct Processor {
     pub state: StateStore,
     /// The billing database (rows, candidates) — the same as the state's.
     pub billing: Arc<Client>,
+    /// The connection the billing rows of a batch are read over, beside
+    /// the state's saves on `billing`.
+    pub reads: Arc<Client>,
     pub external: HashMap<String, Arc<dyn ExternalSink>>,
     pub billing_sink: Arc<dyn BillingSink>,
     /// How long a child waits, in total, for its parent to be linked.
@@ -396,7 +399,7 @@ impl Processor {
                 .external_id
                 .clone()
                 .or(state.external_id.clone());
-            tracing::debug!(
+            tracing::trace!(
                 integration = %e.integration,
                 entity = %e.entity,
                 billing_id = %key.billing_id,
@@ -1123,7 +1126,7 @@ impl Processor {
                 "SELECT t.{pk}::text, to_jsonb(t) FROM {} t WHERE t.{pk} = ANY($1::text[]::{sql_type}[])",
                 quoted_table(e)
             );
-            for r in self.billing.query(&sql, &[&ids]).await? {
+            for r in self.reads.query(&sql, &[&ids]).await? {
                 let row: Value = r.get(1);
                 out.insert(
                     (table.clone(), r.get::<_, String>(0)),

@@ -73,6 +73,7 @@ pub async fn processor_with(
     let mut db = store::connect(&url).await?;
     store::migrate(&mut db).await?;
     let db = Arc::new(db);
+    let reads = Arc::new(store::connect(&url).await?);
     let mappings = Arc::new(Mappings::compile(pipeline)?);
     let status = Arc::new(PgStatusStore::new(db.clone()));
     let mut external: HashMap<String, Arc<dyn ExternalSink>> = HashMap::new();
@@ -105,8 +106,10 @@ pub async fn processor_with(
     };
     Ok(Arc::new(Processor {
         mappings,
-        state: StateStore::new(db.clone(), pipeline.processor.state_cache_capacity),
+        state: StateStore::new(db.clone(), pipeline.processor.state_cache_capacity)
+            .reading_from(reads.clone()),
         billing: db,
+        reads,
         external,
         billing_sink: Arc::new(billing),
         parent_wait: options.parent_wait,

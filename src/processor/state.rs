@@ -82,6 +82,10 @@ impl RecordState {
 #[derive(Clone)]
 pub struct StateStore {
     db: Arc<Client>,
+    /// Where cache misses are read: a connection of their own keeps them
+    /// from queueing behind the saves on `db`. Saved states are committed,
+    /// and unsaved ones are answered from memory, so either sees the latest.
+    reads: Arc<Client>,
     cache: Cache<RecordKey, Arc<RecordState>>,
     /// External record → billing id, for the links this process has seen.
     links: Cache<ExternalKey, String>,
@@ -113,12 +117,19 @@ type ExternalKey = (String, String, String);
 impl StateStore {
     pub fn new(db: Arc<Client>, capacity: u64) -> Self {
         Self {
+            reads: db.clone(),
             db,
             cache: Cache::new(capacity),
             links: Cache::new(capacity),
             unsaved: Arc::new(DashMap::new()),
             saving: Arc::new(watch::channel(0).0),
         }
+    }
+
+    /// Reads cache misses over `reads` instead of the saves' connection.
+    pub fn reading_from(mut self, reads: Arc<Client>) -> Self {
+        self.reads = reads;
+        self
     }
 
     pub fn db(&self) -> &Arc<Client> {
@@ -156,7 +167,7 @@ impl StateStore {
                 .map(|&i| keys[i].billing_id.as_str())
                 .collect();
             let rows = self
-                .db
+                .reads
                 .query(
                     "SELECT r.integration, r.entity, r.billing_id, r.external_id, r.base, r.external_image,
                             r.external_version, r.written_hash, r.billing_changed_at, r.external_changed_at, r.deleted,
@@ -225,7 +236,7 @@ impl StateStore {
             return Ok(Some(id));
         }
         let row = self
-            .db
+            .reads
             .query_opt(
                 "SELECT billing_id FROM extsync.records WHERE integration = $1 AND entity = $2 AND external_id = $3",
                 &[&integration, &entity, &external_id],
