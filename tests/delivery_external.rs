@@ -40,6 +40,11 @@ struct Scripted {
     authentications: AtomicU32,
     /// A refused record fails the whole call instead of only itself.
     all_or_none: AtomicBool,
+    /// How long each call takes.
+    delay: Mutex<Duration>,
+    in_flight: AtomicU32,
+    /// Most calls in flight at once.
+    most_in_flight: AtomicU32,
 }
 
 impl Scripted {
@@ -214,6 +219,11 @@ impl Connector for Scripted {
             .unwrap()
             .push((object.to_string(), ops.len()));
         assert!(ops.len() <= self.max_batch, "batch over max_batch");
+        let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.most_in_flight.fetch_max(now, Ordering::SeqCst);
+        let delay = *self.delay.lock().unwrap();
+        tokio::time::sleep(delay).await;
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
         if self.token_expired.load(Ordering::SeqCst) {
             return Err(
                 ConnectorError::new(ErrorClass::AuthExpired, "Session expired or invalid")
@@ -336,6 +346,32 @@ async fn batches_respect_max_batch_and_group_by_object_and_operation() {
     assert!(out.iter().all(|o| o.kind == OutcomeKind::Updated));
     let sizes: Vec<usize> = sys.calls().iter().map(|c| c.1).collect();
     assert_eq!(sizes, [40, 40, 20]);
+}
+
+#[tokio::test]
+async fn the_calls_of_one_group_are_in_flight_together() {
+    let sys = Scripted::new(50);
+    *sys.delay.lock().unwrap() = Duration::from_millis(100);
+    let w = writer(&sys, NotFoundPolicy::Skip);
+    let writes: Vec<ExternalWrite> = (0..300)
+        .map(|i| create("Account", &format!("a{i}"), "Acme", true))
+        .collect();
+    let started = Instant::now();
+    let out = w.write(&writes).await.unwrap();
+    let took = started.elapsed();
+    assert!(out.iter().all(|o| o.kind == OutcomeKind::Created));
+    assert_eq!(sys.count(), 300);
+    assert_eq!(sys.calls().len(), 6);
+    assert_eq!(sys.most_in_flight.load(Ordering::SeqCst), 4);
+    assert!(
+        took < Duration::from_millis(450),
+        "six 100 ms calls, four at a time, took {took:?}"
+    );
+    // Each outcome names the record its own write made.
+    for (o, wr) in out.iter().zip(&writes) {
+        let made = sys.get(o.external_id.as_deref().unwrap()).unwrap();
+        assert_eq!(made["Alguna_Id__c"], json!(wr.billing_id));
+    }
 }
 
 #[tokio::test]

@@ -180,6 +180,9 @@ impl CreateGuard for MemoryCreateGuard {
     }
 }
 
+/// Batch calls of one group that may be in flight at once.
+const CALLS_IN_FLIGHT: usize = 4;
+
 /// Writes one integration's changes to its external system.
 pub struct ExternalWriter {
     integration: String,
@@ -435,10 +438,29 @@ impl ExternalWriter {
         items: Vec<Item>,
         outcomes: &mut [Option<DeliveryOutcome>],
     ) -> Result<(), Stop> {
+        use futures::StreamExt;
         let mut recreates: Vec<(String, OpKind, Vec<Item>)> = Vec::new();
-        for chunk in items.chunks(self.max_batch()) {
-            let ops: Vec<WriteOp> = chunk.iter().map(|i| i.op.clone()).collect();
-            let results = self.send(object, &ops).await?;
+        let chunks: Vec<&[Item]> = items.chunks(self.max_batch()).collect();
+        // A group holds each record once (see `waves`), so its chunks are
+        // independent and go out together; their answers apply in order.
+        let calls: Vec<_> = chunks
+            .iter()
+            .map(|chunk| self.send_owned(object, chunk.iter().map(|i| i.op.clone()).collect()))
+            .collect();
+        let answers: Vec<Result<_, Stop>> = futures::stream::iter(calls)
+            .buffered(CALLS_IN_FLIGHT)
+            .collect()
+            .await;
+        let mut stopped = None;
+        for (chunk, answer) in chunks.into_iter().zip(answers) {
+            let results = match answer {
+                Ok(results) => results,
+                Err(stop) => {
+                    // Its writes stay pending; the other chunks' outcomes stand.
+                    stopped.get_or_insert(stop);
+                    continue;
+                }
+            };
             let mut errors: HashMap<ErrorClass, u64> = HashMap::new();
             for (item, result) in chunk.iter().zip(results) {
                 let w = &writes[item.index];
@@ -480,10 +502,22 @@ impl ExternalWriter {
                 .increment(n);
             }
         }
+        if let Some(stop) = stopped {
+            return Err(stop);
+        }
         for (object, _, items) in recreates {
             Box::pin(self.run_group(writes, &object, items, outcomes)).await?;
         }
         Ok(())
+    }
+
+    /// [`Self::send`] of owned operations.
+    async fn send_owned(
+        &self,
+        object: &str,
+        ops: Vec<WriteOp>,
+    ) -> Result<Vec<Result<WriteOutcome, ConnectorError>>, Stop> {
+        self.send(object, &ops).await
     }
 
     /// Sends `ops` until each has a final answer. Retryable failures of the
