@@ -27,6 +27,7 @@ use super::bookkeeping::{
 use super::change::{BillingChange, Change};
 use super::decide::{self, Decision, Plan};
 use super::events::{Counts, Flow, Outcome, SkipReason, SyncEvent};
+use super::link::MatchResult;
 use super::mapping::{EntityMap, Mappings};
 use super::merge::{Base, Parked, Resolution};
 use super::record;
@@ -197,15 +198,18 @@ impl Processor {
             work.sort_by_cached_key(|w| self.depth(w.entity));
         }
 
-        // 2. Unlinked external records: match them to billing rows or index them.
-        for w in work.iter_mut().filter(|w| w.key.is_none()) {
-            let Change::External(x) = w.change else {
+        // 2. Unlinked external records: match them to billing rows or index
+        // them; one that fits several rows is listed for review.
+        let mut reviews: Vec<(usize, &ExternalChange, Scored)> = Vec::new();
+        for (seq, w) in work.iter_mut().enumerate() {
+            let (None, Change::External(x)) = (&w.key, w.change) else {
                 continue;
             };
-            w.key = self
-                .link_external(w.entity, x)
-                .await?
-                .map(|id| key_of(w.entity, &id));
+            match self.link_external(w.entity, x).await? {
+                MatchResult::Linked(id) => w.key = Some(key_of(w.entity, &id)),
+                MatchResult::Ambiguous(cands) => reviews.push((seq, x, cands)),
+                MatchResult::NoMatch => {}
+            }
         }
 
         // 3. Load states and the billing rows external changes merge with.
@@ -423,15 +427,7 @@ impl Processor {
                     ));
                 }
                 Plan::Review(cands) => {
-                    let msg = format!(
-                        "{} possible matches ({}); link it by hand",
-                        cands.len(),
-                        cands
-                            .iter()
-                            .map(|(id, s)| format!("{id} {s:.2}"))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    );
+                    let msg = review_message(&cands);
                     failures.push((
                         seq,
                         Failure {
@@ -808,6 +804,25 @@ impl Processor {
                 },
             ));
         }
+        for (seq, x, cands) in &reviews {
+            counts
+                .entry((x.integration.clone(), x.entity.clone()))
+                .or_default()
+                .failed += 1;
+            metrics::counter!(FAILURES_TOTAL, "integration" => x.integration.clone(), "entity" => x.entity.clone(), "error_type" => "match_review").increment(1);
+            events.push((
+                *seq,
+                SyncEvent::Error {
+                    integration: x.integration.clone(),
+                    entity: x.entity.clone(),
+                    billing_id: None,
+                    external_id: Some(x.external_id.clone()),
+                    error_type: "match_review".into(),
+                    message: review_message(cands),
+                    at: now,
+                },
+            ));
+        }
         for (seq, f) in &failures {
             counts
                 .entry((f.key.integration.clone(), f.key.entity.clone()))
@@ -819,7 +834,7 @@ impl Processor {
                 SyncEvent::Error {
                     integration: f.key.integration.clone(),
                     entity: f.key.entity.clone(),
-                    billing_id: f.key.billing_id.clone(),
+                    billing_id: Some(f.key.billing_id.clone()),
                     external_id: f.external_id.clone(),
                     error_type: f.error_type.clone(),
                     message: f.message.clone(),
@@ -931,7 +946,8 @@ impl Processor {
         &self,
         e: &EntityMap,
         x: &ExternalChange,
-    ) -> Result<Option<String>, tokio_postgres::Error> {
+    ) -> Result<MatchResult, tokio_postgres::Error> {
+        let mut found = MatchResult::NoMatch;
         if let (Some(rule), Some(after)) = (&e.matching, &x.after) {
             let wanted: Vec<Option<String>> = rule
                 .fields
@@ -949,11 +965,12 @@ impl Processor {
                 .iter()
                 .map(|(id, view)| (id.clone(), super::link::values_of(view, rule.fields.iter())))
                 .collect();
-            if let super::link::MatchResult::Linked(id) =
-                super::link::best_match(rule, &wanted, &cands)
-            {
-                return Ok(Some(id));
-            }
+            found = super::link::best_match(rule, &wanted, &cands);
+        }
+        match &found {
+            MatchResult::Linked(_) => return Ok(found),
+            MatchResult::Ambiguous(cands) => self.list_for_review(e, x, cands).await?,
+            MatchResult::NoMatch => {}
         }
         if let Some(after) = &x.after {
             self.billing
@@ -966,7 +983,32 @@ impl Processor {
                 )
                 .await?;
         }
-        Ok(None)
+        Ok(found)
+    }
+
+    /// Lists an external record that fits several billing rows in
+    /// `extsync.match_reviews`, with its candidates, until it is linked.
+    async fn list_for_review(
+        &self,
+        e: &EntityMap,
+        x: &ExternalChange,
+        cands: &[(String, f64)],
+    ) -> Result<(), tokio_postgres::Error> {
+        let candidates: Vec<Value> = cands
+            .iter()
+            .map(|(id, score)| serde_json::json!({ "billing_id": id, "score": score }))
+            .collect();
+        let fields = Value::Object(x.after.clone().unwrap_or_default());
+        self.billing
+            .execute(
+                "INSERT INTO extsync.match_reviews (integration, entity, external_id, candidates, fields)
+                 VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (integration, entity, external_id) DO UPDATE
+                    SET candidates = excluded.candidates, fields = excluded.fields, last_seen_at = now()",
+                &[&e.integration, &e.entity, &x.external_id, &Value::Array(candidates), &fields],
+            )
+            .await?;
+        Ok(())
     }
 
     /// Billing rows of the entity's table not yet linked for its integration.
@@ -1321,6 +1363,23 @@ fn later_changes<'a>(work: &[Work<'a>]) -> Vec<Later<'a>> {
 fn latest_wins_conflict(plan: &Plan) -> bool {
     matches!(plan, Plan::Write { resolutions, .. }
         if resolutions.iter().any(|r| r.strategy == crate::config::Strategy::LatestWins))
+}
+
+/// Candidate billing ids of a match, with their scores, best first.
+type Scored = Vec<(String, f64)>;
+
+/// What a person reviewing an ambiguous match reads: the candidates and
+/// their scores.
+fn review_message(cands: &[(String, f64)]) -> String {
+    format!(
+        "{} possible matches ({}); link it by hand",
+        cands.len(),
+        cands
+            .iter()
+            .map(|(id, s)| format!("{id} {s:.2}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
 }
 
 fn key_of(e: &EntityMap, billing_id: &str) -> RecordKey {

@@ -145,7 +145,9 @@ pub enum SyncEvent {
     Error {
         integration: String,
         entity: String,
-        billing_id: String,
+        /// `None` for an external record linked to no billing row: one
+        /// whose match rules fit several rows (`match_review`).
+        billing_id: Option<String>,
         external_id: Option<String>,
         /// `field_validation`, `rate_limit`, `auth_expired`, `not_found`, `transient`, …
         error_type: String,
@@ -178,15 +180,18 @@ impl SyncEvent {
                 entity,
                 billing_id,
                 ..
-            }
-            | SyncEvent::Error {
+            } => format!("{integration}/{entity}/{billing_id}"),
+            SyncEvent::Error {
                 integration,
                 entity,
                 billing_id,
+                external_id,
                 ..
-            } => {
-                format!("{integration}/{entity}/{billing_id}")
-            }
+            } => match (billing_id, external_id) {
+                (Some(id), _) => format!("{integration}/{entity}/{id}"),
+                (None, Some(x)) => format!("{integration}/{entity}/external/{x}"),
+                (None, None) => format!("{integration}/{entity}"),
+            },
             SyncEvent::Completed {
                 integration,
                 entity,

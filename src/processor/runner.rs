@@ -591,6 +591,7 @@ fn announce(events: &[super::events::SyncEvent]) {
                 integration,
                 entity,
                 billing_id,
+                external_id,
                 error_type,
                 message,
                 ..
@@ -598,7 +599,8 @@ fn announce(events: &[super::events::SyncEvent]) {
                 tracing::warn!(
                     integration,
                     entity,
-                    billing_id,
+                    billing_id = billing_id.as_deref().unwrap_or("-"),
+                    external_id = external_id.as_deref().unwrap_or("-"),
                     error_type,
                     message,
                     "sync failed"
