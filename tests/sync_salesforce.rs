@@ -431,6 +431,21 @@ async fn rows_become_accounts_and_edits_flow_both_ways_without_echo() {
     assert_eq!(s.billing_name(1).await, "Acme Corp");
     // One create, one MRR update: the rename was never written back to Salesforce.
     assert_eq!(writes, 2, "extsync wrote {writes} times");
+
+    // A replay beside the running processor is refused, and changes nothing.
+    let from = extsync::processor::replay::ReplayFrom::Earliest;
+    let refused = extsync::processor::service::replay(&s.pipeline, "salesforce", from, |_, _| {})
+        .await
+        .expect_err("replayed beside the running processor");
+    let message = refused.to_string();
+    assert!(
+        matches!(
+            refused,
+            extsync::processor::service::ReplayCommandError::ProcessorRunning { members: 1.., .. }
+        ) && message.contains("stop it before replaying"),
+        "{message}"
+    );
+    assert_eq!(s.extsync_writes().await, writes);
     s.stop().await;
 }
 

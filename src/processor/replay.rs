@@ -62,6 +62,27 @@ pub struct ReplaySummary {
     pub counts: Counts,
 }
 
+/// Members of consumer group `group` now (0 when it has none or does not
+/// exist).
+pub async fn group_members(
+    kafka: &rdkafka::ClientConfig,
+    group: &str,
+) -> Result<usize, rdkafka::error::KafkaError> {
+    let consumer: BaseConsumer = kafka.create()?;
+    let group = group.to_string();
+    tokio::task::spawn_blocking(move || {
+        let list = consumer.fetch_group_list(Some(&group), Duration::from_secs(10))?;
+        Ok(list
+            .groups()
+            .iter()
+            .filter(|g| g.name() == group)
+            .map(|g| g.members().len())
+            .sum())
+    })
+    .await
+    .map_err(|_| rdkafka::error::KafkaError::Canceled)?
+}
+
 /// Replays the change topics `topics` (all partitions) from `from` up to
 /// their end offsets at the start. `progress` is told (done, total).
 pub async fn replay(

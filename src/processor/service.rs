@@ -245,6 +245,11 @@ fn only(pipeline: &Pipeline, integration: &str) -> Option<Pipeline> {
 pub enum ReplayCommandError {
     #[error("integration {0:?} is not in the pipeline")]
     UnknownIntegration(String),
+    #[error(
+        "the pipeline's processor is running ({members} member(s) in consumer group {group:?}): \
+         stop it before replaying, or the two would work on the same records with different cached states"
+    )]
+    ProcessorRunning { group: String, members: usize },
     #[error(transparent)]
     Setup(#[from] ProcessError),
     #[error(transparent)]
@@ -261,6 +266,14 @@ pub async fn replay(
 ) -> Result<super::replay::ReplaySummary, ReplayCommandError> {
     let p = only(pipeline, integration)
         .ok_or_else(|| ReplayCommandError::UnknownIntegration(integration.into()))?;
+    let kafka = kafka::client_config(&p.kafka).map_err(ProcessError::from)?;
+    let group = format!("{}-processor", p.kafka.topic_prefix);
+    let members = super::replay::group_members(&kafka, &group)
+        .await
+        .map_err(super::replay::ReplayError::from)?;
+    if members > 0 {
+        return Err(ReplayCommandError::ProcessorRunning { group, members });
+    }
     let processor = processor(&p).await?;
     let topics = Topics::new(&p.kafka.topic_prefix);
     let mut names: Vec<String> = Vec::new();
@@ -272,6 +285,5 @@ pub async fn replay(
     }
     names.sort();
     names.dedup();
-    let kafka = kafka::client_config(&p.kafka).map_err(ProcessError::from)?;
     Ok(super::replay::replay(processor, kafka, &topics, names, from, progress).await?)
 }
