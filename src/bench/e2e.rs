@@ -8,6 +8,7 @@
 //!     commit time of each change  ───────────── vs ─────────── written-log time  → p50/p99
 //!  2. max_changes new rows as fast as possible ─► time until all are written → max_rate
 //!  3. max_changes messages: topic A ─► consume ─► produce topic B (acks=all) → raw_pipe_rate
+//!     the same, read committed, one transaction per batch of ≤ 500 → raw_exactly_once_pipe_rate
 //! ```
 //!
 //! Reads `EXTSYNC_PG_URL` and `EXTSYNC_KAFKA_BROKERS`; works in a scratch
@@ -186,8 +187,12 @@ async fn bench(args: &Args, url: &str, brokers: &str, tag: &str) -> anyhow::Resu
     drop(running);
 
     // 3. The floor.
-    let raw = raw_pipe(brokers, tag, args.max_changes).await?;
-    eprintln!("raw pipe: {raw:.0} messages/s");
+    let raw_pipes = raw_pipe(brokers, tag, args.max_changes).await?;
+    let raw = raw_pipes.plain;
+    eprintln!(
+        "raw pipe: {raw:.0} messages/s; exactly once (read committed, one transaction per batch of up to 500): {:.0} messages/s",
+        raw_pipes.exactly_once
+    );
 
     Ok(json!({
         "bench": "e2e",
@@ -197,6 +202,7 @@ async fn bench(args: &Args, url: &str, brokers: &str, tag: &str) -> anyhow::Resu
         "max_rate": max_rate.round(),
         "raw_pipe_rate": raw.round(),
         "ratio": ((max_rate / raw) * 1000.0).round() / 1000.0,
+        "raw_exactly_once_pipe_rate": raw_pipes.exactly_once.round(),
         "peak_rss_mb": peak_rss_mb().round(),
     })
     .to_string())
@@ -357,10 +363,15 @@ impl Written {
     }
 }
 
-/// Messages per second through a plain consume → produce pipe (acks=all,
+/// Messages per second through consume → produce pipes (acks=all,
 /// idempotent) on the same broker, for `count` messages the size of a
-/// change event.
-async fn raw_pipe(brokers: &str, tag: &str, count: u64) -> anyhow::Result<f64> {
+/// change event: plain, and exactly once as the processor commits.
+struct RawPipe {
+    plain: f64,
+    exactly_once: f64,
+}
+
+async fn raw_pipe(brokers: &str, tag: &str, count: u64) -> anyhow::Result<RawPipe> {
     let (input, output) = (format!("{tag}.raw.in"), format!("{tag}.raw.out"));
     let base = {
         let mut cc = ClientConfig::new();
@@ -396,32 +407,74 @@ async fn raw_pipe(brokers: &str, tag: &str, count: u64) -> anyhow::Result<f64> {
     seed.flush(Duration::from_secs(60))?;
     drop(seed);
 
-    let base2 = base.clone();
-    tokio::task::spawn_blocking(move || {
-        let consumer: BaseConsumer = base2
-            .clone()
-            .set("group.id", format!("{input}-pipe"))
-            .set("auto.offset.reset", "earliest")
-            .set("enable.auto.commit", "true")
-            .create()?;
-        consumer.subscribe(&[&input])?;
-        let out = producer(&base2)?;
-        let deadline = Instant::now() + Duration::from_secs(300);
-        // The clock starts at the first message: joining the group is not
-        // piping, and the pipeline's own phase starts warm.
-        let mut started = None;
-        let mut piped = 0;
-        while piped < count {
-            if Instant::now() > deadline {
-                bail!("the raw pipe did not finish within 300 s");
-            }
-            let Some(m) = consumer.poll(Duration::from_millis(100)) else {
-                continue;
-            };
+    let (plain, exactly_once) = {
+        let (b, i, o) = (base.clone(), input.clone(), output.clone());
+        let plain = tokio::task::spawn_blocking(move || pipe(&b, &i, &o, count, false)).await??;
+        let (b, o) = (base.clone(), format!("{output}.eos"));
+        let eos = tokio::task::spawn_blocking(move || pipe(&b, &input, &o, count, true)).await??;
+        (plain, eos)
+    };
+    Ok(RawPipe {
+        plain,
+        exactly_once,
+    })
+}
+
+/// Messages per second through one consume → produce pipe of `count`
+/// messages. `exactly_once`: read committed, and each batch's messages and
+/// offsets commit in one transaction, as the processor's do.
+fn pipe(
+    base: &ClientConfig,
+    input: &str,
+    output: &str,
+    count: u64,
+    exactly_once: bool,
+) -> anyhow::Result<f64> {
+    use rdkafka::Message;
+    let mode = if exactly_once { "eos" } else { "plain" };
+    let mut cc = base.clone();
+    cc.set("group.id", format!("{input}-pipe-{mode}"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", (!exactly_once).to_string());
+    if exactly_once {
+        cc.set("isolation.level", "read_committed");
+    }
+    let consumer: BaseConsumer = cc.create()?;
+    consumer.subscribe(&[input])?;
+    let mut pc = base.clone();
+    pc.set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .set("compression.type", "lz4");
+    if exactly_once {
+        pc.set("transactional.id", format!("{input}-pipe"));
+    }
+    let out: ThreadedProducer<DefaultProducerContext> = pc.create()?;
+    let timeout = Duration::from_secs(30);
+    if exactly_once {
+        out.init_transactions(timeout)?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(300);
+    // The clock starts at the first message: joining the group is not
+    // piping, and the pipeline's own phase starts warm.
+    let mut started = None;
+    let mut piped = 0;
+    while piped < count {
+        if Instant::now() > deadline {
+            bail!("the raw {mode} pipe did not finish within 300 s");
+        }
+        let Some(first) = consumer.poll(Duration::from_millis(100)) else {
+            continue;
+        };
+        started.get_or_insert_with(Instant::now);
+        if exactly_once {
+            out.begin_transaction()?;
+        }
+        let mut next = Some(first);
+        let mut in_batch = 0;
+        while let Some(m) = next.take() {
             let m = m?;
-            started.get_or_insert_with(Instant::now);
-            use rdkafka::Message;
-            let mut rec = BaseRecord::to(&output).payload(m.payload().unwrap_or_default());
+            let mut rec = BaseRecord::to(output).payload(m.payload().unwrap_or_default());
             if let Some(k) = m.key() {
                 rec = rec.key(k);
             }
@@ -436,12 +489,21 @@ async fn raw_pipe(brokers: &str, tag: &str, count: u64) -> anyhow::Result<f64> {
                 }
             }
             piped += 1;
+            in_batch += 1;
+            if exactly_once && in_batch < 500 {
+                next = consumer.poll(Duration::ZERO);
+            }
         }
-        out.flush(Duration::from_secs(60))?;
-        let secs = started.map_or(f64::INFINITY, |t| t.elapsed().as_secs_f64());
-        Ok(count as f64 / secs)
-    })
-    .await?
+        if exactly_once {
+            let positions = consumer.position()?;
+            let group = consumer.group_metadata().context("group metadata")?;
+            out.send_offsets_to_transaction(&positions, &group, timeout)?;
+            out.commit_transaction(timeout)?;
+        }
+    }
+    out.flush(Duration::from_secs(60))?;
+    let secs = started.map_or(f64::INFINITY, |t| t.elapsed().as_secs_f64());
+    Ok(count as f64 / secs)
 }
 
 async fn delete_topics(brokers: &str, tag: &str) -> anyhow::Result<()> {
