@@ -495,6 +495,8 @@ fn pipe(
             }
         }
         if exactly_once {
+            // As the processor does: the records are delivered first.
+            out.flush(timeout)?;
             let positions = consumer.position()?;
             let group = consumer.group_metadata().context("group metadata")?;
             out.send_offsets_to_transaction(&positions, &group, timeout)?;
