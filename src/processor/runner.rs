@@ -19,6 +19,7 @@ use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::message::OwnedMessage;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
@@ -110,6 +111,9 @@ pub struct RunnerConfig {
     pub instance: String,
     /// Change topics of the mapped tables.
     pub cdc_topics: Vec<String>,
+    /// External change topics of the enabled integrations, created here so
+    /// that the router's subscription matches them from the start.
+    pub external_topics: Vec<String>,
     /// Partitions of the topics created here (`kafka.partitions`): the
     /// most processors that share work.
     pub partitions: i32,
@@ -191,6 +195,7 @@ impl RunnerConfig {
         topics.extend(
             self.cdc_topics
                 .iter()
+                .chain(&self.external_topics)
                 .map(|t| NewTopic::new(t, self.partitions, TopicReplication::Fixed(-1))),
         );
         let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
@@ -229,13 +234,20 @@ async fn next_batch(
     consumer: &OwnerConsumer,
     stop: &CancellationToken,
 ) -> Option<Result<Vec<OwnedMessage>, RunError>> {
-    let first = tokio::select! {
-        _ = stop.cancelled() => return None,
-        m = consumer.recv() => m,
-    };
-    let mut batch = match first {
-        Ok(m) => vec![m.detach()],
-        Err(e) => return Some(Err(e.into())),
+    let mut batch = loop {
+        let first = tokio::select! {
+            _ = stop.cancelled() => return None,
+            m = consumer.recv() => m,
+        };
+        match first {
+            Ok(m) => break vec![m.detach()],
+            // A subscribed topic or pattern with nothing to match yet (no
+            // external system has sent a change): it is read once created.
+            Err(e) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::UnknownTopicOrPartition) => {
+                tracing::debug!(error = %e, "waiting for a subscribed topic");
+            }
+            Err(e) => return Some(Err(e.into())),
+        }
     };
     // Take what is already fetched, without waiting for more: while the
     // previous batch committed, the next one queued up, so batches grow

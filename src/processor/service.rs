@@ -191,7 +191,16 @@ impl Loops {
             .collect();
         cdc_topics.sort();
         cdc_topics.dedup();
+        let mut external_topics: Vec<String> = pipeline
+            .integrations
+            .values()
+            .filter(|i| i.enabled)
+            .map(|i| topics.external(i.provider.as_str()))
+            .collect();
+        external_topics.sort();
+        external_topics.dedup();
         let mut cfg = RunnerConfig {
+            external_topics,
             topics,
             kafka: kafka::client_config(&pipeline.kafka)?,
             instance: instance_name(),
