@@ -591,9 +591,13 @@ async fn replaying_history_twice_creates_once_and_changes_nothing() {
         "capture wrote every change",
         Duration::from_secs(60),
         || {
+            // None until capture has created the topic.
             let partitions =
                 extsync::kafka::partition_counts(&s.kafka.config(), std::slice::from_ref(&topic))
-                    .unwrap()[&topic];
+                    .unwrap()
+                    .get(&topic)
+                    .copied()
+                    .unwrap_or(0);
             let marks: Vec<_> = (0..partitions)
                 .map(|p| {
                     rdkafka::consumer::Consumer::fetch_watermarks(
