@@ -92,6 +92,26 @@ pub fn record_partition(billing_id: &str, partitions: i32) -> i32 {
     (crc32fast::hash(billing_id.as_bytes()) % partitions.max(1) as u32) as i32
 }
 
+/// Sends the records `client`'s producer has queued without waiting out
+/// `linger.ms`, and waits until they are delivered. librdkafka skips the
+/// linger while a flush is under way; rust-rdkafka's own flush flags one for
+/// an instant and then sleeps in 100 ms polls. The producer's delivery
+/// reports must be served by another thread, as `FutureProducer` and
+/// `ThreadedProducer` do.
+pub fn deliver_queued<C: rdkafka::ClientContext>(
+    client: &rdkafka::client::Client<C>,
+    timeout: std::time::Duration,
+) -> Result<(), rdkafka::error::KafkaError> {
+    let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+    // SAFETY: the pointer is the live client's handle; its delivery reports
+    // are events served by another thread, so this call only waits.
+    let code = unsafe { rdkafka::bindings::rd_kafka_flush(client.native_ptr(), ms) };
+    match code {
+        rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR => Ok(()),
+        e => Err(rdkafka::error::KafkaError::Flush(e.into())),
+    }
+}
+
 /// Partition counts of `topics` as the broker knows them; missing topics
 /// are left out.
 pub fn partition_counts(

@@ -496,7 +496,7 @@ fn pipe(
         }
         if exactly_once {
             // As the processor does: the records are delivered first.
-            out.flush(timeout)?;
+            extsync::kafka::deliver_queued(out.client(), timeout)?;
             let positions = consumer.position()?;
             let group = consumer.group_metadata().context("group metadata")?;
             out.send_offsets_to_transaction(&positions, &group, timeout)?;

@@ -440,13 +440,8 @@ impl CaptureProducer {
         if self.sent_now.swap(sends, Ordering::Relaxed) == sends {
             return;
         }
-        // librdkafka sends without lingering while a flush is under way;
-        // rust-rdkafka's own flush only ever flags it for an instant.
-        // SAFETY: the pointer is the live producer's handle; delivery
-        // reports are events here, so this call only waits.
-        unsafe {
-            rdkafka::bindings::rd_kafka_flush(self.producer.client().native_ptr(), 1);
-        }
+        // Sends at once; waiting for the delivery is the acks' business.
+        let _ = crate::kafka::deliver_queued(self.producer.client(), Duration::from_millis(1));
     }
 
     pub fn acks(&self) -> &Arc<Acks> {

@@ -170,7 +170,7 @@ impl RunnerConfig {
         )
         .set("enable.idempotence", "true")
         .set("acks", "all")
-        // Records wait for [`send_queued`], which sends them in one request.
+        // Records wait for [`crate::kafka::deliver_queued`], which sends them in one request.
         .set("linger.ms", "100")
         .set("transaction.timeout.ms", "60000");
         let p: FutureProducer = cc.create()?;
@@ -306,7 +306,7 @@ pub(super) async fn transact(
             let t0 = std::time::Instant::now();
             // The records leave in one request per broker, at once; their
             // delivery is awaited first to keep the commit's own flush short.
-            send_queued(&p)?;
+            crate::kafka::deliver_queued(p.client(), TXN_TIMEOUT)?;
             let t_sent = t0.elapsed();
             p.send_offsets_to_transaction(&offsets, &group, TXN_TIMEOUT)?;
             let t_offsets = t0.elapsed();
@@ -329,21 +329,6 @@ pub(super) async fn transact(
         let _ = tokio::task::spawn_blocking(move || p.abort_transaction(TXN_TIMEOUT)).await;
     }
     Ok(sent?)
-}
-
-/// Sends the queued records without lingering and waits until they are
-/// delivered. librdkafka skips `linger.ms` while a flush is under way;
-/// rust-rdkafka's own flush only flags one for an instant.
-fn send_queued(producer: &FutureProducer) -> Result<(), rdkafka::error::KafkaError> {
-    let ms = TXN_TIMEOUT.as_millis() as i32;
-    // SAFETY: the pointer is the live producer's handle; its delivery
-    // reports are events served by the producer's own thread, so this call
-    // only waits.
-    let code = unsafe { rdkafka::bindings::rd_kafka_flush(producer.client().native_ptr(), ms) };
-    match code {
-        rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR => Ok(()),
-        e => Err(rdkafka::error::KafkaError::Flush(e.into())),
-    }
 }
 
 fn group(consumer: &OwnerConsumer) -> rdkafka::consumer::ConsumerGroupMetadata {
