@@ -71,11 +71,17 @@ pub struct Requeue {
     /// or the last pass did not finish. True at start, for retries a
     /// previous process left.
     due: AtomicBool,
+    /// The integrations whose failed records this processor retries.
+    integrations: Vec<String>,
 }
 
 impl Requeue {
     /// A requeue onto the repartition topic of `topics`.
-    pub fn new(kafka: ClientConfig, topics: &Topics) -> Result<Self, RequeueError> {
+    pub fn new(
+        kafka: ClientConfig,
+        topics: &Topics,
+        integrations: Vec<String>,
+    ) -> Result<Self, RequeueError> {
         let producer: FutureProducer = crate::kafka::durable_producer(kafka.clone()).create()?;
         Ok(Self {
             producer,
@@ -83,6 +89,7 @@ impl Requeue {
             topic: format!("{}.{CHANGES_TOPIC}", topics.prefix()),
             partitions: OnceLock::new(),
             due: AtomicBool::new(true),
+            integrations,
         })
     }
 
@@ -134,9 +141,9 @@ impl Requeue {
                    JOIN extsync.records r ON r.integration = f.integration AND r.entity = f.parent_entity
                                          AND r.billing_id = f.parent_billing_id
                   WHERE f.parent_entity IS NOT NULL AND f.requeued_at IS NULL AND f.change IS NOT NULL
-                    AND r.external_id IS NOT NULL
+                    AND r.external_id IS NOT NULL AND f.integration = ANY($2)
                   LIMIT $1",
-                &[&REQUEUE_LIMIT],
+                &[&REQUEUE_LIMIT, &self.integrations],
             )
             .await?;
         if rows.len() as i64 >= REQUEUE_LIMIT {

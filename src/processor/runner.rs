@@ -1,7 +1,7 @@
 //! The processor's Kafka loops: the router re-keys external changes onto
-//! the repartition topic; the processor consumes it beside the change
-//! topics, partition by partition, by record (see [`super::route`]). Each
-//! loop commits its outputs and its consumer offsets in one Kafka
+//! the repartition topic; each integration's processor (a consumer group of
+//! its own) consumes it beside the change topics, partition by partition, by
+//! record (see [`super::route`]). Each loop commits its outputs and its consumer offsets in one Kafka
 //! transaction, with a producer fenced by its transactional id and the
 //! group's generation.
 //!
@@ -445,12 +445,24 @@ async fn router_session(
     Ok(())
 }
 
-/// Runs the processor until `stop`. A batch whose delivery is paused is
-/// retried with backoff (its offsets stay uncommitted); Kafka errors restart
-/// the clients from the last committed offsets.
-pub async fn run_processor(cfg: RunnerConfig, processor: Arc<Processor>, stop: CancellationToken) {
+/// The consumer group of `integration`'s processor.
+pub fn processor_group(topics: &Topics, integration: &str) -> String {
+    format!("{}-processor-{integration}", topics.prefix())
+}
+
+/// Runs the processor of `integration` until `stop`. A batch whose delivery
+/// is paused is retried with backoff (its offsets stay uncommitted), which
+/// holds back this integration only: each integration's processor is a
+/// consumer group of its own, reading the change topics at its own pace.
+/// Kafka errors restart the clients from the last committed offsets.
+pub async fn run_processor(
+    cfg: RunnerConfig,
+    integration: String,
+    processor: Arc<Processor>,
+    stop: CancellationToken,
+) {
     while !stop.is_cancelled() {
-        if let Err(e) = processor_session(&cfg, &processor, &stop).await {
+        if let Err(e) = processor_session(&cfg, &integration, &processor, &stop).await {
             warn_restart("processor", &e);
             processor.state.clear_cache();
             tokio::time::sleep(Duration::from_secs(1)).await;
@@ -460,11 +472,12 @@ pub async fn run_processor(cfg: RunnerConfig, processor: Arc<Processor>, stop: C
 
 async fn processor_session(
     cfg: &RunnerConfig,
+    integration: &str,
     processor: &Arc<Processor>,
     stop: &CancellationToken,
 ) -> Result<(), RunError> {
     let consumer = cfg.consumer(
-        &format!("{}-processor", cfg.topics.prefix()),
+        &processor_group(&cfg.topics, integration),
         Some(&processor.state),
     )?;
     let changes_topic = cfg.changes_topic();
@@ -473,7 +486,7 @@ async fn processor_session(
     consumer.subscribe(&subscription)?;
     let committer = Committer::start(
         processor.clone(),
-        cfg.producer("processor")?,
+        cfg.producer(&format!("processor-{integration}"))?,
         cfg.topics.sync_events(),
     );
     let result = process_batches(cfg, processor, stop, &consumer, &committer).await;

@@ -69,13 +69,47 @@ pub async fn processor_with(
     pipeline: &Pipeline,
     options: &Options,
 ) -> Result<Arc<Processor>, ProcessError> {
-    let url = pipeline.postgres.url.resolve()?;
-    let mut db = store::connect(&url).await?;
-    store::migrate(&mut db).await?;
-    let db = Arc::new(db);
-    let reads = Arc::new(store::connect(&url).await?);
+    let shared = Shared::connect(pipeline).await?;
+    let state = shared.state.clone();
+    build(pipeline, options, &shared, state).await
+}
+
+/// What the processors of one pipeline share: the billing database's
+/// connections and the state store (cache included).
+struct Shared {
+    url: String,
+    db: Arc<tokio_postgres::Client>,
+    reads: Arc<tokio_postgres::Client>,
+    state: StateStore,
+}
+
+impl Shared {
+    async fn connect(pipeline: &Pipeline) -> Result<Self, ProcessError> {
+        let url = pipeline.postgres.url.resolve()?;
+        let mut db = store::connect(&url).await?;
+        store::migrate(&mut db).await?;
+        let db = Arc::new(db);
+        let reads = Arc::new(store::connect(&url).await?);
+        let state = StateStore::new(db.clone(), pipeline.processor.state_cache_capacity)
+            .reading_from(reads.clone());
+        Ok(Self {
+            url,
+            db,
+            reads,
+            state,
+        })
+    }
+}
+
+/// The processor of `pipeline`'s integrations over `shared`, with `state`.
+async fn build(
+    pipeline: &Pipeline,
+    options: &Options,
+    shared: &Shared,
+    state: StateStore,
+) -> Result<Arc<Processor>, ProcessError> {
     let mappings = Arc::new(Mappings::compile(pipeline)?);
-    let status = Arc::new(PgStatusStore::new(db.clone()));
+    let status = Arc::new(PgStatusStore::new(shared.db.clone()));
     let mut external: HashMap<String, Arc<dyn ExternalSink>> = HashMap::new();
     for (id, integration) in pipeline
         .integrations
@@ -88,7 +122,7 @@ pub async fn processor_with(
         external.insert(id.to_string(), Arc::new(writer));
     }
     let billing = BillingWriter::connect(
-        &url,
+        &shared.url,
         BillingWriterConfig {
             origin: pipeline.postgres.origin.clone(),
             ..BillingWriterConfig::default()
@@ -100,22 +134,43 @@ pub async fn processor_with(
         Some(Requeue::new(
             kafka::client_config(&pipeline.kafka)?,
             &Topics::new(&pipeline.kafka.topic_prefix),
+            external.keys().cloned().collect(),
         )?)
     } else {
         None
     };
     Ok(Arc::new(Processor {
         mappings,
-        state: StateStore::new(db.clone(), pipeline.processor.state_cache_capacity)
-            .reading_from(reads.clone()),
-        billing: db,
-        reads,
+        state,
+        billing: shared.db.clone(),
+        reads: shared.reads.clone(),
         external,
         billing_sink: Arc::new(billing),
         parent_wait: options.parent_wait,
         requeue,
         primary_keys: Default::default(),
     }))
+}
+
+/// One processor per enabled integration with entities, each with its own
+/// consumer group, so that one integration's paused delivery holds back
+/// only its own records; and the router's view of the whole pipeline.
+async fn processors(
+    pipeline: &Pipeline,
+    options: &Options,
+) -> Result<(Vec<(String, Arc<Processor>)>, Arc<Mappings>, StateStore), ProcessError> {
+    let shared = Shared::connect(pipeline).await?;
+    let mut out = Vec::new();
+    for (id, integration) in &pipeline.integrations {
+        if !integration.enabled || integration.entities.is_empty() {
+            continue;
+        }
+        let one = only(pipeline, id.as_str()).expect("the integration is in the pipeline");
+        let state = shared.state.scoped_to(id.as_str());
+        out.push((id.to_string(), build(&one, options, &shared, state).await?));
+    }
+    let mappings = Arc::new(Mappings::compile(pipeline)?);
+    Ok((out, mappings, shared.state))
 }
 
 /// The external writer settings of `integration`: each entity's `onNotFound`.
@@ -158,15 +213,19 @@ pub async fn start_with(
 }
 
 /// The router and processor loops of a pipeline, built once and started
-/// each on its own: the processor loop can stop and start again (it
-/// resumes from its committed offsets) while the router keeps routing.
+/// each on its own: the processor loops can stop and start again (they
+/// resume from their committed offsets) while the router keeps routing.
 pub struct Loops {
     cfg: RunnerConfig,
-    processor: Arc<Processor>,
+    /// One per integration, by integration id.
+    processors: Vec<(String, Arc<Processor>)>,
+    /// The whole pipeline's mappings and state, for the router.
+    mappings: Arc<Mappings>,
+    state: StateStore,
 }
 
 impl Loops {
-    /// Builds the processor of `pipeline` and creates its topics.
+    /// Builds the processors of `pipeline` and creates their topics.
     pub async fn prepare(pipeline: &Pipeline) -> Result<Loops, ProcessError> {
         Self::prepare_with(pipeline, &Options::default()).await
     }
@@ -180,7 +239,7 @@ impl Loops {
         super::runner::describe_metrics();
         super::retry::describe_metrics();
         super::commit::describe_metrics();
-        let processor = processor_with(pipeline, options).await?;
+        let (processors, mappings, state) = processors(pipeline, options).await?;
         let topics = Topics::new(&pipeline.kafka.topic_prefix);
         let mut cdc_topics: Vec<String> = pipeline
             .integrations
@@ -209,26 +268,42 @@ impl Loops {
             layout: Default::default(),
         };
         cfg.ensure_topics().await?;
-        Ok(Loops { cfg, processor })
+        Ok(Loops {
+            cfg,
+            processors,
+            mappings,
+            state,
+        })
     }
 
     /// Runs the router until `stop`.
     pub fn spawn_router(&self, stop: CancellationToken) -> JoinHandle<()> {
         tokio::spawn(runner::run_router(
             self.cfg.clone(),
-            self.processor.mappings.clone(),
-            self.processor.state.clone(),
+            self.mappings.clone(),
+            self.state.clone(),
             stop,
         ))
     }
 
-    /// Runs the processor loop until `stop`.
+    /// Runs every integration's processor loop until `stop`; the handle
+    /// ends when all of them have.
     pub fn spawn_processor(&self, stop: CancellationToken) -> JoinHandle<()> {
-        tokio::spawn(runner::run_processor(
-            self.cfg.clone(),
-            self.processor.clone(),
-            stop,
-        ))
+        let loops: Vec<JoinHandle<()>> = self
+            .processors
+            .iter()
+            .map(|(id, p)| {
+                tokio::spawn(runner::run_processor(
+                    self.cfg.clone(),
+                    id.clone(),
+                    p.clone(),
+                    stop.clone(),
+                ))
+            })
+            .collect();
+        tokio::spawn(async move {
+            futures::future::join_all(loops).await;
+        })
     }
 }
 
@@ -276,7 +351,7 @@ pub async fn replay(
     let p = only(pipeline, integration)
         .ok_or_else(|| ReplayCommandError::UnknownIntegration(integration.into()))?;
     let kafka = kafka::client_config(&p.kafka).map_err(ProcessError::from)?;
-    let group = format!("{}-processor", p.kafka.topic_prefix);
+    let group = runner::processor_group(&Topics::new(&p.kafka.topic_prefix), integration);
     let members = super::replay::group_members(&kafka, &group)
         .await
         .map_err(super::replay::ReplayError::from)?;

@@ -93,6 +93,9 @@ pub struct StateStore {
     unsaved: Arc<DashMap<RecordKey, Arc<RecordState>>>,
     /// Batches remembered and not yet saved (or abandoned).
     saving: Arc<watch::Sender<usize>>,
+    /// The integration whose processor holds this handle: forgetting only
+    /// touches its records (see [`StateStore::scoped_to`]).
+    scope: Option<Arc<str>>,
 }
 
 /// A record's remembered state.
@@ -119,10 +122,29 @@ impl StateStore {
         Self {
             reads: db.clone(),
             db,
-            cache: Cache::new(capacity),
-            links: Cache::new(capacity),
+            cache: Cache::builder()
+                .max_capacity(capacity)
+                .support_invalidation_closures()
+                .build(),
+            links: Cache::builder()
+                .max_capacity(capacity)
+                .support_invalidation_closures()
+                .build(),
             unsaved: Arc::new(DashMap::new()),
             saving: Arc::new(watch::channel(0).0),
+            scope: None,
+        }
+    }
+
+    /// The same store, for the processor of `integration`: the cache is
+    /// shared (the router sees the links every processor makes), but
+    /// [`StateStore::forget_cached`] and [`StateStore::clear_cache`] only
+    /// forget that integration's records, so one processor restarting
+    /// never drops another's unsaved states.
+    pub fn scoped_to(&self, integration: &str) -> Self {
+        Self {
+            scope: Some(integration.into()),
+            ..self.clone()
         }
     }
 
@@ -392,17 +414,34 @@ impl StateStore {
         Ok(())
     }
 
-    /// Forgets the cached states and links, e.g. when partitions are
-    /// assigned; states not saved yet stay.
+    /// Forgets the cached states and links (of the scope's integration,
+    /// when scoped), e.g. when partitions are assigned; states not saved
+    /// yet stay.
     pub fn forget_cached(&self) {
-        self.cache.invalidate_all();
-        self.links.invalidate_all();
+        match self.scope.clone() {
+            None => {
+                self.cache.invalidate_all();
+                self.links.invalidate_all();
+            }
+            Some(i) => {
+                let j = i.clone();
+                // Only fails for caches built without invalidation closures.
+                let _ = self
+                    .cache
+                    .invalidate_entries_if(move |k, _| *k.integration == *i);
+                let _ = self.links.invalidate_entries_if(move |k, _| *k.0 == *j);
+            }
+        }
     }
 
-    /// Forgets everything, unsaved states too: for a processor restarting
-    /// from its committed offsets, after its last save finished.
+    /// Forgets everything (of the scope's integration, when scoped),
+    /// unsaved states too: for a processor restarting from its committed
+    /// offsets, after its last save finished.
     pub fn clear_cache(&self) {
         self.forget_cached();
-        self.unsaved.clear();
+        match &self.scope {
+            None => self.unsaved.clear(),
+            Some(i) => self.unsaved.retain(|k, _| *k.integration != **i),
+        }
     }
 }
