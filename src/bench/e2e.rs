@@ -9,6 +9,7 @@
 //!  2. max_changes new rows as fast as possible ─► time until all are written → max_rate
 //!  3. max_changes messages: topic A ─► consume ─► produce topic B (acks=all) → raw_pipe_rate
 //!     the same, read committed, one transaction per batch of ≤ 500 → raw_exactly_once_pipe_rate
+//!     max_rate / raw_pipe_rate → ratio; max_rate / raw_exactly_once_pipe_rate → ratio_exactly_once
 //! ```
 //!
 //! Reads `EXTSYNC_PG_URL` and `EXTSYNC_KAFKA_BROKERS`; works in a scratch
@@ -203,6 +204,7 @@ async fn bench(args: &Args, url: &str, brokers: &str, tag: &str) -> anyhow::Resu
         "raw_pipe_rate": raw.round(),
         "ratio": ((max_rate / raw) * 1000.0).round() / 1000.0,
         "raw_exactly_once_pipe_rate": raw_pipes.exactly_once.round(),
+        "ratio_exactly_once": ((max_rate / raw_pipes.exactly_once) * 1000.0).round() / 1000.0,
         "peak_rss_mb": peak_rss_mb().round(),
     })
     .to_string())

@@ -330,7 +330,7 @@ pub enum ReplayCommandError {
     #[error("integration {0:?} is not in the pipeline")]
     UnknownIntegration(String),
     #[error(
-        "the pipeline's processor is running ({members} member(s) in consumer group {group:?}): \
+        "the integration's processor is running ({members} member(s) in consumer group {group:?}): \
          stop it before replaying, or the two would work on the same records with different cached states"
     )]
     ProcessorRunning { group: String, members: usize },
