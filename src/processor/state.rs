@@ -140,10 +140,12 @@ impl StateStore {
     /// shared (the router sees the links every processor makes), but
     /// [`StateStore::forget_cached`] and [`StateStore::clear_cache`] only
     /// forget that integration's records, so one processor restarting
-    /// never drops another's unsaved states.
+    /// never drops another's unsaved states, and
+    /// [`StateStore::settled`] only waits for that integration's saves.
     pub fn scoped_to(&self, integration: &str) -> Self {
         Self {
             scope: Some(integration.into()),
+            saving: Arc::new(watch::channel(0).0),
             ..self.clone()
         }
     }
