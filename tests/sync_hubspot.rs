@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use extsync::connectors::hubspot::{AuthMode, HubSpotConnector};
 use extsync::connectors::{Connector, ExternalRecord, RequestBudget, WriteOp};
+use extsync::processor::service::Loops;
 use extsync::simulators::RunningSimulator;
 use extsync::simulators::hubspot::limits::LimitsConfig;
 use extsync::simulators::hubspot::{self, HubSpotConfig, HubSpotSim};
@@ -48,13 +49,26 @@ struct Sync {
     _state: HubSpotSim,
     stop: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    loops: Loops,
+    /// The processor loop while it runs: its stop token and task.
+    processor: Option<(CancellationToken, tokio::task::JoinHandle<()>)>,
 }
 
 impl Sync {
     /// Capture, ingest (webhooks, with a sweep behind them) and the
     /// processor in this process, against a fresh portal.
     async fn start() -> Sync {
+        Self::start_resolving("latest_wins").await
+    }
+
+    /// [`Sync::start`] with `strategy` as the contacts' default conflict
+    /// resolution.
+    async fn start_resolving(strategy: &str) -> Sync {
         credentials_env();
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(std::env::var("EXTSYNC_LOG").unwrap_or_else(|_| "warn".into()))
+            .with_test_writer()
+            .try_init();
         let db = TestDb::create().await;
         db.client().await.batch_execute(SCHEMA).await.unwrap();
         let kafka = TestKafka::new();
@@ -89,7 +103,7 @@ integrations:
           - {{ alguna: firstName, external: firstname }}
           - {{ alguna: phone, external: phone, direction: alguna_to_external, transform: custom, function: "return value == null ? null : value.replace(/[^0-9+]/g, '');" }}
         conflictResolution:
-          default: latest_wins
+          default: {strategy}
         matching:
           fields: [email]
           createIfNotFound: true
@@ -103,9 +117,13 @@ integrations:
         let pipeline = extsync::config::parse_str(&yaml, "sync.yaml").unwrap();
         let stop = CancellationToken::new();
         let mut tasks = vec![support::spawn_capture(&pipeline, &stop)];
-        let (more, webhook_addr) = support::start_ingest_and_processor(&pipeline, &stop).await;
-        tasks.extend(more);
-        let webhook_url = format!("http://{}/webhooks/hubspot", webhook_addr.unwrap());
+        let ingest = extsync::ingest::service::start(&pipeline, stop.clone())
+            .await
+            .unwrap();
+        let webhook_url = format!("http://{}/webhooks/hubspot", ingest.webhook_addr.unwrap());
+        tasks.push(tokio::spawn(ingest.join()));
+        let loops = Loops::prepare(&pipeline).await.unwrap();
+        tasks.push(loops.spawn_router(stop.clone()));
         let resp = reqwest::Client::new()
             .post(format!("{}/__admin/webhooks", sim.base_url()))
             .json(&json!({"targetUrl": webhook_url, "retryBaseMs": 50}))
@@ -113,14 +131,35 @@ integrations:
             .await
             .unwrap();
         assert!(resp.status().is_success());
-        Sync {
+        let mut sync = Sync {
             db,
             _kafka: kafka,
             sim,
             _state: state,
             stop,
             tasks,
-        }
+            loops,
+            processor: None,
+        };
+        sync.resume();
+        sync
+    }
+
+    /// Starts the processor loop (again), from its committed offsets.
+    fn resume(&mut self) {
+        let stop = self.stop.child_token();
+        let task = self.loops.spawn_processor(stop.clone());
+        self.processor = Some((stop, task));
+    }
+
+    /// Stops the processor loop once its last batch is committed.
+    async fn pause(&mut self) {
+        let (stop, task) = self.processor.take().expect("the processor runs");
+        stop.cancel();
+        tokio::time::timeout(Duration::from_secs(30), task)
+            .await
+            .expect("the processor loop stops")
+            .unwrap();
     }
 
     /// A person working in HubSpot (private-app token).
@@ -182,7 +221,8 @@ integrations:
 
     async fn stop(self) {
         self.stop.cancel();
-        for t in self.tasks {
+        let processor = self.processor.map(|(_, t)| t);
+        for t in self.tasks.into_iter().chain(processor) {
             let _ = tokio::time::timeout(Duration::from_secs(20), t).await;
         }
         self.db.drop_idle_slots().await;
@@ -297,5 +337,123 @@ async fn contacts_sync_both_ways_linking_by_email_without_echo() {
             .any(|w| w["properties"]["firstname"] == json!("Nina")),
         "an echo was written back: {writes:?}"
     );
+    s.stop().await;
+}
+
+/// Contact 1 created and linked, its creation's webhook seen; then, with the
+/// processor stopped, its first name edited in billing and in HubSpot, a
+/// second apart, in the order given; then the processor resumes. Returns
+/// the HubSpot contact's id.
+async fn first_name_edited_on_both_sides(s: &mut Sync, billing_first: bool) -> String {
+    let db = s.db.client().await;
+    db.execute(
+        "INSERT INTO contacts (id, email, first_name) VALUES (1, 'c@acme.test', 'Nia')",
+        &[],
+    )
+    .await
+    .unwrap();
+    eventually(
+        "contact 1 is linked and seen",
+        Duration::from_secs(60),
+        || async {
+            db.query_opt(
+                "SELECT 1 FROM extsync.records WHERE billing_id = '1'
+                AND external_id IS NOT NULL AND external_changed_at IS NOT NULL",
+                &[],
+            )
+            .await
+            .unwrap()
+            .is_some()
+        },
+    )
+    .await;
+    let id = s.contact_by_email("c@acme.test").await.remove(0).id;
+    s.pause().await;
+    let billing_edit = || async {
+        db.execute(
+            "UPDATE contacts SET first_name = 'Billing', updated_at = now() WHERE id = 1",
+            &[],
+        )
+        .await
+        .unwrap();
+    };
+    let hubspot_edit = || async {
+        s.person()
+            .write(
+                "contacts",
+                WriteOp::Update {
+                    id: id.clone(),
+                    fields: json!({"firstname": "HubSpot"}).as_object().unwrap().clone(),
+                },
+            )
+            .await
+            .unwrap();
+    };
+    if billing_first {
+        billing_edit().await;
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        hubspot_edit().await;
+    } else {
+        hubspot_edit().await;
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        billing_edit().await;
+    }
+    // Both changes reach Kafka (webhook, capture) before the processor runs.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    s.resume();
+    id
+}
+
+/// Waits until both sides hold `name`, then checks the one conflict
+/// recorded: strategy, winner and both values.
+async fn converged_by_one_conflict(s: &Sync, name: &str, strategy: &str, winner: &str) {
+    eventually("both sides agree", Duration::from_secs(60), || async {
+        s.first_name(1).await.as_deref() == Some(name)
+            && s.contact_by_email("c@acme.test")
+                .await
+                .first()
+                .is_some_and(|c| c.fields["firstname"] == json!(name))
+    })
+    .await;
+    let rows = s
+        .db
+        .client()
+        .await
+        .query(
+            "SELECT field, strategy, winner, alguna_value, external_value FROM extsync.conflicts
+              WHERE billing_id = '1'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1, "one conflict recorded");
+    let r = &rows[0];
+    assert_eq!(r.get::<_, String>(0), "firstName");
+    assert_eq!(
+        (r.get::<_, String>(1), r.get::<_, String>(2)),
+        (strategy.to_string(), winner.to_string())
+    );
+    assert_eq!(r.get::<_, Value>(3), json!("Billing"));
+    assert_eq!(r.get::<_, Value>(4), json!("HubSpot"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latest_wins_follows_hubspots_modification_time() {
+    let mut s = Sync::start().await;
+    first_name_edited_on_both_sides(&mut s, true).await;
+    converged_by_one_conflict(&s, "HubSpot", "latest_wins", "external").await;
+    s.stop().await;
+
+    let mut s = Sync::start().await;
+    first_name_edited_on_both_sides(&mut s, false).await;
+    converged_by_one_conflict(&s, "Billing", "latest_wins", "alguna").await;
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alguna_wins_over_a_later_hubspot_edit() {
+    let mut s = Sync::start_resolving("alguna_wins").await;
+    first_name_edited_on_both_sides(&mut s, true).await;
+    converged_by_one_conflict(&s, "Billing", "alguna_wins", "alguna").await;
     s.stop().await;
 }

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //!  { "before": {…}|null, "after": {…}|null,
-//!    "source": { "version", "connector": "postgresql", "name", "ts_ms", "db",
+//!    "source": { "version", "connector": "postgresql", "name", "ts_ms", "ts_us", "db",
 //!                "schema", "table", "txId", "lsn", "snapshot" [, "origin"] },
 //!    "op": "c"|"u"|"d"|"r"|"t", "ts_ms" [, "unavailable": [col…]] [, "transaction": {…}] }
 //! ```
@@ -67,8 +67,9 @@ pub struct Source<'a> {
     pub db: &'a str,
     pub schema: &'a str,
     pub table: &'a str,
-    /// Commit time of the transaction (snapshot: read time), ms since epoch.
-    pub ts_ms: i64,
+    /// Commit time of the transaction (snapshot: read time), µs since
+    /// epoch; written as Debezium's `ts_ms` and `ts_us`.
+    pub ts_us: i64,
     pub tx_id: Option<u32>,
     /// LSN of the change (snapshot: the slot's consistent point).
     pub lsn: u64,
@@ -130,7 +131,9 @@ impl Envelope<'_> {
         out.extend_from_slice(b"\",\"connector\":\"postgresql\",\"name\":");
         write_str(out, s.name.as_bytes());
         out.extend_from_slice(b",\"ts_ms\":");
-        num(out, s.ts_ms);
+        num(out, s.ts_us.div_euclid(1000));
+        out.extend_from_slice(b",\"ts_us\":");
+        num(out, s.ts_us);
         out.extend_from_slice(b",\"snapshot\":\"");
         out.extend_from_slice(s.snapshot.as_str().as_bytes());
         out.extend_from_slice(b"\",\"db\":");
@@ -240,7 +243,7 @@ mod tests {
                 db: "billing",
                 schema: "public",
                 table: "accounts",
-                ts_ms: 5,
+                ts_us: 5_123,
                 tx_id: Some(7),
                 lsn: 99,
                 snapshot: SnapshotMark::False,
@@ -259,6 +262,10 @@ mod tests {
         assert_eq!(v["after"]["id"], 1);
         assert_eq!(v["source"]["connector"], "postgresql");
         assert_eq!(v["source"]["txId"], 7);
+        assert_eq!(
+            (v["source"]["ts_ms"].clone(), v["source"]["ts_us"].clone()),
+            (5.into(), 5_123.into())
+        );
         assert_eq!(v["source"]["snapshot"], "false");
         assert_eq!(v["unavailable"][0], "notes");
         assert_eq!(v["transaction"]["total_order"], 1);

@@ -62,6 +62,10 @@ pub struct SourceBlock {
     /// Commit time (snapshot: read time), ms since the Unix epoch.
     #[serde(rename = "ts_ms")]
     pub ts_ms: i64,
+    /// The same time in µs, as Debezium writes it: the commit time exactly,
+    /// for comparing with the row's own timestamps.
+    #[serde(rename = "ts_us")]
+    pub ts_us: i64,
     /// `true`, `incremental` or `false`, as Debezium writes it.
     pub snapshot: String,
     pub db: String,

@@ -216,7 +216,7 @@ fn encode_read(
             db: &ctx.database,
             schema: &table.schema,
             table: &table.name,
-            ts_ms: now,
+            ts_us: now * 1000,
             tx_id: None,
             lsn,
             snapshot: mark,

@@ -40,7 +40,8 @@ pub type SnapshotRequest = (Vec<String>, Option<u64>);
 struct Tx {
     batch: u64,
     xid: u32,
-    commit_ms: i64,
+    /// Commit time, µs since the Unix epoch.
+    commit_us: i64,
     origin: Option<String>,
     skip: bool,
     seq: u64,
@@ -159,7 +160,7 @@ impl Stream {
         self.tx = Some(Tx {
             batch: self.producer.acks().open(),
             xid,
-            commit_ms: (commit_time_us + envelope::PG_EPOCH_OFFSET_US) / 1000,
+            commit_us: commit_time_us + envelope::PG_EPOCH_OFFSET_US,
             origin: None,
             skip: false,
             seq: 0,
@@ -196,7 +197,13 @@ impl Stream {
         if tx.begun && self.settings.transaction_events {
             let s = &mut self.scratch;
             s.payload.clear();
-            envelope::write_tx_marker(&mut s.payload, false, &tx.id, tx.commit_ms, &tx.counts);
+            envelope::write_tx_marker(
+                &mut s.payload,
+                false,
+                &tx.id,
+                tx.commit_us / 1000,
+                &tx.counts,
+            );
             s.idem.clear();
             s.idem.push_str(&tx.lsn_text);
             s.idem.push_str("/end");
@@ -300,7 +307,7 @@ impl Stream {
                     db: &self.database,
                     schema: &chunk.schema,
                     table: &chunk.name,
-                    ts_ms: now,
+                    ts_us: now * 1000,
                     tx_id: None,
                     lsn,
                     snapshot: SnapshotMark::Incremental,
@@ -519,7 +526,7 @@ impl Stream {
         if self.settings.transaction_events && !tx.begun {
             tx.begun = true;
             s.payload.clear();
-            envelope::write_tx_marker(&mut s.payload, true, &tx.id, tx.commit_ms, &[]);
+            envelope::write_tx_marker(&mut s.payload, true, &tx.id, tx.commit_us / 1000, &[]);
             s.idem.clear();
             s.idem.push_str(&tx.lsn_text);
             s.idem.push_str("/begin");
@@ -580,7 +587,7 @@ impl Stream {
                     db: &self.database,
                     schema: &table.schema,
                     table: &table.name,
-                    ts_ms: tx.commit_ms,
+                    ts_us: tx.commit_us,
                     tx_id: Some(tx.xid),
                     lsn,
                     snapshot: SnapshotMark::False,

@@ -69,7 +69,18 @@ pub fn parse_cdc(
     let str_of = |k: &str| source.get(k).and_then(Value::as_str).map(str::to_string);
     let schema = str_of("schema").ok_or_else(|| malformed("no source.schema"))?;
     let table = str_of("table").ok_or_else(|| malformed("no source.table"))?;
-    let ts_ms = source.get("ts_ms").and_then(Value::as_i64).unwrap_or(0);
+    // Microseconds where the event has them: a row's own `now()` may fall
+    // in its commit's millisecond.
+    let ts_us = source
+        .get("ts_us")
+        .and_then(Value::as_i64)
+        .or_else(|| {
+            source
+                .get("ts_ms")
+                .and_then(Value::as_i64)
+                .map(|ms| ms * 1000)
+        })
+        .unwrap_or(0);
     let key: Map<String, Value> = match key {
         Some(k) => serde_json::from_slice(k).map_err(|e| malformed(&format!("key: {e}")))?,
         None => return Err(malformed("no key")),
@@ -81,7 +92,7 @@ pub fn parse_cdc(
         key,
         op,
         after,
-        committed_at: chrono::DateTime::from_timestamp_millis(ts_ms).unwrap_or_default(),
+        committed_at: chrono::DateTime::from_timestamp_micros(ts_us).unwrap_or_default(),
         origin: str_of("origin"),
     }))
 }
