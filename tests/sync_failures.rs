@@ -96,21 +96,7 @@ kafka: {{ brokers: "{brokers}", topicPrefix: "{prefix}" }}
 telemetry: {{ metricsAddress: "" }}
 ingest: {{ webhookAddress: "", sweepSecs: 1, pollOverlapSecs: 5 }}
 integrations:
-  salesforce:
-    provider: salesforce
-    baseUrl: "{base}"
-    credentials:
-      clientId: ${{TEST_SF_CLIENT_ID}}
-      clientSecret: ${{TEST_SF_CLIENT_SECRET}}
-      refreshToken: ${{TEST_SF_REFRESH_TOKEN}}
-    rateLimit: {{ requests: 10000, burst: 1000 }}
-    entities:
-      accounts:
-        externalObject: Account
-        table: public.accounts
-        billingIdField: Alguna_Id__c
-        mappings:
-          - {{ alguna: name, external: Name }}
+{salesforce}          - {{ alguna: name, external: Name }}
           - {{ alguna: code, external: Description, direction: alguna_to_external, transform: custom, function: "if (value === 'bad') throw new Error('code rejected: ' + value); if (value === 'loop') {{ for (;;) {{}} }} return value.toUpperCase();" }}
       contacts:
         externalObject: Contact
@@ -125,7 +111,7 @@ integrations:
             db = db.url,
             brokers = kafka.brokers,
             prefix = kafka.prefix,
-            base = running.base_url()
+            salesforce = support::salesforce_integration("salesforce", &running.base_url())
         );
         let pipeline = extsync::config::parse_str(&yaml, "failures.yaml").unwrap();
         let stop = CancellationToken::new();

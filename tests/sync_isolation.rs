@@ -22,23 +22,8 @@ async fn simulator() -> RunningSimulator {
 
 fn integration(id: &str, base_url: &str) -> String {
     format!(
-        r#"
-  {id}:
-    provider: salesforce
-    baseUrl: "{base_url}"
-    credentials:
-      clientId: ${{TEST_SF_CLIENT_ID}}
-      clientSecret: ${{TEST_SF_CLIENT_SECRET}}
-      refreshToken: ${{TEST_SF_REFRESH_TOKEN}}
-    rateLimit: {{ requests: 10000, burst: 1000 }}
-    entities:
-      accounts:
-        externalObject: Account
-        table: public.accounts
-        billingIdField: Alguna_Id__c
-        mappings:
-          - {{ alguna: name, external: Name, direction: alguna_to_external }}
-"#
+        "{}          - {{ alguna: name, external: Name, direction: alguna_to_external }}\n",
+        support::salesforce_integration(id, base_url)
     )
 }
 
@@ -108,7 +93,8 @@ name: {name}
 postgres: {{ url: "{db}", tables: [public.accounts], heartbeatSecs: 1 }}
 kafka: {{ brokers: "{brokers}", topicPrefix: "{prefix}" }}
 telemetry: {{ metricsAddress: "" }}
-integrations:{us}{eu}"#,
+integrations:
+{us}{eu}"#,
         name = support::unique("iso"),
         db = db.url,
         brokers = kafka.brokers,

@@ -101,21 +101,7 @@ kafka: {{ brokers: "{brokers}", topicPrefix: "{prefix}" }}
 telemetry: {{ metricsAddress: "" }}
 ingest: {{ webhookAddress: "", sweepSecs: 1, pollOverlapSecs: 5 }}
 integrations:
-  salesforce:
-    provider: salesforce
-    baseUrl: "{base}"
-    credentials:
-      clientId: ${{TEST_SF_CLIENT_ID}}
-      clientSecret: ${{TEST_SF_CLIENT_SECRET}}
-      refreshToken: ${{TEST_SF_REFRESH_TOKEN}}
-    rateLimit: {{ requests: 10000, burst: 1000 }}
-    entities:
-      accounts:
-        externalObject: Account
-        table: public.accounts
-        billingIdField: Alguna_Id__c
-        mappings:
-          - {{ alguna: name, external: Name }}
+{salesforce}          - {{ alguna: name, external: Name }}
           - {{ alguna: email, external: Email__c }}
           - {{ alguna: billingAddress.line1, external: BillingStreet, direction: alguna_to_external }}
           - {{ alguna: mrr, external: MRR__c, direction: alguna_to_external, transform: number_to_currency }}
@@ -130,7 +116,7 @@ integrations:
             db = db.url,
             brokers = kafka.brokers,
             prefix = kafka.prefix,
-            base = running.base_url()
+            salesforce = support::salesforce_integration("salesforce", &running.base_url())
         );
         let pipeline = Arc::new(extsync::config::parse_str(&yaml, "sync.yaml").unwrap());
         let file = std::env::temp_dir().join(format!("{name}.yaml"));

@@ -33,6 +33,30 @@ pub fn salesforce_credentials_env() {
     });
 }
 
+/// A Salesforce integration `id` of a test pipeline, against the simulator
+/// at `base_url` with its demo credentials (see [`salesforce_credentials_env`]),
+/// up to its accounts entity's `mappings:` line: the caller's mapping lines
+/// follow, indented by ten spaces.
+pub fn salesforce_integration(id: &str, base_url: &str) -> String {
+    format!(
+        r#"  {id}:
+    provider: salesforce
+    baseUrl: "{base_url}"
+    credentials:
+      clientId: ${{TEST_SF_CLIENT_ID}}
+      clientSecret: ${{TEST_SF_CLIENT_SECRET}}
+      refreshToken: ${{TEST_SF_REFRESH_TOKEN}}
+    rateLimit: {{ requests: 10000, burst: 1000 }}
+    entities:
+      accounts:
+        externalObject: Account
+        table: public.accounts
+        billingIdField: Alguna_Id__c
+        mappings:
+"#
+    )
+}
+
 /// A simulator's write log (`GET <base>/__admin/written<query>`), oldest first.
 pub async fn simulator_writes(base_url: &str, query: &str) -> Vec<serde_json::Value> {
     let v: serde_json::Value = reqwest::get(format!("{base_url}/__admin/written{query}"))
