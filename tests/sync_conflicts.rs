@@ -109,8 +109,7 @@ struct Harness {
     /// Stops capture, ingest and the router.
     stop: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
-    loops: Loops,
-    processor: Option<(CancellationToken, JoinHandle<()>)>,
+    processor: support::PausableProcessor,
     router: Option<(CancellationToken, JoinHandle<()>)>,
     /// The Account linked to the billing row.
     account_id: String,
@@ -181,8 +180,7 @@ integrations:
             _running: running,
             stop,
             tasks,
-            loops,
-            processor: None,
+            processor: support::PausableProcessor::new(loops),
             router,
             account_id: String::new(),
             cdc,
@@ -219,21 +217,12 @@ integrations:
         h
     }
 
-    /// Starts the processor loop (again): it resumes from its committed offsets.
     fn resume(&mut self) {
-        let stop = CancellationToken::new();
-        let task = self.loops.spawn_processor(stop.clone());
-        self.processor = Some((stop, task));
+        self.processor.resume();
     }
 
-    /// Stops the processor loop once its last batch is committed.
     async fn pause(&mut self) {
-        let (stop, task) = self.processor.take().expect("the processor runs");
-        stop.cancel();
-        tokio::time::timeout(Duration::from_secs(30), task)
-            .await
-            .expect("the processor loop stops")
-            .unwrap();
+        self.processor.pause().await;
     }
 
     /// Stops the router: external changes stay on their way to the processor.
@@ -248,7 +237,7 @@ integrations:
 
     fn resume_router(&mut self) {
         let stop = self.stop.child_token();
-        let task = self.loops.spawn_router(stop.clone());
+        let task = self.processor.loops().spawn_router(stop.clone());
         self.router = Some((stop, task));
     }
 
@@ -461,7 +450,7 @@ integrations:
     }
 
     async fn stop(mut self) {
-        if self.processor.is_some() {
+        if self.processor.is_running() {
             self.pause().await;
         }
         self.stop.cancel();

@@ -49,9 +49,7 @@ struct Sync {
     _state: HubSpotSim,
     stop: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
-    loops: Loops,
-    /// The processor loop while it runs: its stop token and task.
-    processor: Option<(CancellationToken, tokio::task::JoinHandle<()>)>,
+    processor: support::PausableProcessor,
 }
 
 impl Sync {
@@ -138,28 +136,18 @@ integrations:
             _state: state,
             stop,
             tasks,
-            loops,
-            processor: None,
+            processor: support::PausableProcessor::new(loops),
         };
         sync.resume();
         sync
     }
 
-    /// Starts the processor loop (again), from its committed offsets.
     fn resume(&mut self) {
-        let stop = self.stop.child_token();
-        let task = self.loops.spawn_processor(stop.clone());
-        self.processor = Some((stop, task));
+        self.processor.resume();
     }
 
-    /// Stops the processor loop once its last batch is committed.
     async fn pause(&mut self) {
-        let (stop, task) = self.processor.take().expect("the processor runs");
-        stop.cancel();
-        tokio::time::timeout(Duration::from_secs(30), task)
-            .await
-            .expect("the processor loop stops")
-            .unwrap();
+        self.processor.pause().await;
     }
 
     /// A person working in HubSpot (private-app token).
@@ -219,10 +207,12 @@ integrations:
             .get(0)
     }
 
-    async fn stop(self) {
+    async fn stop(mut self) {
+        if self.processor.is_running() {
+            self.processor.pause().await;
+        }
         self.stop.cancel();
-        let processor = self.processor.map(|(_, t)| t);
-        for t in self.tasks.into_iter().chain(processor) {
+        for t in self.tasks {
             let _ = tokio::time::timeout(Duration::from_secs(20), t).await;
         }
         self.db.drop_idle_slots().await;

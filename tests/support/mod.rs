@@ -405,3 +405,48 @@ pub async fn start_ingest_and_processor_with(
     );
     (tasks, webhook_addr)
 }
+
+/// A pipeline's processor loops, which a test stops and starts again while
+/// capture, ingest and the router keep running.
+pub struct PausableProcessor {
+    loops: extsync::processor::service::Loops,
+    running: Option<(
+        tokio_util::sync::CancellationToken,
+        tokio::task::JoinHandle<()>,
+    )>,
+}
+
+impl PausableProcessor {
+    /// `loops`' processor, not running yet.
+    pub fn new(loops: extsync::processor::service::Loops) -> Self {
+        Self {
+            loops,
+            running: None,
+        }
+    }
+
+    pub fn loops(&self) -> &extsync::processor::service::Loops {
+        &self.loops
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.running.is_some()
+    }
+
+    /// Starts the processor loops (again): they resume from their committed offsets.
+    pub fn resume(&mut self) {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let task = self.loops.spawn_processor(stop.clone());
+        self.running = Some((stop, task));
+    }
+
+    /// Stops the processor loops once their last batches are committed.
+    pub async fn pause(&mut self) {
+        let (stop, task) = self.running.take().expect("the processor runs");
+        stop.cancel();
+        tokio::time::timeout(Duration::from_secs(30), task)
+            .await
+            .expect("the processor loop stops")
+            .unwrap();
+    }
+}
