@@ -86,6 +86,20 @@ impl Mappings {
         })
     }
 
+    /// The mappings of `integration` alone, sharing the compiled custom
+    /// functions.
+    pub fn of_integration(&self, integration: &str) -> Self {
+        Self {
+            entities: self
+                .entities
+                .iter()
+                .filter(|e| e.integration == integration)
+                .cloned()
+                .collect(),
+            custom: self.custom.clone(),
+        }
+    }
+
     /// Entities captured from `schema.table`.
     pub fn for_table<'a>(
         &'a self,

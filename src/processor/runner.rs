@@ -1,9 +1,9 @@
 //! The processor's Kafka loops: the router re-keys external changes onto
 //! the repartition topic; each integration's processor (a consumer group of
 //! its own) consumes it beside the change topics, partition by partition, by
-//! record (see [`super::route`]). Each loop commits its outputs and its consumer offsets in one Kafka
-//! transaction, with a producer fenced by its transactional id and the
-//! group's generation.
+//! record (see [`super::route`]). Each loop commits its outputs and its
+//! consumer offsets in one Kafka transaction, with a producer fenced by its
+//! transactional id and the group's generation.
 //!
 //! ```text
 //!  external.* (+ cdc.* not placed by record) ──router (txn)──► processor.changes ─┐

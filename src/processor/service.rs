@@ -70,8 +70,9 @@ pub async fn processor_with(
     options: &Options,
 ) -> Result<Arc<Processor>, ProcessError> {
     let shared = Shared::connect(pipeline).await?;
+    let mappings = Arc::new(Mappings::compile(pipeline)?);
     let state = shared.state.clone();
-    build(pipeline, options, &shared, state).await
+    build(pipeline, mappings, options, &shared, state).await
 }
 
 /// What the processors of one pipeline share: the billing database's
@@ -101,14 +102,15 @@ impl Shared {
     }
 }
 
-/// The processor of `pipeline`'s integrations over `shared`, with `state`.
+/// The processor of `pipeline`'s integrations (compiled as `mappings`)
+/// over `shared`, with `state`.
 async fn build(
     pipeline: &Pipeline,
+    mappings: Arc<Mappings>,
     options: &Options,
     shared: &Shared,
     state: StateStore,
 ) -> Result<Arc<Processor>, ProcessError> {
-    let mappings = Arc::new(Mappings::compile(pipeline)?);
     let status = Arc::new(PgStatusStore::new(shared.db.clone()));
     let mut external: HashMap<String, Arc<dyn ExternalSink>> = HashMap::new();
     for (id, integration) in pipeline
@@ -160,16 +162,21 @@ async fn processors(
     options: &Options,
 ) -> Result<(Vec<(String, Arc<Processor>)>, Arc<Mappings>, StateStore), ProcessError> {
     let shared = Shared::connect(pipeline).await?;
+    // Custom functions compile once, for all the integrations.
+    let mappings = Arc::new(Mappings::compile(pipeline)?);
     let mut out = Vec::new();
     for (id, integration) in &pipeline.integrations {
         if !integration.enabled || integration.entities.is_empty() {
             continue;
         }
         let one = only(pipeline, id.as_str()).expect("the integration is in the pipeline");
+        let own = Arc::new(mappings.of_integration(id.as_str()));
         let state = shared.state.scoped_to(id.as_str());
-        out.push((id.to_string(), build(&one, options, &shared, state).await?));
+        out.push((
+            id.to_string(),
+            build(&one, own, options, &shared, state).await?,
+        ));
     }
-    let mappings = Arc::new(Mappings::compile(pipeline)?);
     Ok((out, mappings, shared.state))
 }
 
