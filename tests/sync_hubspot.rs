@@ -238,6 +238,21 @@ async fn contacts_sync_both_ways_linking_by_email_without_echo() {
         .unwrap();
 
     let db = s.db.client().await;
+    // Match rules look among the external records extsync has seen.
+    eventually(
+        "extsync has seen the existing contact",
+        Duration::from_secs(60),
+        || async {
+            db.query_opt(
+                "SELECT 1 FROM extsync.external_index WHERE external_id = $1",
+                &[&existing.id],
+            )
+            .await
+            .unwrap()
+            .is_some()
+        },
+    )
+    .await;
     db.batch_execute(
         "INSERT INTO contacts (id, email, first_name, phone) VALUES
             (1, 'new@acme.test', 'Nia', '+1 (555) 010-0000'),
