@@ -1278,7 +1278,9 @@ impl Processor {
         key: &RecordKey,
     ) -> Result<Option<String>, tokio_postgres::Error> {
         let deadline = tokio::time::Instant::now() + self.parent_wait;
-        self.state.settled().await;
+        // The saves queued so far land first; under load, other lanes keep
+        // queueing, so this wait is bounded too.
+        let _ = tokio::time::timeout_at(deadline, self.state.settled()).await;
         loop {
             let row = self
                 .billing

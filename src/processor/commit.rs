@@ -54,10 +54,11 @@ impl Committer {
         Self { queue, task }
     }
 
-    /// Queues a batch; false once the committer has stopped (its error
-    /// comes from [`Committer::finish`]).
-    pub async fn queue(&self, batch: Committable) -> bool {
-        self.queue.send(batch).await.is_ok()
+    /// A handle to queue batches with; sending fails once the committer has
+    /// stopped (its error comes from [`Committer::finish`]). Every handle
+    /// must be dropped before [`Committer::finish`] returns.
+    pub fn sender(&self) -> mpsc::Sender<Committable> {
+        self.queue.clone()
     }
 
     /// Commits what is queued and answers the first error, if any.

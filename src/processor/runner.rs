@@ -1,7 +1,8 @@
 //! The processor's Kafka loops: the router re-keys external changes onto
 //! the repartition topic; each integration's processor (a consumer group of
 //! its own) consumes it beside the change topics, partition by partition, by
-//! record (see [`super::route`]). Each loop commits its outputs and its
+//! record (see [`super::route`]); a large batch's partitions are processed
+//! side by side ([`super::lanes`]). Each loop commits its outputs and its
 //! consumer offsets in one Kafka transaction, with a producer fenced by its
 //! transactional id and the group's generation.
 //!
@@ -23,9 +24,10 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
-use super::batch::{BatchError, Processor};
+use super::batch::Processor;
 use super::change::Change;
-use super::commit::{Committable, Committer};
+use super::commit::Committer;
+use super::lanes::{self, LaneContext, Lanes, Part};
 use super::route::{self, CHANGES_TOPIC};
 use crate::kafka::Topics;
 
@@ -262,7 +264,7 @@ async fn next_batch(
 }
 
 /// Offsets to commit after `batch`: next offset per partition.
-fn next_offsets(batch: &[OwnedMessage]) -> Result<TopicPartitionList, RunError> {
+pub(super) fn next_offsets(batch: &[OwnedMessage]) -> Result<TopicPartitionList, RunError> {
     let mut tpl = TopicPartitionList::new();
     for m in batch {
         tpl.add_partition_offset(m.topic(), m.partition(), Offset::Offset(m.offset() + 1))?;
@@ -367,7 +369,7 @@ pub async fn run_router(
 /// A consumed message as a change: CDC topics carry change events, external
 /// topics external change events, the repartition topic [`Change`]s. `None`
 /// for a tombstone, a truncate, or a malformed message (counted and logged).
-fn decode(m: &OwnedMessage, cdc_prefix: &str, external_prefix: &str) -> Option<Change> {
+pub(super) fn decode(m: &OwnedMessage, cdc_prefix: &str, external_prefix: &str) -> Option<Change> {
     if m.topic().starts_with(cdc_prefix) {
         return match route::parse_cdc(m.topic(), m.key(), m.payload()) {
             Ok(b) => b.map(Change::Billing),
@@ -489,64 +491,37 @@ async fn processor_session(
         cfg.producer(&format!("processor-{integration}"))?,
         cfg.topics.sync_events(),
     );
-    let result = process_batches(cfg, processor, stop, &consumer, &committer).await;
+    let session = stop.child_token();
+    let mut lanes = Lanes::new(LaneContext {
+        processor: processor.clone(),
+        commits: committer.sender(),
+        session: session.clone(),
+        cdc_prefix: format!("{}.cdc.", cfg.topics.prefix()),
+        external_prefix: format!("{}.external.", cfg.topics.prefix()),
+    });
+    let taken = take_batches(&consumer, &session, &mut lanes).await;
+    session.cancel();
     // However the session ends, the queued batches' saves land before a new
     // session reads state, so an old save never overwrites a newer one; the
     // consumer stays in its group until their transaction is done.
+    let lanes_done = lanes.finish().await;
     let last = committer.finish().await;
-    result.and(last)
+    taken.and(lanes_done).and(last)
 }
 
-async fn process_batches(
-    cfg: &RunnerConfig,
-    processor: &Arc<Processor>,
-    stop: &CancellationToken,
+/// Takes batches until `session` ends and starts their parts (see
+/// [`super::lanes`]).
+async fn take_batches(
     consumer: &OwnerConsumer,
-    committer: &Committer,
+    session: &CancellationToken,
+    lanes: &mut Lanes,
 ) -> Result<(), RunError> {
-    let cdc_prefix = format!("{}.cdc.", cfg.topics.prefix());
-    let external_prefix = format!("{}.external.", cfg.topics.prefix());
-    while let Some(batch) = next_batch(consumer, stop).await {
+    while let Some(batch) = next_batch(consumer, session).await {
         let batch = batch?;
         observe_queued("processor", &batch);
-        let changes: Vec<Change> = batch
-            .iter()
-            .filter_map(|m| decode(m, &cdc_prefix, &external_prefix))
-            .collect();
-        let mut backoff = Duration::from_millis(200);
-        let processed = loop {
-            match processor.process_unsaved(&changes).await {
-                Ok(done) => break done,
-                Err(BatchError::State(e)) => return Err(e.into()),
-                Err(e @ BatchError::Sink(_)) => {
-                    tracing::warn!(error = %e, wait_ms = backoff.as_millis() as u64, "batch not delivered; retrying");
-                    tokio::select! {
-                        _ = stop.cancelled() => return Ok(()),
-                        _ = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
-                }
-            }
-        };
-        announce(&processed.events);
-        let records = processed
-            .events
-            .iter()
-            .map(|ev| Record {
-                key: ev.key(),
-                partition: None,
-                payload: serde_json::to_vec(ev).expect("event serializes"),
-            })
-            .collect();
-        let batch = Committable {
-            records,
-            offsets: next_offsets(&batch)?,
-            group: group(consumer),
-            processed,
-        };
-        if !committer.queue(batch).await {
-            // The committer stopped; its error ends the session.
-            return Ok(());
+        for messages in lanes::parts_of(batch) {
+            let group = group(consumer);
+            lanes.start(Part { messages, group }).await?;
         }
     }
     Ok(())
@@ -554,7 +529,7 @@ async fn process_batches(
 
 /// One log line per record written, conflict or error: what the sync did
 /// (skipped records only at debug).
-fn announce(events: &[super::events::SyncEvent]) {
+pub(super) fn announce(events: &[super::events::SyncEvent]) {
     use super::events::{Outcome, SyncEvent};
     for ev in events {
         match ev {
