@@ -143,6 +143,38 @@ impl TestDb {
     }
 }
 
+impl Drop for TestDb {
+    /// Drops the database when the test ends, passed or failed, with its
+    /// replication slots (their walsenders are ended first), so that
+    /// neither databases nor retained WAL pile up across runs.
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let c = connect(&pg_url()).await;
+                let drop = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+                for _ in 0..50 {
+                    let _ = c
+                        .execute(
+                            "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE database = $1 AND active_pid IS NOT NULL",
+                            &[&name],
+                        )
+                        .await;
+                    if c.batch_execute(&drop).await.is_ok() {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
 /// Polls `check` every 250 ms until it holds; panics naming `what` after `limit`.
 pub async fn eventually<F, Fut>(what: &str, limit: Duration, mut check: F)
 where
