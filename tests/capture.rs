@@ -123,13 +123,7 @@ fn read_topic_blocking(kafka: &TestKafka, topic: &str, want: usize, wait: Durati
 /// Reads `topic` from the beginning until `want` events arrived (or 60 s),
 /// off the runtime so capture keeps running meanwhile.
 async fn read_topic(kafka: &TestKafka, topic: &str, want: usize) -> Vec<Event> {
-    let (k, t) = (
-        TestKafka {
-            prefix: kafka.prefix.clone(),
-            brokers: kafka.brokers.clone(),
-        },
-        topic.to_string(),
-    );
+    let (k, t) = (kafka.clone(), topic.to_string());
     tokio::task::spawn_blocking(move || read_topic_blocking(&k, &t, want, Duration::from_secs(60)))
         .await
         .unwrap()
@@ -138,14 +132,7 @@ async fn read_topic(kafka: &TestKafka, topic: &str, want: usize) -> Vec<Event> {
 /// Reads whatever is in `topic` after waiting `settle` for stragglers.
 async fn read_all(kafka: &TestKafka, topic: &str, at_least: usize, settle: Duration) -> Vec<Event> {
     let first = read_topic(kafka, topic, at_least).await;
-    let (k, t, n) = (
-        TestKafka {
-            prefix: kafka.prefix.clone(),
-            brokers: kafka.brokers.clone(),
-        },
-        topic.to_string(),
-        first.len() + 1,
-    );
+    let (k, t, n) = (kafka.clone(), topic.to_string(), first.len() + 1);
     let all = tokio::task::spawn_blocking(move || read_topic_blocking(&k, &t, n, settle))
         .await
         .unwrap();

@@ -125,13 +125,7 @@ async fn kill_9_mid_stream_then_restart_loses_nothing_and_sigterm_exits_zero() {
         .unwrap();
 
     let topic = format!("{}.cdc.public.k", kafka.prefix);
-    let (k2, t2) = (
-        TestKafka {
-            prefix: kafka.prefix.clone(),
-            brokers: kafka.brokers.clone(),
-        },
-        topic.clone(),
-    );
+    let (k2, t2) = (kafka.clone(), topic.clone());
     let events = tokio::task::spawn_blocking(move || {
         read_until(&k2, &t2, |ev| ev.iter().any(|e| e.key == r#"{"id":-1}"#))
     })

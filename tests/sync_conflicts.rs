@@ -104,6 +104,8 @@ struct ConflictRow {
 /// the processor loop startable and stoppable on its own.
 struct Harness {
     db: TestDb,
+    /// The test's topics live as long as the harness.
+    _kafka: TestKafka,
     _running: RunningSimulator,
     base_url: String,
     /// Stops capture, ingest and the router.
@@ -176,6 +178,7 @@ integrations:
         let events = Tail::open(&kafka, &topics.sync_events());
         let mut h = Harness {
             db,
+            _kafka: kafka,
             base_url: running.base_url(),
             _running: running,
             stop,

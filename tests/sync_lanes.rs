@@ -120,10 +120,7 @@ integrations:
     }
     let want = (ROWS * (ROUNDS + 1)) as usize;
     let topic = extsync::kafka::Topics::new(&kafka.prefix).cdc("public", "accounts");
-    let reader = TestKafka {
-        prefix: kafka.prefix.clone(),
-        brokers: kafka.brokers.clone(),
-    };
+    let reader = kafka.clone();
     let t = topic.clone();
     let seen = tokio::task::spawn_blocking(move || committed_changes(&reader, &t, want))
         .await

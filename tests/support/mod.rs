@@ -191,17 +191,25 @@ where
     panic!("timed out waiting until {what}");
 }
 
-/// A topic prefix of one test, with helpers for its topics.
+/// A topic prefix of one test, with helpers for its topics. Its topics are
+/// deleted once the last clone is dropped.
+#[derive(Clone)]
 pub struct TestKafka {
     pub prefix: String,
     pub brokers: String,
+    _cleanup: std::sync::Arc<TopicCleanup>,
 }
 
 impl TestKafka {
     pub fn new() -> TestKafka {
+        let (prefix, brokers) = (unique("t"), brokers());
         TestKafka {
-            prefix: unique("t"),
-            brokers: brokers(),
+            _cleanup: std::sync::Arc::new(TopicCleanup {
+                prefix: prefix.clone(),
+                brokers: brokers.clone(),
+            }),
+            prefix,
+            brokers,
         }
     }
 
@@ -236,6 +244,53 @@ impl TestKafka {
             r.unwrap_or_else(|(t, e)| panic!("creating topic {t}: {e}"));
         }
         name
+    }
+}
+
+/// Deletes a test's topics (`<prefix>.*`) when the test ends, passed or
+/// failed, so that a long-lived local broker does not pile them up.
+struct TopicCleanup {
+    prefix: String,
+    brokers: String,
+}
+
+impl Drop for TopicCleanup {
+    fn drop(&mut self) {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        let (prefix, brokers) = (format!("{}.", self.prefix), self.brokers.clone());
+        let _ = std::thread::spawn(move || {
+            let mut cc = ClientConfig::new();
+            cc.set("bootstrap.servers", &brokers);
+            let Ok(md) = cc
+                .create::<BaseConsumer>()
+                .and_then(|c| c.fetch_metadata(None, Duration::from_secs(10)))
+            else {
+                return;
+            };
+            let names: Vec<String> = md
+                .topics()
+                .iter()
+                .map(|t| t.name().to_string())
+                .filter(|n| n.starts_with(&prefix))
+                .collect();
+            if names.is_empty() {
+                return;
+            }
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let Ok(admin) = cc.create::<AdminClient<DefaultClientContext>>() else {
+                return;
+            };
+            let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+            let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+            let _ = rt.block_on(tokio::time::timeout(
+                Duration::from_secs(15),
+                admin.delete_topics(&refs, &opts),
+            ));
+        })
+        .join();
     }
 }
 
