@@ -1272,16 +1272,20 @@ impl Processor {
         })
     }
 
-    /// Waits (bounded) for another owner to link the parent.
+    /// Waits (bounded) for the parent to be linked: by this processor (its
+    /// state in memory, saved or not: an earlier batch, or a part running
+    /// beside this one) or by another owner (in Postgres).
     async fn wait_for_parent(
         &self,
         key: &RecordKey,
     ) -> Result<Option<String>, tokio_postgres::Error> {
         let deadline = tokio::time::Instant::now() + self.parent_wait;
-        // The saves queued so far land first; under load, other lanes keep
-        // queueing, so this wait is bounded too.
-        let _ = tokio::time::timeout_at(deadline, self.state.settled()).await;
         loop {
+            if let Some(linked) = self.state.known(key).await
+                && let Some(ext) = &linked.external_id
+            {
+                return Ok(Some(ext.clone()));
+            }
             let row = self
                 .billing
                 .query_opt(

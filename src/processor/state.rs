@@ -168,11 +168,7 @@ impl StateStore {
         let mut out: Vec<Option<RecordState>> = Vec::with_capacity(keys.len());
         let mut misses = Vec::new();
         for (i, k) in keys.iter().enumerate() {
-            let known = match self.cache.get(k).await {
-                Some(s) => Some(s),
-                None => self.unsaved.get(k).map(|s| s.value().clone()),
-            };
-            match known {
+            match self.known(k).await {
                 Some(s) => out.push(Some((*s).clone())),
                 None => {
                     misses.push(i);
@@ -273,17 +269,22 @@ impl StateStore {
         Ok(id)
     }
 
+    /// `key`'s latest state in memory, saved or not; `None` when only
+    /// Postgres may have it.
+    pub async fn known(&self, key: &RecordKey) -> Option<Arc<RecordState>> {
+        match self.cache.get(key).await {
+            Some(s) => Some(s),
+            None => self.unsaved.get(key).map(|s| s.value().clone()),
+        }
+    }
+
     /// Makes `states` the current ones at once (cache, links) and returns
     /// them for [`StateStore::save`].
     pub async fn remember(&self, states: Vec<(RecordKey, RecordState)>) -> Unsaved {
         let mut out = Vec::with_capacity(states.len());
         for (k, s) in states {
             // An external id that is no longer this record's stops linking to it.
-            let old = match self.cache.get(&k).await {
-                Some(o) => Some(o),
-                None => self.unsaved.get(&k).map(|o| o.value().clone()),
-            };
-            if let Some(old) = old
+            if let Some(old) = self.known(&k).await
                 && let Some(ext) = &old.external_id
                 && s.external_id.as_ref() != Some(ext)
             {
