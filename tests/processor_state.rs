@@ -109,3 +109,29 @@ async fn a_newer_state_stays_unsaved_when_an_older_save_finishes() {
     state.save(&newer).await.expect("save");
     assert!(!state.is_unsaved(&key("1")));
 }
+
+#[tokio::test]
+async fn settling_waits_for_the_batches_remembered_before_not_for_later_ones() {
+    let db = TestDb::create().await;
+    let state = store(&db, 100).await;
+    let first = state.remember(vec![(key("1"), linked("001A"))]).await;
+    let settling = {
+        let state = state.clone();
+        tokio::spawn(async move { state.settled().await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // A batch remembered meanwhile (another part of the processor).
+    let second = state.remember(vec![(key("2"), linked("001B"))]).await;
+    assert!(
+        !settling.is_finished(),
+        "settled before the batch remembered first was saved"
+    );
+    state.save(&first).await.expect("save");
+    drop(first);
+    tokio::time::timeout(Duration::from_secs(5), settling)
+        .await
+        .expect("settled once the batch remembered before was saved, the later one still open")
+        .unwrap();
+    assert!(state.is_unsaved(&key("2")));
+    drop(second);
+}

@@ -92,7 +92,7 @@ pub struct StateStore {
     /// Remembered states whose save has not finished, newest per key.
     unsaved: Arc<DashMap<RecordKey, Arc<RecordState>>>,
     /// Batches remembered and not yet saved (or abandoned).
-    saving: Arc<watch::Sender<usize>>,
+    saving: Arc<watch::Sender<Saving>>,
     /// The integration whose processor holds this handle: forgetting only
     /// touches its records (see [`StateStore::scoped_to`]).
     scope: Option<Arc<str>>,
@@ -105,13 +105,24 @@ type Remembered = (RecordKey, Arc<RecordState>);
 /// counts in [`StateStore::settled`] until dropped.
 pub struct Unsaved {
     states: Vec<Remembered>,
-    saving: Arc<watch::Sender<usize>>,
+    ticket: u64,
+    saving: Arc<watch::Sender<Saving>>,
 }
 
 impl Drop for Unsaved {
     fn drop(&mut self) {
-        self.saving.send_modify(|n| *n = n.saturating_sub(1));
+        self.saving.send_modify(|s| {
+            s.open.remove(&self.ticket);
+        });
     }
+}
+
+/// The remembered batches not saved yet, by ticket in the order they
+/// were remembered.
+#[derive(Default)]
+struct Saving {
+    next: u64,
+    open: std::collections::BTreeSet<u64>,
 }
 
 /// Identity of an external record: integration, entity, external id.
@@ -131,7 +142,7 @@ impl StateStore {
                 .support_invalidation_closures()
                 .build(),
             unsaved: Arc::new(DashMap::new()),
-            saving: Arc::new(watch::channel(0).0),
+            saving: Arc::new(watch::channel(Saving::default()).0),
             scope: None,
         }
     }
@@ -145,7 +156,7 @@ impl StateStore {
     pub fn scoped_to(&self, integration: &str) -> Self {
         Self {
             scope: Some(integration.into()),
-            saving: Arc::new(watch::channel(0).0),
+            saving: Arc::new(watch::channel(Saving::default()).0),
             ..self.clone()
         }
     }
@@ -300,9 +311,15 @@ impl StateStore {
             self.unsaved.insert(k.clone(), s.clone());
             out.push((k, s));
         }
-        self.saving.send_modify(|n| *n += 1);
+        let mut ticket = 0;
+        self.saving.send_modify(|s| {
+            ticket = s.next;
+            s.next += 1;
+            s.open.insert(ticket);
+        });
         Unsaved {
             states: out,
+            ticket,
             saving: self.saving.clone(),
         }
     }
@@ -318,10 +335,15 @@ impl StateStore {
         result
     }
 
-    /// Waits until every remembered batch is saved or dropped.
+    /// Waits until every batch remembered so far is saved or dropped
+    /// (batches remembered meanwhile, by parts running beside the caller,
+    /// are not waited for).
     pub async fn settled(&self) {
         let mut rx = self.saving.subscribe();
-        let _ = rx.wait_for(|n| *n == 0).await;
+        let before = rx.borrow().next;
+        let _ = rx
+            .wait_for(|s| s.open.first().is_none_or(|&t| t >= before))
+            .await;
     }
 
     /// Whether `key`'s latest state is not saved yet.
