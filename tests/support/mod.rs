@@ -149,30 +149,40 @@ impl Drop for TestDb {
     /// neither databases nor retained WAL pile up across runs.
     fn drop(&mut self) {
         let name = self.name.clone();
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                let c = connect(&pg_url()).await;
-                let drop = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
-                for _ in 0..50 {
-                    let _ = c
-                        .execute(
-                            "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE database = $1 AND active_pid IS NOT NULL",
-                            &[&name],
-                        )
-                        .await;
-                    if c.batch_execute(&drop).await.is_ok() {
-                        return;
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+        clean_up(move || async move {
+            let c = connect(&pg_url()).await;
+            let drop = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+            for _ in 0..50 {
+                let _ = c
+                    .execute(
+                        "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE database = $1 AND active_pid IS NOT NULL",
+                        &[&name],
+                    )
+                    .await;
+                if c.batch_execute(&drop).await.is_ok() {
+                    return;
                 }
-            });
-        })
-        .join();
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
     }
+}
+
+/// Runs `work` to completion on a thread and runtime of its own: for the
+/// clean-ups in `Drop`, which run as a test ends, passed or failed (a
+/// panic in them stays on their thread).
+fn clean_up<F>(work: impl FnOnce() -> F + Send + 'static)
+where
+    F: std::future::Future<Output = ()>,
+{
+    let _ = std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(work());
+    })
+    .join();
 }
 
 /// Polls `check` every 250 ms until it holds; panics naming `what` after `limit`.
@@ -258,7 +268,7 @@ impl Drop for TopicCleanup {
     fn drop(&mut self) {
         use rdkafka::consumer::{BaseConsumer, Consumer};
         let (prefix, brokers) = (format!("{}.", self.prefix), self.brokers.clone());
-        let _ = std::thread::spawn(move || {
+        clean_up(move || async move {
             let mut cc = ClientConfig::new();
             cc.set("bootstrap.servers", &brokers);
             let Ok(md) = cc
@@ -276,21 +286,15 @@ impl Drop for TopicCleanup {
             if names.is_empty() {
                 return;
             }
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
             let Ok(admin) = cc.create::<AdminClient<DefaultClientContext>>() else {
                 return;
             };
             let refs: Vec<&str> = names.iter().map(String::as_str).collect();
             let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-            let _ = rt.block_on(tokio::time::timeout(
-                Duration::from_secs(15),
-                admin.delete_topics(&refs, &opts),
-            ));
-        })
-        .join();
+            let _ =
+                tokio::time::timeout(Duration::from_secs(15), admin.delete_topics(&refs, &opts))
+                    .await;
+        });
     }
 }
 
@@ -382,33 +386,29 @@ impl SlotGuard {
 impl Drop for SlotGuard {
     fn drop(&mut self) {
         let (url, slot) = (self.url.clone(), self.slot.clone());
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                let c = connect(&url).await;
-                for _ in 0..50 {
-                    let _ = c
-                        .execute(
-                            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1 AND NOT active",
-                            &[&slot],
-                        )
-                        .await;
-                    let left = c
-                        .query_opt("SELECT 1 FROM pg_replication_slots WHERE slot_name = $1", &[&slot])
-                        .await
-                        .map(|r| r.is_some())
-                        .unwrap_or(false);
-                    if !left {
-                        return;
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+        clean_up(move || async move {
+            let c = connect(&url).await;
+            for _ in 0..50 {
+                let _ = c
+                    .execute(
+                        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1 AND NOT active",
+                        &[&slot],
+                    )
+                    .await;
+                let left = c
+                    .query_opt(
+                        "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
+                        &[&slot],
+                    )
+                    .await
+                    .map(|r| r.is_some())
+                    .unwrap_or(false);
+                if !left {
+                    return;
                 }
-            });
-        })
-        .join();
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
     }
 }
 
