@@ -6,45 +6,15 @@ mod support;
 
 use std::time::Duration;
 
-use extsync::simulators::RunningSimulator;
-use extsync::simulators::salesforce::{SalesforceSim, SalesforceSimConfig};
 use serde_json::{Value, json};
-use support::{TestDb, TestKafka, eventually};
+use support::{TestKafka, eventually};
 use tokio_util::sync::CancellationToken;
-
-async fn simulator() -> RunningSimulator {
-    SalesforceSim::new(SalesforceSimConfig::default())
-        .unwrap()
-        .serve("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap()
-}
 
 fn integration(id: &str, base_url: &str) -> String {
     format!(
         "{}          - {{ alguna: name, external: Name, direction: alguna_to_external }}\n",
         support::salesforce_integration(id, base_url)
     )
-}
-
-/// Names of the Accounts extsync wrote to the simulator at `base_url`, by
-/// billing id (the latest write of each; the log is in write order).
-async fn names(base_url: &str) -> std::collections::BTreeMap<String, String> {
-    let mut billing_ids = std::collections::HashMap::new();
-    let mut out = std::collections::BTreeMap::new();
-    for w in support::simulator_writes(base_url, "?object=Account").await {
-        if w["client"] != json!("extsync") {
-            continue;
-        }
-        let id = w["id"].as_str().unwrap().to_string();
-        if let Some(b) = w["fields"]["Alguna_Id__c"].as_str() {
-            billing_ids.insert(id.clone(), b.to_string());
-        }
-        if let (Some(b), Some(name)) = (billing_ids.get(&id), w["fields"]["Name"].as_str()) {
-            out.insert(b.clone(), name.to_string());
-        }
-    }
-    out
 }
 
 async fn extsync_writes(base_url: &str) -> usize {
@@ -78,14 +48,12 @@ async fn status(db: &tokio_postgres::Client, integration: &str) -> Option<String
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_integration_holds_back_only_its_own_records() {
     support::salesforce_credentials_env();
-    let db = TestDb::create().await;
-    let client = db.client().await;
-    client
-        .batch_execute("CREATE TABLE accounts (id bigint PRIMARY KEY, name text NOT NULL)")
-        .await
-        .unwrap();
+    let (db, client) = support::accounts_db().await;
     let kafka = TestKafka::new();
-    let (us, eu) = (simulator().await, simulator().await);
+    let (us, eu) = (
+        support::salesforce_simulator().await,
+        support::salesforce_simulator().await,
+    );
     let (us_url, eu_url) = (us.base_url(), eu.base_url());
     let yaml = format!(
         r#"
@@ -122,7 +90,7 @@ integrations:
         eventually(
             "both orgs have the first 10 Accounts",
             Duration::from_secs(90),
-            || async { names(url).await == first },
+            || async { support::account_names(url).await == first },
         )
         .await;
     }
@@ -154,7 +122,7 @@ integrations:
     eventually(
         "the EU org gets every change while the US org is paused",
         Duration::from_secs(60),
-        || async { names(&eu_url).await == latest },
+        || async { support::account_names(&eu_url).await == latest },
     )
     .await;
     assert_eq!(status(&client, "sf_eu").await.as_deref(), Some("active"));
@@ -163,12 +131,16 @@ integrations:
         us_writes,
         "writes to the paused org went on"
     );
-    assert_eq!(names(&us_url).await, first, "the paused org changed");
+    assert_eq!(
+        support::account_names(&us_url).await,
+        first,
+        "the paused org changed"
+    );
 
     // The US org takes the credentials again and catches up, once.
     admin(&us_url, json!({"refuseRefresh": false})).await;
     eventually("the US org catches up", Duration::from_secs(90), || async {
-        names(&us_url).await == latest
+        support::account_names(&us_url).await == latest
     })
     .await;
     eventually("sf_us is active again", Duration::from_secs(30), || async {

@@ -4,14 +4,12 @@
 //! Real Postgres (logical replication), real Kafka, the Salesforce simulator.
 mod support;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use extsync::processor::service::Loops;
-use extsync::simulators::salesforce::{SalesforceSim, SalesforceSimConfig};
 use rdkafka::Message;
-use serde_json::json;
-use support::{TestDb, TestKafka, eventually};
+use support::{TestKafka, eventually};
 use tokio_util::sync::CancellationToken;
 
 const ROWS: i64 = 300;
@@ -33,48 +31,12 @@ fn committed_changes(kafka: &TestKafka, topic: &str, want: usize) -> usize {
     seen
 }
 
-/// How many Accounts extsync wrote to, and the names it wrote per billing
-/// id in write order.
-async fn written(base_url: &str) -> (usize, HashMap<String, Vec<String>>) {
-    let mut billing_ids = HashMap::new();
-    let mut history: HashMap<String, Vec<String>> = HashMap::new();
-    for w in support::simulator_writes(base_url, "?object=Account").await {
-        if w["client"] != json!("extsync") {
-            continue;
-        }
-        let id = w["id"].as_str().unwrap().to_string();
-        if let Some(b) = w["fields"]["Alguna_Id__c"].as_str() {
-            billing_ids.insert(id.clone(), b.to_string());
-        }
-        if let (Some(b), Some(name)) = (billing_ids.get(&id), w["fields"]["Name"].as_str()) {
-            history.entry(b.clone()).or_default().push(name.to_string());
-        }
-    }
-    (billing_ids.len(), history)
-}
-
-fn latest_names(history: &HashMap<String, Vec<String>>) -> BTreeMap<String, String> {
-    history
-        .iter()
-        .map(|(b, names)| (b.clone(), names.last().unwrap().clone()))
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backlog_is_processed_by_partition_in_each_records_order() {
     support::salesforce_credentials_env();
-    let db = TestDb::create().await;
-    let client = db.client().await;
-    client
-        .batch_execute("CREATE TABLE accounts (id bigint PRIMARY KEY, name text NOT NULL)")
-        .await
-        .unwrap();
+    let (db, client) = support::accounts_db().await;
     let kafka = TestKafka::new();
-    let sim = SalesforceSim::new(SalesforceSimConfig::default())
-        .unwrap()
-        .serve("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
+    let sim = support::salesforce_simulator().await;
     let slot = format!("{}_slot", db.name);
     let yaml = format!(
         r#"
@@ -140,10 +102,10 @@ integrations:
     eventually(
         "every Account has its last name",
         Duration::from_secs(120),
-        || async { latest_names(&written(&base_url).await.1) == last },
+        || async { support::account_names(&base_url).await == last },
     )
     .await;
-    let (accounts, history) = written(&base_url).await;
+    let (accounts, history) = support::account_names_written(&base_url).await;
     assert_eq!(accounts, ROWS as usize, "Accounts written to (one per row)");
     for (billing_id, names) in &history {
         let rounds: Vec<i64> = names

@@ -57,6 +57,59 @@ pub fn salesforce_integration(id: &str, base_url: &str) -> String {
     )
 }
 
+/// A Salesforce simulator with its default settings, on a free loopback port.
+pub async fn salesforce_simulator() -> extsync::simulators::RunningSimulator {
+    use extsync::simulators::salesforce::{SalesforceSim, SalesforceSimConfig};
+    SalesforceSim::new(SalesforceSimConfig::default())
+        .unwrap()
+        .serve("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap()
+}
+
+/// A fresh database with the table `accounts (id, name)`, and a client on it.
+pub async fn accounts_db() -> (TestDb, tokio_postgres::Client) {
+    let db = TestDb::create().await;
+    let client = db.client().await;
+    client
+        .batch_execute("CREATE TABLE accounts (id bigint PRIMARY KEY, name text NOT NULL)")
+        .await
+        .unwrap();
+    (db, client)
+}
+
+/// The Account names extsync wrote to the Salesforce simulator at
+/// `base_url`, per billing id in write order, and how many Accounts it
+/// wrote to.
+pub async fn account_names_written(
+    base_url: &str,
+) -> (usize, std::collections::HashMap<String, Vec<String>>) {
+    let mut billing_ids = std::collections::HashMap::new();
+    let mut history: std::collections::HashMap<String, Vec<String>> = Default::default();
+    for w in simulator_writes(base_url, "?object=Account").await {
+        if w["client"] != serde_json::json!("extsync") {
+            continue;
+        }
+        let id = w["id"].as_str().unwrap().to_string();
+        if let Some(b) = w["fields"]["Alguna_Id__c"].as_str() {
+            billing_ids.insert(id.clone(), b.to_string());
+        }
+        if let (Some(b), Some(name)) = (billing_ids.get(&id), w["fields"]["Name"].as_str()) {
+            history.entry(b.clone()).or_default().push(name.to_string());
+        }
+    }
+    (billing_ids.len(), history)
+}
+
+/// The latest Account name extsync wrote, per billing id.
+pub async fn account_names(base_url: &str) -> std::collections::BTreeMap<String, String> {
+    let (_, history) = account_names_written(base_url).await;
+    history
+        .into_iter()
+        .filter_map(|(b, mut names)| Some((b, names.pop()?)))
+        .collect()
+}
+
 /// A simulator's write log (`GET <base>/__admin/written<query>`), oldest first.
 pub async fn simulator_writes(base_url: &str, query: &str) -> Vec<serde_json::Value> {
     let v: serde_json::Value = reqwest::get(format!("{base_url}/__admin/written{query}"))
