@@ -10,7 +10,7 @@ use std::sync::Once;
 use std::time::Duration;
 
 use extsync::connectors::hubspot::{AuthMode, HubSpotConnector};
-use extsync::connectors::{Connector, RequestBudget, WriteOp};
+use extsync::connectors::{Connector, Credentials, RequestBudget, WriteOp};
 use extsync::ingest::ExternalChange;
 use extsync::simulators::RunningSimulator;
 use extsync::simulators::hubspot::limits::LimitsConfig;
@@ -111,6 +111,21 @@ fn person(sim: &RunningSimulator) -> HubSpotConnector {
     HubSpotConnector::new(
         sim.base_url(),
         AuthMode::PrivateApp(hubspot::DEFAULT_PRIVATE_APP_TOKEN.into()),
+        RequestBudget::unlimited(),
+    )
+}
+
+/// extsync itself: the OAuth app whose webhooks ingest receives
+/// (`INTEGRATION` changes with the app's id as `sourceId`).
+fn app(sim: &RunningSimulator) -> HubSpotConnector {
+    HubSpotConnector::new(
+        sim.base_url(),
+        AuthMode::OAuth(Credentials {
+            client_id: hubspot::DEFAULT_CLIENT_ID.into(),
+            client_secret: hubspot::DEFAULT_CLIENT_SECRET.into(),
+            refresh_token: Some(hubspot::DEFAULT_REFRESH_TOKEN.into()),
+            webhook_secret: None,
+        }),
         RequestBudget::unlimited(),
     )
 }
@@ -240,6 +255,73 @@ async fn webhooks_and_polls_deliver_every_version_exactly_once() {
         all.iter().filter(|c| ids.contains(&c.external_id)).count(),
         8,
         "{all:?}"
+    );
+    s.stop.cancel();
+}
+
+#[tokio::test]
+async fn webhooks_of_extsyncs_own_writes_are_dropped() {
+    // Sweeps far apart so only webhooks could produce anything.
+    let s = setup(3600).await;
+    // Let the sweep at start pass: polls name no writer.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (own, person) = (app(&s.sim), person(&s.sim));
+    let mine = own
+        .write(
+            "contacts",
+            WriteOp::Create {
+                fields: contact("own@x.test", "A"),
+            },
+        )
+        .await
+        .unwrap()
+        .id;
+    let theirs = person
+        .write(
+            "contacts",
+            WriteOp::Create {
+                fields: contact("person@x.test", "A"),
+            },
+        )
+        .await
+        .unwrap()
+        .id;
+    // extsync's own edit of the person's contact is dropped too; the
+    // person's later edit arrives.
+    for (by, first) in [(&own, "Own"), (&person, "Person")] {
+        by.write(
+            "contacts",
+            WriteOp::Update {
+                id: theirs.clone(),
+                fields: contact("person@x.test", first),
+            },
+        )
+        .await
+        .unwrap();
+    }
+    let arrived = |c: &[ExternalChange]| {
+        c.iter().any(|x| {
+            x.external_id == theirs
+                && x.after
+                    .as_ref()
+                    .is_some_and(|a| a["firstname"] == json!("Person"))
+        })
+    };
+    let mut changes = read_changes(&s.kafka, Duration::from_secs(30), arrived).await;
+    assert!(arrived(&changes), "the person's edit arrives: {changes:?}");
+    changes.extend(read_changes(&s.kafka, Duration::from_secs(2), |_| false).await);
+    assert!(
+        changes.iter().all(|c| c.external_id != mine),
+        "extsync's own create was emitted: {changes:?}"
+    );
+    let of_theirs: Vec<_> = changes
+        .iter()
+        .filter(|c| c.external_id == theirs)
+        .map(|c| c.origin.clone().unwrap_or_default())
+        .collect();
+    assert!(
+        of_theirs.iter().all(|o| o.starts_with("CRM_UI")),
+        "only the person's changes arrive: {of_theirs:?}"
     );
     s.stop.cancel();
 }

@@ -84,9 +84,10 @@ async fn read_all(kafka: &TestKafka, expect: usize, limit: Duration) -> Vec<Exte
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn change_events_from_the_stream_arrive_once() {
+async fn change_events_from_the_stream_arrive_once_and_extsyncs_own_are_dropped() {
     support::salesforce_credentials_env();
     let org = salesforce_support::start().await;
+    let person = org.person();
     let (db, kafka) = (TestDb::create().await, TestKafka::new());
     // Sweeps far apart: only the change-event stream can bring these.
     let p = pipeline(&db, &kafka, &org.url(), 3600);
@@ -98,8 +99,7 @@ async fn change_events_from_the_stream_arrive_once() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let mut ids = Vec::new();
     for i in 0..3 {
-        let out = org
-            .connector
+        let out = person
             .write(
                 "Account",
                 WriteOp::Create {
@@ -114,7 +114,31 @@ async fn change_events_from_the_stream_arrive_once() {
     // before the update (else the create already carries the update).
     let created = read_all(&kafka, 3, Duration::from_secs(30)).await;
     assert_eq!(created.len(), 3, "{created:?}");
+    // extsync's own writes (its connector, `client=extsync`) are echoes: a
+    // create and an edit of a person's record, both dropped. The person's
+    // edit after them arrives.
+    let own = org
+        .connector
+        .write(
+            "Account",
+            WriteOp::Create {
+                fields: fields(json!({"Name": "Written by extsync"})),
+            },
+        )
+        .await
+        .unwrap()
+        .id;
     org.connector
+        .write(
+            "Account",
+            WriteOp::Update {
+                id: ids[1].clone(),
+                fields: fields(json!({"Name": "Renamed by extsync"})),
+            },
+        )
+        .await
+        .unwrap();
+    person
         .write(
             "Account",
             WriteOp::Update {
@@ -133,9 +157,15 @@ async fn change_events_from_the_stream_arrive_once() {
         got.iter().all(|c| c
             .origin
             .as_deref()
-            .is_some_and(|o| o.contains("client=extsync"))),
+            .is_some_and(|o| o.contains("client=person"))),
         "origin carries the writer: {got:?}"
     );
+    assert!(
+        got.iter().all(|c| c.external_id != own),
+        "extsync's own create was emitted: {got:?}"
+    );
+    let of = |id: &str| got.iter().filter(|c| c.external_id == id).count();
+    assert_eq!((of(&ids[0]), of(&ids[1])), (2, 1), "{got:?}");
     let last = got.iter().rfind(|c| c.external_id == ids[0]).unwrap();
     assert_eq!(
         last.after.as_ref().unwrap()["Name"],

@@ -88,6 +88,12 @@ pub struct WebhookEvent {
     /// Who made the change, as the system reports it (changeOrigin, changeSource, sourceId).
     #[serde(default)]
     pub origin: Option<String>,
+    /// Made by extsync's own writes, as the system tells: Salesforce
+    /// `changeOrigin` names extsync's `Sforce-Call-Options` client; HubSpot
+    /// `changeSource` is `INTEGRATION` with the receiving app as `sourceId`.
+    /// Ingest drops these echoes before reading or emitting anything.
+    #[serde(default)]
+    pub own: bool,
     /// Field values carried by the event; `None` when it carries only the id.
     #[serde(default)]
     pub fields: Option<Map<String, Value>>,

@@ -1,9 +1,15 @@
 //! The webhook receiver: one route per integration, `POST /webhooks/<id>`.
 //!
 //! ```text
-//!  vendor ──POST──► verify signature ──► parse ──► hydrate ids (batched reads)
-//!                      │ 401                │ 400      └──► Emitter ──► Kafka ──► 200
+//!  vendor ──POST──► verify signature ──► parse ──► drop own ──► hydrate ids (batched reads)
+//!                      │ 401                │ 400                  └──► Emitter ──► Kafka ──► 200
 //! ```
+//!
+//! Events the system marks as extsync's own writes ([`WebhookEvent::own`])
+//! are echoes: they are dropped here, before any read or Kafka write. The
+//! processor already holds what it wrote; changes others make arrive as
+//! events of their own. Polls carry no origin; their echoes are recognised
+//! by the processor (content hash).
 //!
 //! The answer waits until the events are durably in Kafka, so a 200 means
 //! nothing can be lost and any failure makes the vendor deliver again.
@@ -31,6 +37,8 @@ use crate::connectors::{ConnectorError, ErrorClass, WebhookEvent, WebhookRequest
 pub const REJECTED_TOTAL: &str = "extsync_ingest_webhook_rejected_total";
 /// Metric: webhook requests accepted, by integration.
 pub const ACCEPTED_TOTAL: &str = "extsync_ingest_webhook_accepted_total";
+/// Metric: events of extsync's own writes dropped, by integration.
+pub const OWN_DROPPED_TOTAL: &str = "extsync_ingest_own_changes_dropped_total";
 /// Metric: seconds from request to acknowledgement.
 pub const ACK_SECONDS: &str = "extsync_ingest_webhook_ack_seconds";
 
@@ -166,12 +174,18 @@ fn reject(integration: &str, status: StatusCode, message: String) -> Response {
 }
 
 /// Turns events into change events, reading the records of events that carry
-/// only ids in the system's batch form. Events for unmapped objects are skipped.
+/// only ids in the system's batch form. Events for unmapped objects and
+/// echoes of extsync's own writes are skipped.
 pub async fn hydrate(
     target: &IngestTarget,
     events: Vec<WebhookEvent>,
     source: ChangeSource,
 ) -> Result<Vec<ExternalChange>, ConnectorError> {
+    let (own, events): (Vec<_>, Vec<_>) = events.into_iter().partition(|e| e.own);
+    if !own.is_empty() {
+        metrics::counter!(OWN_DROPPED_TOTAL, "integration" => target.id.clone())
+            .increment(own.len() as u64);
+    }
     let mut changes = Vec::with_capacity(events.len());
     let mut to_read: HashMap<(String, String), Vec<WebhookEvent>> = HashMap::new();
     for ev in events {

@@ -27,6 +27,14 @@ impl Org {
     pub fn url(&self) -> String {
         self.running.base_url()
     }
+
+    /// A person's tool writing to the org: its changes name another client
+    /// than extsync's in `changeOrigin`.
+    pub fn person(&self) -> SalesforceConnector {
+        let mut s = settings(&self.url(), demo_credentials());
+        s.call_client = "person".into();
+        SalesforceConnector::new(s)
+    }
 }
 
 pub fn demo_credentials() -> Credentials {

@@ -109,6 +109,9 @@ struct Event {
     change_source: Option<String>,
     #[serde(default)]
     source_id: Option<String>,
+    /// The app receiving the delivery.
+    #[serde(default)]
+    app_id: Option<Value>,
 }
 
 fn id_text(v: &Value) -> Option<String> {
@@ -158,6 +161,11 @@ pub fn parse(body: &[u8]) -> Result<Vec<WebhookEvent>, ConnectorError> {
             .ok_or_else(|| malformed(format!("event {i}: objectId is missing")))?;
         let occurred_at = DateTime::<Utc>::from_timestamp_millis(ev.occurred_at)
             .ok_or_else(|| malformed(format!("event {i}: occurredAt is out of range")))?;
+        // A change an app made has `changeSource` INTEGRATION and the app's
+        // id as `sourceId`; made by the receiving app, it is extsync's own.
+        let own = ev.change_source.as_deref() == Some("INTEGRATION")
+            && ev.source_id.is_some()
+            && ev.source_id == ev.app_id.as_ref().and_then(id_text);
         let origin = match (ev.change_source, ev.source_id) {
             (Some(s), Some(id)) => Some(format!("{s}:{id}")),
             (Some(s), None) => Some(s),
@@ -180,6 +188,7 @@ pub fn parse(body: &[u8]) -> Result<Vec<WebhookEvent>, ConnectorError> {
             occurred_at,
             changed_fields,
             origin,
+            own,
             fields,
         });
     }
@@ -210,5 +219,25 @@ mod tests {
         assert_eq!(evs[0].id, "10042");
         assert_eq!(evs[0].origin.as_deref(), Some("INTEGRATION:3"));
         assert_eq!(evs[0].changed_fields, vec!["email".to_string()]);
+        assert!(evs[0].own, "made by the receiving app");
+    }
+
+    #[test]
+    fn only_the_receiving_apps_changes_are_its_own() {
+        let event = |source: &str, source_id: &str| {
+            format!(
+                r#"{{"eventId":1,"appId":3,"occurredAt":1,"subscriptionType":"contact.propertyChange",
+                "objectId":5,"propertyName":"email","propertyValue":"a@b.co","changeSource":"{source}","sourceId":"{source_id}"}}"#
+            )
+        };
+        let body = format!(
+            "[{},{},{}]",
+            event("INTEGRATION", "9"),
+            event("CRM_UI", "3"),
+            event("IMPORT", "userId:1")
+        );
+        let evs = parse(body.as_bytes()).unwrap();
+        assert_eq!(evs.len(), 3);
+        assert!(evs.iter().all(|e| !e.own), "{evs:?}");
     }
 }

@@ -241,7 +241,7 @@ impl CdcSubscriber {
                     ConnectorError::new(ErrorClass::Transient, "change event without replayId")
                 })?;
             let payload = data.get("payload").cloned().unwrap_or(Value::Null);
-            let events = events_from_change(&payload)?;
+            let events = events_from_change(&payload, &self.connector.settings.call_client)?;
             self.position = ReplayFrom::After(replay_id);
             out.push(CdcEvent {
                 replay_id,

@@ -40,8 +40,12 @@ fn is_compound(name: &str, v: &Value) -> bool {
 
 /// The events of one change event's `payload`: one per record id.
 /// GAP events (the server lost track of the values) carry no fields, so
-/// readers re-read those records.
-pub fn events_from_change(payload: &Value) -> Result<Vec<WebhookEvent>, ConnectorError> {
+/// readers re-read those records. Events whose `changeOrigin` names
+/// `client` (extsync's `Sforce-Call-Options` client) are marked own.
+pub fn events_from_change(
+    payload: &Value,
+    client: &str,
+) -> Result<Vec<WebhookEvent>, ConnectorError> {
     let bad = |what: &str| {
         ConnectorError::new(
             ErrorClass::FieldValidation,
@@ -80,6 +84,7 @@ pub fn events_from_change(payload: &Value) -> Result<Vec<WebhookEvent>, Connecto
         .and_then(Value::as_str)
         .filter(|s| !s.is_empty())
         .map(str::to_string);
+    let own = origin.as_deref().is_some_and(|o| is_own_change(o, client));
     let transaction = header
         .get("transactionKey")
         .and_then(Value::as_str)
@@ -131,6 +136,7 @@ pub fn events_from_change(payload: &Value) -> Result<Vec<WebhookEvent>, Connecto
             occurred_at,
             changed_fields: changed_fields.clone(),
             origin: origin.clone(),
+            own,
             fields: fields.clone(),
         })
         .collect())
@@ -155,9 +161,11 @@ mod tests {
             "BillingAddress": { "City": "Paris" },
             "LastModifiedDate": "2023-11-14T22:13:20.000+0000"
         });
-        let events = events_from_change(&payload).unwrap();
+        let events = events_from_change(&payload, "extsync").unwrap();
         assert_eq!(events.len(), 1);
         let e = &events[0];
+        assert!(e.own, "written with client=extsync");
+        assert!(!events_from_change(&payload, "person").unwrap()[0].own);
         assert_eq!(e.op, ChangeOp::Update);
         assert_eq!(
             e.changed_fields,
