@@ -16,6 +16,7 @@ use extsync::ingest::cursor::CursorStore;
 use extsync::ingest::poller::Poller;
 use extsync::ingest::{Emitter, ExternalChange, IngestTarget};
 use extsync::kafka::Topics;
+use extsync::simulators::faults::FaultsSnapshot;
 use rdkafka::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use salesforce_support::fields;
@@ -171,6 +172,50 @@ async fn change_events_from_the_stream_arrive_once_and_extsyncs_own_are_dropped(
         last.after.as_ref().unwrap()["Name"],
         json!("Streamed 0 bis")
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_events_whose_records_cannot_be_read_are_taken_again() {
+    support::salesforce_credentials_env();
+    let org = salesforce_support::start().await;
+    let person = org.person();
+    let (db, kafka) = (TestDb::create().await, TestKafka::new());
+    // Sweeps far apart: only the change-event stream can bring it.
+    let p = pipeline(&db, &kafka, &org.url(), 3600);
+    let stop = CancellationToken::new();
+    let ingest = extsync::ingest::service::start(&p, stop.clone())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Every API call waits 500 ms: ingest's read of the new record is still
+    // waiting when the one failure (503) is armed, and takes it.
+    let faults = org.sim.faults();
+    faults.set(&FaultsSnapshot {
+        latency_ms: Some(500),
+        ..FaultsSnapshot::default()
+    });
+    let id = person
+        .write(
+            "Account",
+            WriteOp::Create {
+                fields: fields(json!({"Name": "Read again"})),
+            },
+        )
+        .await
+        .unwrap()
+        .id;
+    faults.set(&FaultsSnapshot {
+        fail_next: Some(1),
+        latency_ms: Some(0),
+        ..FaultsSnapshot::default()
+    });
+    let got = read_all(&kafka, 1, Duration::from_secs(30)).await;
+    stop.cancel();
+    ingest.join().await;
+    assert_eq!(faults.snapshot().fail_next, Some(0), "the read failed once");
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].external_id, id);
+    assert_eq!(got[0].after.as_ref().unwrap()["Name"], json!("Read again"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

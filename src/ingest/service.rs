@@ -15,7 +15,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::cursor::CursorStore;
-use super::emitter::Emitter;
+use super::emitter::{EmitError, Emitter};
 use super::event::ChangeSource;
 use super::poller::Poller;
 use super::target::IngestTarget;
@@ -25,6 +25,7 @@ use crate::connectors::registry::{self, ConnectError};
 use crate::connectors::salesforce::{
     CdcSubscriber, ReplayFrom, SalesforceConnector, SalesforceSettings,
 };
+use crate::connectors::{ConnectorError, WebhookEvent};
 use crate::kafka::{self, Topics};
 use crate::store;
 
@@ -151,8 +152,11 @@ pub async fn start(pipeline: &Pipeline, stop: CancellationToken) -> Result<Inges
 /// Channel of all Change Data Capture events.
 pub const SALESFORCE_CHANNEL: &str = "/data/ChangeEvents";
 
-/// Follows Salesforce Change Data Capture with a durable replay id; each
-/// event's records are re-read (which also covers gap events) and emitted.
+/// Follows Salesforce Change Data Capture with a durable replay id. The
+/// records of each poll's events are re-read together (which also covers gap
+/// events), in batched reads, and emitted; only then is the last replay id
+/// stored. When that fails, the subscription goes back to the poll's first
+/// event, so nothing is skipped.
 async fn stream_changes(
     sf: Arc<SalesforceConnector>,
     target: Arc<IngestTarget>,
@@ -184,25 +188,45 @@ async fn stream_changes(
                 continue;
             }
         };
-        for ev in batch {
-            let changes = match webhook::hydrate(&target, ev.events, ChangeSource::Stream).await {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(integration = %target.id, error = %e, "re-reading changed records failed");
-                    break;
-                }
-            };
-            if let Err(e) = emitter.emit(changes).await {
-                tracing::warn!(integration = %target.id, error = %e, "emitting change events failed");
-                break;
-            }
-            let _ = db
-                .execute(
-                    "INSERT INTO extsync.stream_positions (integration, channel, replay_id) VALUES ($1, $2, $3)
-                     ON CONFLICT (integration, channel) DO UPDATE SET replay_id = excluded.replay_id, updated_at = now()",
-                    &[&target.id, &SALESFORCE_CHANNEL, &(ev.replay_id as i64)],
-                )
+        let (Some(first), Some(last)) = (batch.first(), batch.last()) else {
+            continue;
+        };
+        let (first, last) = (first.replay_id, last.replay_id);
+        let events = batch.into_iter().flat_map(|ev| ev.events).collect();
+        if let Err(e) = forward(&target, &emitter, events).await {
+            // Nothing of the batch is recorded: take it again from its first event.
+            tracing::warn!(integration = %target.id, error = %e, "change events not forwarded; taking them again");
+            sub.resume_from(ReplayFrom::After(first.saturating_sub(1)))
                 .await;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
         }
+        let _ = db
+            .execute(
+                "INSERT INTO extsync.stream_positions (integration, channel, replay_id) VALUES ($1, $2, $3)
+                 ON CONFLICT (integration, channel) DO UPDATE SET replay_id = excluded.replay_id, updated_at = now()",
+                &[&target.id, &SALESFORCE_CHANNEL, &(last as i64)],
+            )
+            .await;
     }
+}
+
+/// Why a poll's stream events were not forwarded.
+#[derive(Debug, thiserror::Error)]
+enum ForwardError {
+    #[error("re-reading changed records: {0}")]
+    Read(#[from] ConnectorError),
+    #[error(transparent)]
+    Emit(#[from] EmitError),
+}
+
+/// Reads the records of `events` and writes them to Kafka.
+async fn forward(
+    target: &IngestTarget,
+    emitter: &Emitter,
+    events: Vec<WebhookEvent>,
+) -> Result<(), ForwardError> {
+    let changes = webhook::hydrate(target, events, ChangeSource::Stream).await?;
+    emitter.emit(changes).await?;
+    Ok(())
 }

@@ -103,6 +103,14 @@ impl CdcSubscriber {
         self.position
     }
 
+    /// Goes back to `from`: the session ends, and the next [`Self::poll`]
+    /// subscribes again from there, so events returned but not handled are
+    /// delivered again.
+    pub async fn resume_from(&mut self, from: ReplayFrom) {
+        self.disconnect().await;
+        self.position = from;
+    }
+
     async fn exchange(&mut self, messages: Vec<Value>) -> Result<Vec<Value>, ConnectorError> {
         let token = self.connector.token().await?;
         let url = format!(
