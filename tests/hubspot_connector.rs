@@ -166,7 +166,7 @@ async fn batch_writes_map_partial_failures_to_their_inputs() {
     assert_eq!(e1.class, ErrorClass::FieldValidation);
     assert_eq!(*e1.fields, ["email".to_string()]);
     let e2 = results[2].as_ref().unwrap_err();
-    assert_eq!(e2.class, ErrorClass::FieldValidation);
+    assert_eq!(e2.class, ErrorClass::AlreadyExists);
     assert_eq!(e2.code.as_deref(), Some("CONFLICT"));
     assert_eq!(e2.existing_id.as_deref(), Some(existing.id.as_str()));
     let e3 = results[3].as_ref().unwrap_err();
@@ -297,7 +297,7 @@ async fn duplicate_contact_email_is_a_conflict_with_the_existing_id() {
         )
         .await
         .unwrap_err();
-    assert_eq!(e.class, ErrorClass::FieldValidation);
+    assert_eq!(e.class, ErrorClass::AlreadyExists);
     assert_eq!(e.status, Some(409));
     assert_eq!(
         e.message,

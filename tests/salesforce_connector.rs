@@ -267,6 +267,7 @@ async fn field_validation_errors_carry_vendor_codes() {
     .unwrap_err();
     assert_eq!(e.code.as_deref(), Some("DUPLICATES_DETECTED"));
     assert_eq!(e.existing_id.as_deref(), Some(first.id.as_str()));
+    assert_eq!(e.class, ErrorClass::FieldValidation, "a likely match only");
 
     let a = create("Account", json!({"Name": "u1", "Alguna_Id__c": "dup"}))
         .await
@@ -276,6 +277,7 @@ async fn field_validation_errors_carry_vendor_codes() {
         .unwrap_err();
     assert_eq!(e.code.as_deref(), Some("DUPLICATE_VALUE"));
     assert_eq!(e.existing_id.as_deref(), Some(a.id.as_str()));
+    assert_eq!(e.class, ErrorClass::AlreadyExists);
 
     let e = create(
         "Contact",

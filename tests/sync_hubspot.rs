@@ -62,6 +62,11 @@ impl Sync {
     /// [`Sync::start`] with `strategy` as the contacts' default conflict
     /// resolution.
     async fn start_resolving(strategy: &str) -> Sync {
+        Self::start_with(strategy, 2).await
+    }
+
+    /// [`Sync::start_resolving`] with sweeps `sweep_secs` apart.
+    async fn start_with(strategy: &str, sweep_secs: u64) -> Sync {
         credentials_env();
         let _ = tracing_subscriber::fmt()
             .with_env_filter(std::env::var("EXTSYNC_LOG").unwrap_or_else(|_| "warn".into()))
@@ -82,7 +87,7 @@ name: {name}
 postgres: {{ url: "{db}", tables: [public.contacts], heartbeatSecs: 1 }}
 kafka: {{ brokers: "{brokers}", topicPrefix: "{prefix}" }}
 telemetry: {{ metricsAddress: "" }}
-ingest: {{ webhookAddress: "127.0.0.1:0", sweepSecs: 2, pollOverlapSecs: 5 }}
+ingest: {{ webhookAddress: "127.0.0.1:0", sweepSecs: {sweep_secs}, pollOverlapSecs: 5 }}
 integrations:
   hubspot:
     provider: hubspot
@@ -342,6 +347,138 @@ async fn contacts_sync_both_ways_linking_by_email_without_echo() {
             .any(|w| w["properties"]["firstname"] == json!("Nina")),
         "an echo was written back: {writes:?}"
     );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_contact_created_in_hubspot_before_extsync_saw_it_is_linked_not_duplicated() {
+    // No sweeps, and webhooks dropped: extsync never hears of the contact a
+    // person creates, so the billing row with its email is created, and
+    // HubSpot refuses the create (409, `Existing ID`).
+    let s = Sync::start_with("latest_wins", 3600).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let resp = reqwest::Client::new()
+        .post(format!("{}/__admin/webhooks", s.sim.base_url()))
+        .json(&json!({"drop": true}))
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success());
+    let existing = s
+        .person()
+        .write(
+            "contacts",
+            WriteOp::Create {
+                fields: json!({"email": "dup@acme.test", "firstname": "Olga"})
+                    .as_object()
+                    .unwrap()
+                    .clone(),
+            },
+        )
+        .await
+        .unwrap();
+    let db = s.db.client().await;
+    db.execute(
+        "INSERT INTO contacts (id, email, first_name) VALUES (3, 'dup@acme.test', 'Olivia')",
+        &[],
+    )
+    .await
+    .unwrap();
+
+    eventually(
+        "the billing row is linked to the existing contact",
+        Duration::from_secs(60),
+        || async {
+            db.query_one(
+                "SELECT count(*) FROM extsync.records WHERE billing_id = '3' AND external_id = $1",
+                &[&existing.id],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+                == 1
+        },
+    )
+    .await;
+    // Its change was re-queued and merged: the billing edit is the later
+    // one (latest_wins), so HubSpot takes its first name.
+    eventually(
+        "the existing contact takes the billing values",
+        Duration::from_secs(60),
+        || async {
+            s.contact_by_email("dup@acme.test")
+                .await
+                .iter()
+                .any(|c| c.id == existing.id && c.fields["firstname"] == json!("Olivia"))
+        },
+    )
+    .await;
+    let dups = s.contact_by_email("dup@acme.test").await;
+    assert_eq!(dups.len(), 1, "a duplicate contact was created: {dups:?}");
+    eventually(
+        "the record no longer counts as failed",
+        Duration::from_secs(30),
+        || async {
+            db.query_one(
+                "SELECT count(*) FROM extsync.failed_records WHERE billing_id = '3'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+                == 0
+        },
+    )
+    .await;
+    assert_eq!(s.first_name(3).await.as_deref(), Some("Olivia"));
+    // Both sides held a first name the other had never seen: settled by
+    // the strategy and recorded, like any conflict.
+    let settled: Vec<(String, String)> = db
+        .query(
+            "SELECT field, winner FROM extsync.conflicts WHERE billing_id = '3' AND external_id = $1",
+            &[&existing.id],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        settled,
+        [("firstName".to_string(), "alguna".to_string())],
+        "{settled:?}"
+    );
+
+    // A second billing row with that email is refused the same way, but the
+    // contact is already linked to row 3: row 4 fails and links nothing.
+    db.execute(
+        "INSERT INTO contacts (id, email, first_name) VALUES (4, 'dup@acme.test', 'Otto')",
+        &[],
+    )
+    .await
+    .unwrap();
+    eventually("row 4 fails already_exists", Duration::from_secs(60), || async {
+        db.query_opt(
+            "SELECT message FROM extsync.failed_records WHERE billing_id = '4' AND error_type = 'already_exists'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .is_some_and(|r| r.get::<_, String>(0).contains("linked to another billing record"))
+    })
+    .await;
+    let links: i64 = db
+        .query_one(
+            "SELECT count(*) FROM extsync.records WHERE external_id = $1",
+            &[&existing.id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(links, 1, "the contact is linked to one billing row");
+    let contact = s.contact_by_email("dup@acme.test").await;
+    assert_eq!(contact.len(), 1, "{contact:?}");
+    assert_eq!(contact[0].fields["firstname"], json!("Olivia"));
     s.stop().await;
 }
 

@@ -9,8 +9,13 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorClass {
-    /// The record was rejected: required field, custom rule, bad value, duplicate.
+    /// The record was rejected: required field, custom rule, bad value,
+    /// a duplicate rule's likely match.
     FieldValidation,
+    /// A create refused because a unique field already holds its value on
+    /// the record `existing_id` (HubSpot's contact email, a Salesforce
+    /// unique field): that record is the same one, not a likely match.
+    AlreadyExists,
     /// The vendor's request budget is spent; wait `retry_after`.
     RateLimit,
     /// The access token expired or was revoked; refresh and retry.
@@ -29,6 +34,7 @@ impl ErrorClass {
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorClass::FieldValidation => "field_validation",
+            ErrorClass::AlreadyExists => "already_exists",
             ErrorClass::RateLimit => "rate_limit",
             ErrorClass::AuthExpired => "auth_expired",
             ErrorClass::NotFound => "not_found",

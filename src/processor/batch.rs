@@ -35,6 +35,7 @@ use super::retry::Requeue;
 use super::sinks::{BillingSink, ExternalSink, SinkError};
 use super::state::{RecordKey, RecordState, StateStore};
 use super::unseen;
+use crate::connectors::ErrorClass;
 use crate::delivery::{BillingWrite, DeliveryOutcome, ExternalWrite, ExternalWriteOp, OutcomeKind};
 use crate::ingest::{ChangeSource, ExternalChange};
 
@@ -603,21 +604,11 @@ impl Processor {
                         ),
                         flow: Flow::ToExternal,
                         fields: written_fields(p),
-                        // The record's latest change: the pending write holds
-                        // every change of the batch.
-                        waiting: work
-                            .iter()
-                            .rev()
-                            .filter(|w| w.key.as_ref() == Some(&p.key))
-                            .find_map(|w| match w.change {
-                                Change::Billing(b) => Some(b),
-                                Change::External(_) => None,
-                            })
-                            .map(|b| ParentWait {
-                                entity: parent.entity.clone(),
-                                billing_id: parent.billing_id.clone(),
-                                change: b.clone(),
-                            }),
+                        waiting: latest_billing_change(&work, &p.key).map(|b| ParentWait {
+                            entity: parent.entity.clone(),
+                            billing_id: parent.billing_id.clone(),
+                            change: b.clone(),
+                        }),
                     },
                 ));
                 continue;
@@ -655,6 +646,8 @@ impl Processor {
                 .await?
         };
 
+        let adoptable = self.adoptable(&pending, &outcomes).await?;
+
         // 6. Fold outcomes into states and events.
         for (i, p) in pending.iter().enumerate() {
             if waiting.contains(&i) {
@@ -673,16 +666,43 @@ impl Processor {
                             .map(|(c, m)| (c.as_str().to_string(), m))
                             .unwrap_or(("transient".into(), "failed".into()));
                         *st = p.before.clone();
+                        // A create refused because the record exists (a unique
+                        // field holds its value there) links to that record.
+                        // Once the link is saved, the record's latest change
+                        // is re-queued and syncs with it, three-way by the
+                        // field strategies, as a matched record would.
+                        let adopted = adoptable
+                            .contains(&i)
+                            .then(|| o.external_id.clone())
+                            .flatten();
+                        let (message, waiting) = match adopted {
+                            Some(id) => {
+                                st.external_id = Some(id.clone());
+                                (
+                                    format!("{msg}; linked to {id}, the record syncs with it next"),
+                                    latest_billing_change(&work, &p.key).map(|b| ParentWait {
+                                        entity: p.key.entity.clone(),
+                                        billing_id: p.key.billing_id.clone(),
+                                        change: b.clone(),
+                                    }),
+                                )
+                            }
+                            None if class == ErrorClass::AlreadyExists.as_str() => (
+                                format!("{msg}; that record is linked to another billing record"),
+                                None,
+                            ),
+                            None => (msg, None),
+                        };
                         failures.push((
                             p.seq,
                             Failure {
                                 key: p.key.clone(),
                                 external_id: st.external_id.clone(),
                                 error_type: class,
-                                message: msg,
+                                message,
                                 flow: Flow::ToExternal,
                                 fields: x.fields.keys().cloned().collect(),
-                                waiting: None,
+                                waiting,
                             },
                         ));
                     }
@@ -1061,7 +1081,9 @@ impl Processor {
                 && !b.is_own_write()
                 && state.external_id.is_some()
                 && !state.deleted
-                && unseen::can_conflict(w.entity);
+                // A record linked without its image (a create found it
+                // existing) is read before its fields are merged.
+                && (unseen::can_conflict(w.entity) || state.external_image.is_empty());
             wanted.then_some((w.entity, key, state))
         });
         Ok(unseen::read_back(&self.external, records).await?)
@@ -1329,6 +1351,67 @@ fn record_event(
 }
 
 /// The fields a pending write would set, on whichever side.
+impl Processor {
+    /// Of the creates refused because their record exists (`already_exists`),
+    /// those that link to it: no other billing record is linked to that
+    /// record or takes it in this batch (of two refused creates, the first).
+    async fn adoptable(
+        &self,
+        pending: &[Pending],
+        outcomes: &HashMap<usize, DeliveryOutcome>,
+    ) -> Result<HashSet<usize>, BatchError> {
+        let written = |i: usize| {
+            let x = pending[i].external.as_ref()?;
+            let o = outcomes.get(&i)?;
+            Some((
+                x,
+                o,
+                (
+                    x.integration.as_str(),
+                    x.entity.as_str(),
+                    o.external_id.as_deref()?,
+                ),
+            ))
+        };
+        let mut taken: HashSet<(&str, &str, &str)> = (0..pending.len())
+            .filter_map(written)
+            .filter(|(_, o, _)| o.kind != OutcomeKind::Failed)
+            .map(|(_, _, link)| link)
+            .collect();
+        let mut out = HashSet::new();
+        for i in 0..pending.len() {
+            let Some((x, o, link)) = written(i) else {
+                continue;
+            };
+            let refused = x.op == ExternalWriteOp::Create
+                && o.kind == OutcomeKind::Failed
+                && o.error
+                    .as_ref()
+                    .is_some_and(|(c, _)| *c == ErrorClass::AlreadyExists);
+            if !refused || !taken.insert(link) {
+                continue;
+            }
+            let linked = self.state.billing_id_of(link.0, link.1, link.2).await?;
+            if linked.is_none_or(|b| b == pending[i].key.billing_id) {
+                out.insert(i);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The latest billing change of `key` in the batch (a pending write holds
+/// every change of its record in the batch).
+fn latest_billing_change<'a>(work: &'a [Work<'a>], key: &RecordKey) -> Option<&'a BillingChange> {
+    work.iter()
+        .rev()
+        .filter(|w| w.key.as_ref() == Some(key))
+        .find_map(|w| match w.change {
+            Change::Billing(b) => Some(b),
+            Change::External(_) => None,
+        })
+}
+
 fn written_fields(p: &Pending) -> Vec<String> {
     let mut fields: Vec<String> = p
         .external

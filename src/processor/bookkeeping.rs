@@ -36,14 +36,17 @@ pub struct Failure {
     pub flow: Flow,
     /// Fields the failed write would have set (target side names).
     pub fields: Vec<String>,
-    /// For `parent_not_linked`: what to re-queue once the parent is linked.
+    /// For `parent_not_linked`: what to re-queue once the parent is linked;
+    /// for `already_exists`: once the record's own link is saved.
     pub waiting: Option<ParentWait>,
 }
 
-/// A record waiting for its parent: the parent and the change that failed.
+/// A record waiting for a record to be linked (its parent, or itself once
+/// a create found it existing) and the change to re-queue then.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ParentWait {
-    /// Entity and billing id of the parent, in the record's integration.
+    /// Entity and billing id of the record waited for, in the record's
+    /// integration.
     pub entity: String,
     pub billing_id: String,
     pub change: BillingChange,

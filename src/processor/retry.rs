@@ -1,6 +1,8 @@
 //! Retries of records that failed waiting for their parent. A
 //! `parent_not_linked` failure keeps the parent it waits for and the change
-//! that failed. After a save that linked a parent or recorded such a
+//! that failed. An `already_exists` failure (a create the system refused
+//! because the record exists; extsync linked it) waits the same way for its
+//! own link, so its change is re-queued as soon as that link is saved. After a save that linked a parent or recorded such a
 //! failure, the failed records whose parent is linked now have that change
 //! re-queued onto the repartition topic, on the record's partition (see
 //! [`crate::kafka::record_partition`]): the record's owner, which reads

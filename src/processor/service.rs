@@ -131,16 +131,12 @@ async fn build(
         },
     )
     .await?;
-    // Only entities with a parent can wait for one.
-    let requeue = if mappings.entities.iter().any(|e| e.parent.is_some()) {
-        Some(Requeue::new(
-            kafka::client_config(&pipeline.kafka)?,
-            &Topics::new(&pipeline.kafka.topic_prefix),
-            external.keys().cloned().collect(),
-        )?)
-    } else {
-        None
-    };
+    // Children wait for their parent; a create found existing, for its link.
+    let requeue = Some(Requeue::new(
+        kafka::client_config(&pipeline.kafka)?,
+        &Topics::new(&pipeline.kafka.topic_prefix),
+        external.keys().cloned().collect(),
+    )?);
     Ok(Arc::new(Processor {
         mappings,
         state,

@@ -146,7 +146,7 @@ pub fn classify(status: u16, headers: &HeaderMap, body: &[u8]) -> ConnectorError
         ErrorClass::FieldValidation => {
             err = err.with_fields(blamed_fields(&parsed));
             if status == 409 || parsed.category.as_deref() == Some("CONFLICT") {
-                err.existing_id = existing_id(&err.message);
+                err = already_exists(err);
             }
         }
         _ => {}
@@ -176,8 +176,17 @@ pub fn classify_item(item: &Value) -> ConnectorError {
         err = err.with_code(category);
     }
     if class == ErrorClass::FieldValidation {
-        err = err.with_fields(blamed_fields(&parsed));
-        err.existing_id = existing_id(&err.message);
+        err = already_exists(err.with_fields(blamed_fields(&parsed)));
+    }
+    err
+}
+
+/// A conflict naming the record that holds the unique value (`Contact
+/// already exists. Existing ID: …`) is [`ErrorClass::AlreadyExists`].
+fn already_exists(mut err: ConnectorError) -> ConnectorError {
+    err.existing_id = existing_id(&err.message);
+    if err.existing_id.is_some() {
+        err.class = ErrorClass::AlreadyExists;
     }
     err
 }
@@ -213,7 +222,7 @@ mod tests {
     fn conflict_carries_existing_id() {
         let body = br#"{"status":"error","message":"Contact already exists. Existing ID: 10042","correlationId":"x","category":"CONFLICT"}"#;
         let e = classify(409, &HeaderMap::new(), body);
-        assert_eq!(e.class, ErrorClass::FieldValidation);
+        assert_eq!(e.class, ErrorClass::AlreadyExists);
         assert_eq!(e.existing_id.as_deref(), Some("10042"));
         assert_eq!(e.code.as_deref(), Some("CONFLICT"));
     }

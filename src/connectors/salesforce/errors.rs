@@ -83,6 +83,11 @@ pub fn from_body(
         err = err.with_retry_after(limit_wait);
     }
     err.existing_id = existing_id(e);
+    // A unique field's value is held by that record: the same one. A
+    // duplicate rule's match (`DUPLICATES_DETECTED`) is only likely.
+    if e.error_code == "DUPLICATE_VALUE" && err.existing_id.is_some() {
+        err.class = ErrorClass::AlreadyExists;
+    }
     err
 }
 
@@ -169,5 +174,6 @@ mod tests {
             wait,
         );
         assert_eq!(e.existing_id.as_deref(), Some("001Dn0000000001AAA"));
+        assert_eq!(e.class, ErrorClass::AlreadyExists);
     }
 }
