@@ -1379,7 +1379,7 @@ impl Processor {
             .map(|(_, _, link)| link)
             .collect();
         let mut out = HashSet::new();
-        for i in 0..pending.len() {
+        for (i, p) in pending.iter().enumerate() {
             let Some((x, o, link)) = written(i) else {
                 continue;
             };
@@ -1392,7 +1392,7 @@ impl Processor {
                 continue;
             }
             let linked = self.state.billing_id_of(link.0, link.1, link.2).await?;
-            if linked.is_none_or(|b| b == pending[i].key.billing_id) {
+            if linked.is_none_or(|b| b == p.key.billing_id) {
                 out.insert(i);
             }
         }
