@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use extsync::connectors::salesforce::SalesforceConnector;
 use extsync::connectors::{Connector, WriteOp};
 use extsync::ingest::cursor::CursorStore;
 use extsync::ingest::poller::Poller;
@@ -84,20 +85,51 @@ async fn read_all(kafka: &TestKafka, expect: usize, limit: Duration) -> Vec<Exte
     }
 }
 
+/// Ingest against a fresh org with sweeps far apart: only the change-event
+/// stream brings changes. `person` writes as another client than extsync.
+struct StreamOnly {
+    org: salesforce_support::Org,
+    person: SalesforceConnector,
+    kafka: TestKafka,
+    stop: CancellationToken,
+    ingest: extsync::ingest::service::Ingest,
+    _db: TestDb,
+}
+
+impl StreamOnly {
+    async fn start() -> StreamOnly {
+        support::salesforce_credentials_env();
+        let org = salesforce_support::start().await;
+        let person = org.person();
+        let (db, kafka) = (TestDb::create().await, TestKafka::new());
+        let p = pipeline(&db, &kafka, &org.url(), 3600);
+        let stop = CancellationToken::new();
+        let ingest = extsync::ingest::service::start(&p, stop.clone())
+            .await
+            .unwrap();
+        // The initial sweep runs at start; give the subscriber time to connect.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        StreamOnly {
+            org,
+            person,
+            kafka,
+            stop,
+            ingest,
+            _db: db,
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn change_events_from_the_stream_arrive_once_and_extsyncs_own_are_dropped() {
-    support::salesforce_credentials_env();
-    let org = salesforce_support::start().await;
-    let person = org.person();
-    let (db, kafka) = (TestDb::create().await, TestKafka::new());
-    // Sweeps far apart: only the change-event stream can bring these.
-    let p = pipeline(&db, &kafka, &org.url(), 3600);
-    let stop = CancellationToken::new();
-    let ingest = extsync::ingest::service::start(&p, stop.clone())
-        .await
-        .unwrap();
-    // The initial sweep runs at start; give the subscriber time to connect.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let StreamOnly {
+        org,
+        person,
+        kafka,
+        stop,
+        ingest,
+        _db,
+    } = StreamOnly::start().await;
     let mut ids = Vec::new();
     for i in 0..3 {
         let out = person
@@ -176,17 +208,14 @@ async fn change_events_from_the_stream_arrive_once_and_extsyncs_own_are_dropped(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stream_events_whose_records_cannot_be_read_are_taken_again() {
-    support::salesforce_credentials_env();
-    let org = salesforce_support::start().await;
-    let person = org.person();
-    let (db, kafka) = (TestDb::create().await, TestKafka::new());
-    // Sweeps far apart: only the change-event stream can bring it.
-    let p = pipeline(&db, &kafka, &org.url(), 3600);
-    let stop = CancellationToken::new();
-    let ingest = extsync::ingest::service::start(&p, stop.clone())
-        .await
-        .unwrap();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let StreamOnly {
+        org,
+        person,
+        kafka,
+        stop,
+        ingest,
+        _db,
+    } = StreamOnly::start().await;
     // Every API call waits 500 ms: ingest's read of the new record is still
     // waiting when the one failure (503) is armed, and takes it.
     let faults = org.sim.faults();

@@ -202,6 +202,21 @@ integrations:
             .collect()
     }
 
+    /// Whether billing contact `billing_id` is linked to `external_id`.
+    async fn linked(&self, billing_id: &str, external_id: &str) -> bool {
+        self.db
+            .client()
+            .await
+            .query_one(
+                "SELECT count(*) FROM extsync.records WHERE billing_id = $1 AND external_id = $2",
+                &[&billing_id, &external_id],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+            == 1
+    }
+
     async fn first_name(&self, id: i64) -> Option<String> {
         self.db
             .client()
@@ -281,15 +296,8 @@ async fn contacts_sync_both_ways_linking_by_email_without_echo() {
     );
 
     // The billing row with the existing email is linked, not created again.
-    eventually("contact 2 is linked", Duration::from_secs(60), || async {
-        db.query_one(
-            "SELECT count(*) FROM extsync.records WHERE billing_id = '2' AND external_id = $1",
-            &[&existing.id],
-        )
-        .await
-        .unwrap()
-        .get::<_, i64>(0)
-            == 1
+    eventually("contact 2 is linked", Duration::from_secs(60), || {
+        s.linked("2", &existing.id)
     })
     .await;
     let olgas = s.contact_by_email("old@acme.test").await;
@@ -388,16 +396,7 @@ async fn a_contact_created_in_hubspot_before_extsync_saw_it_is_linked_not_duplic
     eventually(
         "the billing row is linked to the existing contact",
         Duration::from_secs(60),
-        || async {
-            db.query_one(
-                "SELECT count(*) FROM extsync.records WHERE billing_id = '3' AND external_id = $1",
-                &[&existing.id],
-            )
-            .await
-            .unwrap()
-            .get::<_, i64>(0)
-                == 1
-        },
+        || s.linked("3", &existing.id),
     )
     .await;
     // Its change was re-queued and merged: the billing edit is the later
