@@ -85,6 +85,19 @@ async fn read_all(kafka: &TestKafka, expect: usize, limit: Duration) -> Vec<Exte
     }
 }
 
+/// Creates an Account named `name` through `c`; its id.
+async fn create_account(c: &SalesforceConnector, name: &str) -> String {
+    c.write(
+        "Account",
+        WriteOp::Create {
+            fields: fields(json!({ "Name": name })),
+        },
+    )
+    .await
+    .unwrap()
+    .id
+}
+
 /// Ingest against a fresh org with sweeps far apart: only the change-event
 /// stream brings changes. `person` writes as another client than extsync.
 struct StreamOnly {
@@ -132,16 +145,7 @@ async fn change_events_from_the_stream_arrive_once_and_extsyncs_own_are_dropped(
     } = StreamOnly::start().await;
     let mut ids = Vec::new();
     for i in 0..3 {
-        let out = person
-            .write(
-                "Account",
-                WriteOp::Create {
-                    fields: fields(json!({"Name": format!("Streamed {i}")})),
-                },
-            )
-            .await
-            .unwrap();
-        ids.push(out.id);
+        ids.push(create_account(&person, &format!("Streamed {i}")).await);
     }
     // Records are re-read when their event arrives, so let the creates land
     // before the update (else the create already carries the update).
@@ -150,17 +154,7 @@ async fn change_events_from_the_stream_arrive_once_and_extsyncs_own_are_dropped(
     // extsync's own writes (its connector, `client=extsync`) are echoes: a
     // create and an edit of a person's record, both dropped. The person's
     // edit after them arrives.
-    let own = org
-        .connector
-        .write(
-            "Account",
-            WriteOp::Create {
-                fields: fields(json!({"Name": "Written by extsync"})),
-            },
-        )
-        .await
-        .unwrap()
-        .id;
+    let own = create_account(&org.connector, "Written by extsync").await;
     org.connector
         .write(
             "Account",
@@ -223,16 +217,7 @@ async fn stream_events_whose_records_cannot_be_read_are_taken_again() {
         latency_ms: Some(500),
         ..FaultsSnapshot::default()
     });
-    let id = person
-        .write(
-            "Account",
-            WriteOp::Create {
-                fields: fields(json!({"Name": "Read again"})),
-            },
-        )
-        .await
-        .unwrap()
-        .id;
+    let id = create_account(&person, "Read again").await;
     faults.set(&FaultsSnapshot {
         fail_next: Some(1),
         latency_ms: Some(0),

@@ -10,7 +10,7 @@ use std::sync::Once;
 use std::time::Duration;
 
 use extsync::connectors::hubspot::{AuthMode, HubSpotConnector};
-use extsync::connectors::{Connector, ExternalRecord, RequestBudget, WriteOp};
+use extsync::connectors::{Connector, ExternalRecord, RequestBudget, WriteOp, WriteOutcome};
 use extsync::processor::service::Loops;
 use extsync::simulators::RunningSimulator;
 use extsync::simulators::hubspot::limits::LimitsConfig;
@@ -164,6 +164,22 @@ integrations:
         )
     }
 
+    /// A contact a person creates in HubSpot.
+    async fn person_creates(&self, email: &str, first_name: &str) -> WriteOutcome {
+        self.person()
+            .write(
+                "contacts",
+                WriteOp::Create {
+                    fields: json!({ "email": email, "firstname": first_name })
+                        .as_object()
+                        .unwrap()
+                        .clone(),
+                },
+            )
+            .await
+            .unwrap()
+    }
+
     async fn contacts(&self) -> Vec<ExternalRecord> {
         let c = self.person();
         let mut out = Vec::new();
@@ -244,18 +260,7 @@ async fn contacts_sync_both_ways_linking_by_email_without_echo() {
     let s = Sync::start().await;
     let person = s.person();
     // A contact that already exists in HubSpot, before extsync knows of it.
-    let existing = person
-        .write(
-            "contacts",
-            WriteOp::Create {
-                fields: json!({"email": "old@acme.test", "firstname": "Olga"})
-                    .as_object()
-                    .unwrap()
-                    .clone(),
-            },
-        )
-        .await
-        .unwrap();
+    let existing = s.person_creates("old@acme.test", "Olga").await;
 
     let db = s.db.client().await;
     // Match rules look among the external records extsync has seen.
@@ -372,19 +377,7 @@ async fn a_contact_created_in_hubspot_before_extsync_saw_it_is_linked_not_duplic
         .await
         .unwrap();
     assert!(resp.status().is_success());
-    let existing = s
-        .person()
-        .write(
-            "contacts",
-            WriteOp::Create {
-                fields: json!({"email": "dup@acme.test", "firstname": "Olga"})
-                    .as_object()
-                    .unwrap()
-                    .clone(),
-            },
-        )
-        .await
-        .unwrap();
+    let existing = s.person_creates("dup@acme.test", "Olga").await;
     let db = s.db.client().await;
     db.execute(
         "INSERT INTO contacts (id, email, first_name) VALUES (3, 'dup@acme.test', 'Olivia')",
