@@ -3,6 +3,8 @@
 //! version in Kafka exactly once, and bad requests rejected with nothing
 //! produced.
 
+#[path = "hubspot_support/mod.rs"]
+mod hubspot_support;
 mod support;
 
 use std::collections::HashMap;
@@ -10,7 +12,7 @@ use std::sync::Once;
 use std::time::Duration;
 
 use extsync::connectors::hubspot::{AuthMode, HubSpotConnector};
-use extsync::connectors::{Connector, Credentials, RequestBudget, WriteOp};
+use extsync::connectors::{Connector, RequestBudget, WriteOp};
 use extsync::ingest::ExternalChange;
 use extsync::simulators::RunningSimulator;
 use extsync::simulators::hubspot::limits::LimitsConfig;
@@ -115,19 +117,17 @@ fn person(sim: &RunningSimulator) -> HubSpotConnector {
     )
 }
 
-/// extsync itself: the OAuth app whose webhooks ingest receives
-/// (`INTEGRATION` changes with the app's id as `sourceId`).
-fn app(sim: &RunningSimulator) -> HubSpotConnector {
-    HubSpotConnector::new(
-        sim.base_url(),
-        AuthMode::OAuth(Credentials {
-            client_id: hubspot::DEFAULT_CLIENT_ID.into(),
-            client_secret: hubspot::DEFAULT_CLIENT_SECRET.into(),
-            refresh_token: Some(hubspot::DEFAULT_REFRESH_TOKEN.into()),
-            webhook_secret: None,
-        }),
-        RequestBudget::unlimited(),
+/// Creates a contact through `by`; its id.
+async fn create_contact(by: &HubSpotConnector, email: &str) -> String {
+    by.write(
+        "contacts",
+        WriteOp::Create {
+            fields: contact(email, "A"),
+        },
     )
+    .await
+    .unwrap()
+    .id
 }
 
 fn contact(email: &str, first: &str) -> serde_json::Map<String, Value> {
@@ -181,16 +181,7 @@ async fn webhooks_and_polls_deliver_every_version_exactly_once() {
     let hs = person(&s.sim);
     let mut ids = Vec::new();
     for i in 0..5 {
-        let out = hs
-            .write(
-                "contacts",
-                WriteOp::Create {
-                    fields: contact(&format!("c{i}@x.test"), "A"),
-                },
-            )
-            .await
-            .unwrap();
-        ids.push(out.id);
+        ids.push(create_contact(&hs, &format!("c{i}@x.test")).await);
     }
     let changes = read_changes(&s.kafka, Duration::from_secs(30), |c| {
         ids.iter().all(|id| c.iter().any(|x| &x.external_id == id))
@@ -265,27 +256,11 @@ async fn webhooks_of_extsyncs_own_writes_are_dropped() {
     let s = setup(3600).await;
     // Let the sweep at start pass: polls name no writer.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let (own, person) = (app(&s.sim), person(&s.sim));
-    let mine = own
-        .write(
-            "contacts",
-            WriteOp::Create {
-                fields: contact("own@x.test", "A"),
-            },
-        )
-        .await
-        .unwrap()
-        .id;
-    let theirs = person
-        .write(
-            "contacts",
-            WriteOp::Create {
-                fields: contact("person@x.test", "A"),
-            },
-        )
-        .await
-        .unwrap()
-        .id;
+    // extsync itself: the OAuth app whose webhooks ingest receives
+    // (`INTEGRATION` changes with the app's id as `sourceId`).
+    let (own, person) = (hubspot_support::connector(&s.sim), person(&s.sim));
+    let mine = create_contact(&own, "own@x.test").await;
+    let theirs = create_contact(&person, "person@x.test").await;
     // extsync's own edit of the person's contact is dropped too; the
     // person's later edit arrives.
     for (by, first) in [(&own, "Own"), (&person, "Person")] {

@@ -98,6 +98,19 @@ async fn create_account(c: &SalesforceConnector, name: &str) -> String {
     .id
 }
 
+/// Renames Account `id` through `c`.
+async fn rename_account(c: &SalesforceConnector, id: &str, name: &str) {
+    c.write(
+        "Account",
+        WriteOp::Update {
+            id: id.to_string(),
+            fields: fields(json!({ "Name": name })),
+        },
+    )
+    .await
+    .unwrap();
+}
+
 /// Ingest against a fresh org with sweeps far apart: only the change-event
 /// stream brings changes. `person` writes as another client than extsync.
 struct StreamOnly {
@@ -155,26 +168,8 @@ async fn change_events_from_the_stream_arrive_once_and_extsyncs_own_are_dropped(
     // create and an edit of a person's record, both dropped. The person's
     // edit after them arrives.
     let own = create_account(&org.connector, "Written by extsync").await;
-    org.connector
-        .write(
-            "Account",
-            WriteOp::Update {
-                id: ids[1].clone(),
-                fields: fields(json!({"Name": "Renamed by extsync"})),
-            },
-        )
-        .await
-        .unwrap();
-    person
-        .write(
-            "Account",
-            WriteOp::Update {
-                id: ids[0].clone(),
-                fields: fields(json!({"Name": "Streamed 0 bis"})),
-            },
-        )
-        .await
-        .unwrap();
+    rename_account(&org.connector, &ids[1], "Renamed by extsync").await;
+    rename_account(&person, &ids[0], "Streamed 0 bis").await;
     let got = read_all(&kafka, 4, Duration::from_secs(30)).await;
     stop.cancel();
     ingest.join().await;
