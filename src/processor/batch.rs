@@ -1350,7 +1350,6 @@ fn record_event(
     }
 }
 
-/// The fields a pending write would set, on whichever side.
 impl Processor {
     /// Of the creates refused because their record exists (`already_exists`),
     /// those that link to it: no other billing record is linked to that
@@ -1360,6 +1359,20 @@ impl Processor {
         pending: &[Pending],
         outcomes: &HashMap<usize, DeliveryOutcome>,
     ) -> Result<HashSet<usize>, BatchError> {
+        let refused = |x: &ExternalWrite, o: &DeliveryOutcome| {
+            x.op == ExternalWriteOp::Create
+                && o.kind == OutcomeKind::Failed
+                && o.error
+                    .as_ref()
+                    .is_some_and(|(c, _)| *c == ErrorClass::AlreadyExists)
+        };
+        let mut out = HashSet::new();
+        let any_refused = outcomes
+            .iter()
+            .any(|(&i, o)| pending[i].external.as_ref().is_some_and(|x| refused(x, o)));
+        if !any_refused {
+            return Ok(out);
+        }
         let written = |i: usize| {
             let x = pending[i].external.as_ref()?;
             let o = outcomes.get(&i)?;
@@ -1378,17 +1391,11 @@ impl Processor {
             .filter(|(_, o, _)| o.kind != OutcomeKind::Failed)
             .map(|(_, _, link)| link)
             .collect();
-        let mut out = HashSet::new();
         for (i, p) in pending.iter().enumerate() {
             let Some((x, o, link)) = written(i) else {
                 continue;
             };
-            let refused = x.op == ExternalWriteOp::Create
-                && o.kind == OutcomeKind::Failed
-                && o.error
-                    .as_ref()
-                    .is_some_and(|(c, _)| *c == ErrorClass::AlreadyExists);
-            if !refused || !taken.insert(link) {
+            if !refused(x, o) || !taken.insert(link) {
                 continue;
             }
             let linked = self.state.billing_id_of(link.0, link.1, link.2).await?;
@@ -1412,6 +1419,7 @@ fn latest_billing_change<'a>(work: &'a [Work<'a>], key: &RecordKey) -> Option<&'
         })
 }
 
+/// The fields a pending write would set, on whichever side.
 fn written_fields(p: &Pending) -> Vec<String> {
     let mut fields: Vec<String> = p
         .external
