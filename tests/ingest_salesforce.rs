@@ -144,35 +144,35 @@ impl StreamOnly {
             _db: db,
         }
     }
+
+    /// The external changes in Kafka once `expect` arrived (or 30 s passed)
+    /// and nothing followed; then ingest is stopped.
+    async fn read_then_stop(self, expect: usize) -> Vec<ExternalChange> {
+        let got = read_all(&self.kafka, expect, Duration::from_secs(30)).await;
+        self.stop.cancel();
+        self.ingest.join().await;
+        got
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn change_events_from_the_stream_arrive_once_and_extsyncs_own_are_dropped() {
-    let StreamOnly {
-        org,
-        person,
-        kafka,
-        stop,
-        ingest,
-        _db,
-    } = StreamOnly::start().await;
+    let s = StreamOnly::start().await;
     let mut ids = Vec::new();
     for i in 0..3 {
-        ids.push(create_account(&person, &format!("Streamed {i}")).await);
+        ids.push(create_account(&s.person, &format!("Streamed {i}")).await);
     }
     // Records are re-read when their event arrives, so let the creates land
     // before the update (else the create already carries the update).
-    let created = read_all(&kafka, 3, Duration::from_secs(30)).await;
+    let created = read_all(&s.kafka, 3, Duration::from_secs(30)).await;
     assert_eq!(created.len(), 3, "{created:?}");
     // extsync's own writes (its connector, `client=extsync`) are echoes: a
     // create and an edit of a person's record, both dropped. The person's
     // edit after them arrives.
-    let own = create_account(&org.connector, "Written by extsync").await;
-    rename_account(&org.connector, &ids[1], "Renamed by extsync").await;
-    rename_account(&person, &ids[0], "Streamed 0 bis").await;
-    let got = read_all(&kafka, 4, Duration::from_secs(30)).await;
-    stop.cancel();
-    ingest.join().await;
+    let own = create_account(&s.org.connector, "Written by extsync").await;
+    rename_account(&s.org.connector, &ids[1], "Renamed by extsync").await;
+    rename_account(&s.person, &ids[0], "Streamed 0 bis").await;
+    let got = s.read_then_stop(4).await;
     assert_eq!(got.len(), 4, "{got:?}");
     assert!(got.iter().all(|c| c.source.as_str() == "stream"), "{got:?}");
     assert!(
@@ -197,30 +197,21 @@ async fn change_events_from_the_stream_arrive_once_and_extsyncs_own_are_dropped(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stream_events_whose_records_cannot_be_read_are_taken_again() {
-    let StreamOnly {
-        org,
-        person,
-        kafka,
-        stop,
-        ingest,
-        _db,
-    } = StreamOnly::start().await;
+    let s = StreamOnly::start().await;
     // Every API call waits 500 ms: ingest's read of the new record is still
     // waiting when the one failure (503) is armed, and takes it.
-    let faults = org.sim.faults();
+    let faults = s.org.sim.faults().clone();
     faults.set(&FaultsSnapshot {
         latency_ms: Some(500),
         ..FaultsSnapshot::default()
     });
-    let id = create_account(&person, "Read again").await;
+    let id = create_account(&s.person, "Read again").await;
     faults.set(&FaultsSnapshot {
         fail_next: Some(1),
         latency_ms: Some(0),
         ..FaultsSnapshot::default()
     });
-    let got = read_all(&kafka, 1, Duration::from_secs(30)).await;
-    stop.cancel();
-    ingest.join().await;
+    let got = s.read_then_stop(1).await;
     assert_eq!(faults.snapshot().fail_next, Some(0), "the read failed once");
     assert_eq!(got.len(), 1, "{got:?}");
     assert_eq!(got[0].external_id, id);

@@ -86,8 +86,9 @@ pub struct Processor {
     pub billing_sink: Arc<dyn BillingSink>,
     /// How long a child waits, in total, for its parent to be linked.
     pub parent_wait: Duration,
-    /// Re-queues children that failed waiting once their parent is linked.
-    pub requeue: Option<Requeue>,
+    /// Re-queues records that failed waiting for a link (a child's parent,
+    /// or their own once a create found them existing) once it is saved.
+    pub requeue: Requeue,
     /// Primary keys of the billing tables, read once per table.
     pub primary_keys: dashmap::DashMap<String, PrimaryKey>,
 }
@@ -132,17 +133,13 @@ impl Processor {
     }
 
     /// Saves a processed batch's bookkeeping, then re-queues the records
-    /// waiting for a parent that is linked now (see [`super::retry`]).
+    /// waiting for a link that is saved now (see [`super::retry`]).
     pub async fn save(&self, bookkeeping: &Bookkeeping) -> Result<(), tokio_postgres::Error> {
         bookkeeping.save(&self.state, &self.billing).await?;
-        if let Some(requeue) = &self.requeue {
-            if bookkeeping.parents_linked
-                || bookkeeping.failures.iter().any(|f| f.waiting.is_some())
-            {
-                requeue.wake();
-            }
-            requeue.run_if_due(&self.billing).await;
+        if bookkeeping.parents_linked || bookkeeping.failures.iter().any(|f| f.waiting.is_some()) {
+            self.requeue.wake();
         }
+        self.requeue.run_if_due(&self.billing).await;
         Ok(())
     }
 

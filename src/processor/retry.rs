@@ -62,7 +62,7 @@ pub enum RequeueError {
     NoTopic(String),
 }
 
-/// Re-queues failed children once their parent is linked.
+/// Re-queues failed records once the link they wait for is saved.
 pub struct Requeue {
     producer: FutureProducer,
     kafka: ClientConfig,

@@ -132,11 +132,11 @@ async fn build(
     )
     .await?;
     // Children wait for their parent; a create found existing, for its link.
-    let requeue = Some(Requeue::new(
+    let requeue = Requeue::new(
         kafka::client_config(&pipeline.kafka)?,
         &Topics::new(&pipeline.kafka.topic_prefix),
         external.keys().cloned().collect(),
-    )?);
+    )?;
     Ok(Arc::new(Processor {
         mappings,
         state,
