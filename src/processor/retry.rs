@@ -109,7 +109,7 @@ impl Requeue {
         match self.pass(db).await {
             Ok(n) => n,
             Err(e) => {
-                tracing::warn!(error = %e, "re-queueing records whose parent is linked; trying again after the next batch");
+                tracing::warn!(error = %e, "re-queueing records whose awaited link is saved; trying again after the next batch");
                 self.wake();
                 0
             }
@@ -134,7 +134,7 @@ impl Requeue {
         Ok(*self.partitions.get_or_init(|| n))
     }
 
-    /// Re-queues the failed records whose parent is linked now.
+    /// Re-queues the failed records whose awaited link (parent or own) is saved now.
     async fn pass(&self, db: &Client) -> Result<usize, RequeueError> {
         let rows = db
             .query(
@@ -214,7 +214,7 @@ impl Requeue {
         metrics::counter!(REQUEUED_TOTAL).increment(requeued as u64);
         tracing::debug!(
             records = requeued,
-            "re-queued records whose parent is linked"
+            "re-queued records whose awaited link is saved"
         );
         Ok(requeued)
     }
