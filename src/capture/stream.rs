@@ -195,31 +195,14 @@ impl Stream {
             return Ok(());
         };
         if tx.begun && self.settings.transaction_events {
-            let s = &mut self.scratch;
-            s.payload.clear();
-            envelope::write_tx_marker(
-                &mut s.payload,
+            send_tx_marker(
+                &self.producer,
+                &self.tx_topic,
+                &mut self.scratch,
+                &tx,
                 false,
-                &tx.id,
-                tx.commit_us / 1000,
-                &tx.counts,
-            );
-            s.idem.clear();
-            s.idem.push_str(&tx.lsn_text);
-            s.idem.push_str("/end");
-            self.producer
-                .send(
-                    tx.batch,
-                    Outgoing {
-                        topic: &self.tx_topic,
-                        key: Some(tx.key.as_bytes()),
-                        payload: &s.payload,
-                        commit_lsn: &tx.lsn_text,
-                        xid: Some(tx.xid),
-                        idempotency_key: &s.idem,
-                    },
-                )
-                .await?;
+            )
+            .await?;
         }
         if tx.skip {
             self.dropped_txs += 1;
@@ -525,24 +508,7 @@ impl Stream {
 
         if self.settings.transaction_events && !tx.begun {
             tx.begun = true;
-            s.payload.clear();
-            envelope::write_tx_marker(&mut s.payload, true, &tx.id, tx.commit_us / 1000, &[]);
-            s.idem.clear();
-            s.idem.push_str(&tx.lsn_text);
-            s.idem.push_str("/begin");
-            self.producer
-                .send(
-                    tx.batch,
-                    Outgoing {
-                        topic: &self.tx_topic,
-                        key: Some(tx.key.as_bytes()),
-                        payload: &s.payload,
-                        commit_lsn: &tx.lsn_text,
-                        xid: Some(tx.xid),
-                        idempotency_key: &s.idem,
-                    },
-                )
-                .await?;
+            send_tx_marker(&self.producer, &self.tx_topic, s, tx, true).await?;
         }
 
         let unavailable: Vec<&str> = s
@@ -629,6 +595,31 @@ impl Stream {
         }
         Ok(())
     }
+}
+
+/// Sends a transaction's `BEGIN` or `END` marker to the transaction topic.
+async fn send_tx_marker(
+    producer: &CaptureProducer,
+    topic: &str,
+    s: &mut Scratch,
+    tx: &Tx,
+    begin: bool,
+) -> Result<(), CaptureError> {
+    let counts: &[(String, u64)] = if begin { &[] } else { &tx.counts };
+    s.payload.clear();
+    envelope::write_tx_marker(&mut s.payload, begin, &tx.id, tx.commit_us / 1000, counts);
+    s.idem.clear();
+    s.idem.push_str(&tx.lsn_text);
+    s.idem.push_str(if begin { "/begin" } else { "/end" });
+    let event = Outgoing {
+        topic,
+        key: Some(tx.key.as_bytes()),
+        payload: &s.payload,
+        commit_lsn: &tx.lsn_text,
+        xid: Some(tx.xid),
+        idempotency_key: &s.idem,
+    };
+    producer.send(tx.batch, event).await
 }
 
 fn toast_sized(cells: &[Cell]) -> bool {
