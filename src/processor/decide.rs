@@ -86,6 +86,28 @@ pub struct Decision {
     pub state: RecordState,
 }
 
+impl Decision {
+    /// The writes of a merge, or nothing when it leaves both sides as they
+    /// are and resolved no conflict.
+    fn write(
+        external: Option<ExternalWrite>,
+        billing: Option<Map<String, Value>>,
+        resolutions: Vec<Resolution>,
+        state: RecordState,
+    ) -> Decision {
+        let plan = if external.is_none() && billing.is_none() && resolutions.is_empty() {
+            Plan::Nothing(SkipReason::InSync)
+        } else {
+            Plan::Write {
+                external,
+                billing,
+                resolutions,
+            }
+        };
+        Decision { plan, state }
+    }
+}
+
 /// Marker in a change's origin that says extsync made it (Salesforce
 /// `changeOrigin` carries the client id `extsync`).
 pub const ORIGIN_MARKER: &str = "extsync";
@@ -384,20 +406,7 @@ pub fn billing_change(
         )
     });
     let billing = billing_columns(&view, &m.to_alguna);
-    if external.is_none() && billing.is_none() && m.resolutions.is_empty() {
-        return Decision {
-            plan: Plan::Nothing(SkipReason::InSync),
-            state: next,
-        };
-    }
-    Decision {
-        plan: Plan::Write {
-            external,
-            billing,
-            resolutions: m.resolutions,
-        },
-        state: next,
-    }
+    Decision::write(external, billing, m.resolutions, next)
 }
 
 /// Plans an external change. `billing_view` is the linked billing row as it
@@ -526,20 +535,7 @@ pub fn external_change(
             ),
         }
     });
-    if external.is_none() && billing.is_none() && m.resolutions.is_empty() {
-        return Decision {
-            plan: Plan::Nothing(SkipReason::InSync),
-            state: next,
-        };
-    }
-    Decision {
-        plan: Plan::Write {
-            external,
-            billing,
-            resolutions: m.resolutions,
-        },
-        state: next,
-    }
+    Decision::write(external, billing, m.resolutions, next)
 }
 
 /// The external change's image, with the values extsync wrote since it

@@ -126,6 +126,18 @@ fn run(
     Json(Value::Array(out)).into_response()
 }
 
+impl Item {
+    /// A record saved: `new_record` when the call made it, `created` for upserts.
+    fn saved(id: String, new_record: bool, created: Option<bool>) -> Item {
+        Item {
+            id: Some(id),
+            new_record,
+            created,
+            errors: None,
+        }
+    }
+}
+
 fn fail(id: Option<String>, e: impl Into<ApiErrors>) -> Item {
     Item {
         id,
@@ -153,12 +165,7 @@ pub async fn create(
             Err(e) => return fail(None, e),
         };
         match store.create(&ctx, &object, &rec) {
-            Ok(id) => Item {
-                id: Some(id),
-                new_record: true,
-                created: None,
-                errors: None,
-            },
+            Ok(id) => Item::saved(id, true, None),
             Err(e) => fail(None, e),
         }
     })
@@ -192,12 +199,7 @@ pub async fn update(
             );
         };
         match store.update(&ctx, &object, &id, &rec) {
-            Ok(()) => Item {
-                id: Some(id),
-                new_record: false,
-                created: None,
-                errors: None,
-            },
+            Ok(()) => Item::saved(id, false, None),
             Err(e) => fail(Some(id), e),
         }
     })
@@ -240,12 +242,7 @@ pub async fn delete(
         |store, rec| {
             let id = rec["Id"].as_str().unwrap_or_default().to_string();
             match store.delete(&ctx, &id) {
-                Ok(id) => Item {
-                    id: Some(id),
-                    new_record: false,
-                    created: None,
-                    errors: None,
-                },
+                Ok(id) => Item::saved(id, false, None),
                 Err(e) => fail(Some(id), e),
             }
         },
@@ -300,18 +297,8 @@ pub async fn upsert(
             );
         };
         match store.upsert(&ctx, &object, &field, &value, &rec) {
-            Ok(Upserted::Created(id)) => Item {
-                id: Some(id),
-                new_record: true,
-                created: Some(true),
-                errors: None,
-            },
-            Ok(Upserted::Updated(id)) => Item {
-                id: Some(id),
-                new_record: false,
-                created: Some(false),
-                errors: None,
-            },
+            Ok(Upserted::Created(id)) => Item::saved(id, true, Some(true)),
+            Ok(Upserted::Updated(id)) => Item::saved(id, false, Some(false)),
             Ok(Upserted::Multiple(ids)) => fail(
                 None,
                 ApiError::field(

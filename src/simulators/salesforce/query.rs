@@ -938,13 +938,7 @@ pub async fn query(
     headers: HeaderMap,
     QueryParams(args): QueryParams<QueryArgs>,
 ) -> Response {
-    respond(match args.q {
-        Some(q) => run_query(&sim, &version, &headers, &q, false),
-        None => Err(ApiError::bad_request(
-            "MALFORMED_QUERY",
-            "A query string must be provided as the value of the 'q' parameter",
-        )),
-    })
+    respond(query_of(&sim, &version, &headers, args, false))
 }
 
 /// `GET /services/data/vXX.X/queryAll?q=…` (deleted records included).
@@ -954,13 +948,24 @@ pub async fn query_all(
     headers: HeaderMap,
     QueryParams(args): QueryParams<QueryArgs>,
 ) -> Response {
-    respond(match args.q {
-        Some(q) => run_query(&sim, &version, &headers, &q, true),
+    respond(query_of(&sim, &version, &headers, args, true))
+}
+
+/// Runs the `q` of a query call; deleted records only with `all`.
+fn query_of(
+    sim: &Shared,
+    version: &str,
+    headers: &HeaderMap,
+    args: QueryArgs,
+    all: bool,
+) -> Result<Value, ApiError> {
+    match args.q {
+        Some(q) => run_query(sim, version, headers, &q, all),
         None => Err(ApiError::bad_request(
             "MALFORMED_QUERY",
             "A query string must be provided as the value of the 'q' parameter",
         )),
-    })
+    }
 }
 
 /// `GET /services/data/vXX.X/query/<locator>-<offset>`
