@@ -15,14 +15,9 @@ pub mod connectors;
 pub mod delivery;
 pub mod ingest;
 pub mod kafka;
+pub mod memory;
 pub mod processor;
 pub mod shutdown;
 pub mod simulators;
 pub mod store;
 pub mod telemetry;
-
-/// Every binary linking extsync (the service, tests, benchmarks) allocates
-/// with mimalloc: the pipeline allocates many short-lived values per change,
-/// which mimalloc keeps cheaper than the system allocator under contention.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -288,6 +288,7 @@ fn main() -> ExitCode {
         _ => "info",
     };
     telemetry::init_logging(cli.log_format, default_filter);
+    extsync::memory::disable_transparent_huge_pages();
     match cli.command {
         Command::Validate { file } => match config::load_file(&file) {
             Ok(p) => {
