@@ -115,6 +115,26 @@ pub fn values_of<'a>(
         .collect()
 }
 
+/// The normalized values an external record holds for the rule's billing
+/// paths, read from the external fields they are mapped to.
+pub fn external_values_of(
+    entity: &super::mapping::EntityMap,
+    rule: &Matching,
+    fields: &Map<String, Value>,
+) -> Vec<Option<String>> {
+    rule.fields
+        .iter()
+        .map(|p| {
+            entity
+                .fields
+                .iter()
+                .find(|f| &f.alguna == p)
+                .and_then(|f| super::record::get(fields, &f.external))
+                .and_then(normalize)
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

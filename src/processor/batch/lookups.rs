@@ -25,17 +25,7 @@ impl Processor {
     ) -> Result<MatchResult, tokio_postgres::Error> {
         let mut found = MatchResult::NoMatch;
         if let (Some(rule), Some(after)) = (&e.matching, &x.after) {
-            let wanted: Vec<Option<String>> = rule
-                .fields
-                .iter()
-                .map(|p| {
-                    e.fields
-                        .iter()
-                        .find(|f| &f.alguna == p)
-                        .and_then(|f| record::get(after, &f.external))
-                        .and_then(link::normalize)
-                })
-                .collect();
+            let wanted = link::external_values_of(e, rule, after);
             let rows = self.unlinked_billing_rows(e).await?;
             let cands: Vec<(String, Vec<Option<String>>)> = rows
                 .iter()
