@@ -117,14 +117,7 @@ fn delete(entity: &EntityMap, change: &BillingChange, mut next: RecordState) -> 
     };
     let op = ExternalWriteOp::Delete { external_id: id };
     let w = write(entity, &change.billing_id(), op, Map::new(), change, "d");
-    Decision {
-        plan: Plan::Write {
-            external: Some(w),
-            billing: None,
-            resolutions: Vec::new(),
-        },
-        state: next,
-    }
+    Decision::write(Some(w), None, Vec::new(), next)
 }
 
 /// The row's billing view, where a row image committed before extsync's
@@ -369,14 +362,7 @@ fn create(
         change,
         "c",
     );
-    Decision {
-        plan: Plan::Write {
-            external: Some(w),
-            billing: None,
-            resolutions: Vec::new(),
-        },
-        state: next,
-    }
+    Decision::write(Some(w), None, Vec::new(), next)
 }
 
 fn write(
