@@ -168,35 +168,125 @@ fn problem(subject: impl Into<String>, message: impl Into<String>) -> SetupProbl
 /// Checks the database, creates the publication and state schema when
 /// missing, and reads the slot. Collects every problem before failing.
 pub async fn prepare(sql: &Client, s: &Settings) -> Result<Plan, CaptureError> {
-    let e = |ctx| move |err| CaptureError::sql(ctx, err);
     let mut problems = Vec::new();
-
     let wal: String = sql
         .query_one("SHOW wal_level", &[])
         .await
-        .map_err(e("reading wal_level"))?
+        .map_err(failed("reading wal_level"))?
         .get(0);
     problems.extend(check_wal_level(&wal));
+    let role = Role::read(sql).await?;
+    problems.extend(role.replication_problem());
+    problems.extend(selection_problems(s));
 
-    let row = sql
-        .query_one(
-            "SELECT current_user::text, current_database()::text, r.rolreplication, r.rolsuper, \
-                    has_database_privilege(current_database(), 'CREATE') \
-             FROM pg_roles r WHERE r.rolname = current_user",
-            &[],
-        )
-        .await
-        .map_err(e("reading the role"))?;
-    let (role, database): (String, String) = (row.get(0), row.get(1));
-    let (replication, superuser, can_create): (bool, bool, bool) =
-        (row.get(2), row.get(3), row.get(4));
-    if !replication && !superuser {
+    let found = find_tables(sql, s, &mut problems).await?;
+    let publication = Publication::read(sql, &s.publication).await?;
+    let mut tables = Vec::with_capacity(found.len());
+    for f in found {
+        problems.extend(f.problems(&role, &publication, s));
+        tables.push(f.table);
+    }
+    if !publication.exists && !role.may_create() {
         problems.push(problem(
-            format!("role {role}"),
-            format!("lacks the REPLICATION attribute needed to stream changes: run ALTER ROLE {} WITH REPLICATION;", quote_ident(&role)),
+            format!("publication {}", s.publication),
+            format!(
+                "does not exist and role {} may not create it: {}",
+                role.name,
+                role.grant_create()
+            ),
         ));
     }
+    let state_exists = sql
+        .query_opt(
+            "SELECT 1 FROM pg_namespace WHERE nspname = $1",
+            &[&STATE_SCHEMA],
+        )
+        .await
+        .map_err(failed("reading the state schema"))?
+        .is_some();
+    if !state_exists && !role.may_create() {
+        problems.push(problem(
+            format!("schema {STATE_SCHEMA}"),
+            format!(
+                "holds snapshot progress and role {} may not create it: {}",
+                role.name,
+                role.grant_create()
+            ),
+        ));
+    }
+    let slot = read_slot(sql, s, &role.database, &mut problems).await?;
+    if !problems.is_empty() {
+        return Err(CaptureError::Setup(problems));
+    }
 
+    publish(sql, s, &publication, &tables).await?;
+    create_state_schema(sql).await?;
+    Ok(Plan {
+        database: role.database,
+        tables,
+        slot,
+    })
+}
+
+/// Maps an SQL error to a capture error saying what was being done.
+fn failed(ctx: &'static str) -> impl Fn(tokio_postgres::Error) -> CaptureError {
+    move |err| CaptureError::sql(ctx, err)
+}
+
+/// The connecting role and what it may do.
+struct Role {
+    name: String,
+    database: String,
+    replication: bool,
+    superuser: bool,
+    can_create: bool,
+}
+
+impl Role {
+    async fn read(sql: &Client) -> Result<Role, CaptureError> {
+        let row = sql
+            .query_one(
+                "SELECT current_user::text, current_database()::text, r.rolreplication, r.rolsuper, \
+                        has_database_privilege(current_database(), 'CREATE') \
+                 FROM pg_roles r WHERE r.rolname = current_user",
+                &[],
+            )
+            .await
+            .map_err(failed("reading the role"))?;
+        Ok(Role {
+            name: row.get(0),
+            database: row.get(1),
+            replication: row.get(2),
+            superuser: row.get(3),
+            can_create: row.get(4),
+        })
+    }
+
+    fn replication_problem(&self) -> Option<SetupProblem> {
+        (!self.replication && !self.superuser).then(|| problem(
+            format!("role {}", self.name),
+            format!("lacks the REPLICATION attribute needed to stream changes: run ALTER ROLE {} WITH REPLICATION;", quote_ident(&self.name)),
+        ))
+    }
+
+    /// May create schemas and publications in the database.
+    fn may_create(&self) -> bool {
+        self.can_create || self.superuser
+    }
+
+    /// The statement that lets the role create them.
+    fn grant_create(&self) -> String {
+        format!(
+            "run GRANT CREATE ON DATABASE {} TO {};",
+            quote_ident(&self.database),
+            quote_ident(&self.name)
+        )
+    }
+}
+
+/// Problems of the configured selection itself.
+fn selection_problems(s: &Settings) -> Vec<SetupProblem> {
+    let mut problems = Vec::new();
     if s.tables.is_empty() && s.schemas.is_empty() {
         problems.push(problem(
             "postgres",
@@ -209,14 +299,86 @@ pub async fn prepare(sql: &Client, s: &Settings) -> Result<Plan, CaptureError> {
             "holds capture's own state and cannot be captured: remove it from postgres.schemas",
         ));
     }
+    problems
+}
 
-    // The tables to capture, with what the checks need.
-    let mut found = Vec::new();
+/// A table to capture, with what the checks need.
+struct FoundTable {
+    table: CapturedTable,
+    /// `relreplident`: `d` default, `n` nothing, `f` full, `i` index.
+    identity: String,
+    can_select: bool,
+    owned: bool,
+    has_pk: bool,
+}
+
+impl FoundTable {
+    fn from_row(r: &tokio_postgres::Row) -> FoundTable {
+        FoundTable {
+            table: CapturedTable {
+                oid: r.get(0),
+                schema: r.get(1),
+                name: r.get(2),
+            },
+            identity: r.get(3),
+            can_select: r.get(4),
+            owned: r.get(5),
+            has_pk: r.get(6),
+        }
+    }
+
+    /// What keeps the table from being captured: reading, replica identity,
+    /// joining the publication.
+    fn problems(&self, role: &Role, publication: &Publication, s: &Settings) -> Vec<SetupProblem> {
+        let t = &self.table;
+        let subject = || format!("table {}", t.qualified());
+        let q = t.quoted();
+        let mut problems = Vec::new();
+        if !self.can_select {
+            problems.push(problem(
+                subject(),
+                format!("role {} cannot read it (needed for the snapshot): run GRANT SELECT ON {q} TO {};", role.name, quote_ident(&role.name)),
+            ));
+        }
+        match self.identity.as_str() {
+            "n" => problems.push(problem(
+                subject(),
+                format!("has REPLICA IDENTITY NOTHING: updates and deletes can't be captured; run ALTER TABLE {q} REPLICA IDENTITY DEFAULT; (with a primary key) or ALTER TABLE {q} REPLICA IDENTITY FULL;"),
+            )),
+            "d" if !self.has_pk => problems.push(problem(
+                subject(),
+                format!("has no primary key and no replica identity: updates and deletes can't be captured; add a primary key or run ALTER TABLE {q} REPLICA IDENTITY FULL;"),
+            )),
+            _ => {}
+        }
+        if !publication.has(t) && !self.owned && !role.superuser {
+            problems.push(problem(
+                subject(),
+                format!(
+                    "must be added to publication {} but role {} does not own it: have its owner run ALTER PUBLICATION {} ADD TABLE {q}; (or CREATE PUBLICATION … FOR TABLE {q})",
+                    s.publication,
+                    role.name,
+                    quote_ident(&s.publication)
+                ),
+            ));
+        }
+        problems
+    }
+}
+
+/// The configured tables and the tables of the configured schemas; one that
+/// does not exist is a problem.
+async fn find_tables(
+    sql: &Client,
+    s: &Settings,
+    problems: &mut Vec<SetupProblem>,
+) -> Result<Vec<FoundTable>, CaptureError> {
     let query = "SELECT c.oid, n.nspname::text, c.relname::text, c.relreplident::text, \
                         has_table_privilege(c.oid, 'SELECT'), pg_has_role(c.relowner, 'USAGE'), \
                         EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary) \
                  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
                  WHERE c.relkind IN ('r', 'p') AND ";
+    let mut found = Vec::new();
     for (schema, table) in &s.tables {
         let rows = sql
             .query(
@@ -224,20 +386,20 @@ pub async fn prepare(sql: &Client, s: &Settings) -> Result<Plan, CaptureError> {
                 &[schema, table],
             )
             .await
-            .map_err(e("looking up tables"))?;
+            .map_err(failed("looking up tables"))?;
         if rows.is_empty() {
             problems.push(problem(
                 format!("table {schema}.{table}"),
                 "does not exist: create it or remove it from postgres.tables",
             ));
         }
-        found.extend(rows);
+        found.extend(rows.iter().map(FoundTable::from_row));
     }
     for schema in &s.schemas {
         let exists = sql
             .query_opt("SELECT 1 FROM pg_namespace WHERE nspname = $1", &[schema])
             .await
-            .map_err(e("looking up schemas"))?
+            .map_err(failed("looking up schemas"))?
             .is_some();
         if !exists {
             problems.push(problem(
@@ -246,204 +408,150 @@ pub async fn prepare(sql: &Client, s: &Settings) -> Result<Plan, CaptureError> {
             ));
             continue;
         }
-        found.extend(
-            sql.query(
+        let rows = sql
+            .query(
                 &format!("{query} n.nspname = $1 ORDER BY c.relname"),
                 &[schema],
             )
             .await
-            .map_err(e("listing tables"))?,
-        );
+            .map_err(failed("listing tables"))?;
+        found.extend(rows.iter().map(FoundTable::from_row));
     }
+    Ok(found)
+}
 
-    let pub_exists = sql
-        .query_opt(
-            "SELECT 1 FROM pg_publication WHERE pubname = $1",
-            &[&s.publication],
-        )
-        .await
-        .map_err(e("reading the publication"))?
-        .is_some();
-    let published: Vec<(String, String)> = sql
-        .query("SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = $1", &[&s.publication])
-        .await
-        .map_err(e("reading the publication"))?
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
+/// The publication as found: whether it exists, and its tables.
+struct Publication {
+    exists: bool,
+    tables: Vec<(String, String)>,
+}
 
-    let mut tables = Vec::new();
-    for r in found {
-        let t = CapturedTable {
-            oid: r.get(0),
-            schema: r.get(1),
-            name: r.get(2),
-        };
-        let identity: String = r.get(3);
-        let (select, owner, has_pk): (bool, bool, bool) = (r.get(4), r.get(5), r.get(6));
-        let q = t.quoted();
-        if !select {
-            problems.push(problem(
-                format!("table {}", t.qualified()),
-                format!("role {role} cannot read it (needed for the snapshot): run GRANT SELECT ON {q} TO {};", quote_ident(&role)),
-            ));
-        }
-        match identity.as_str() {
-            "n" => problems.push(problem(
-                format!("table {}", t.qualified()),
-                format!("has REPLICA IDENTITY NOTHING: updates and deletes can't be captured; run ALTER TABLE {q} REPLICA IDENTITY DEFAULT; (with a primary key) or ALTER TABLE {q} REPLICA IDENTITY FULL;"),
-            )),
-            "d" if !has_pk => problems.push(problem(
-                format!("table {}", t.qualified()),
-                format!("has no primary key and no replica identity: updates and deletes can't be captured; add a primary key or run ALTER TABLE {q} REPLICA IDENTITY FULL;"),
-            )),
-            _ => {}
-        }
-        let in_pub = published
+impl Publication {
+    async fn read(sql: &Client, name: &str) -> Result<Publication, CaptureError> {
+        let exists = sql
+            .query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[&name])
+            .await
+            .map_err(failed("reading the publication"))?
+            .is_some();
+        let tables = sql
+            .query("SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = $1", &[&name])
+            .await
+            .map_err(failed("reading the publication"))?
             .iter()
-            .any(|(a, b)| *a == t.schema && *b == t.name);
-        if !in_pub && !owner && !superuser {
-            problems.push(problem(
-                format!("table {}", t.qualified()),
-                format!(
-                    "must be added to publication {} but role {role} does not own it: have its owner run ALTER PUBLICATION {} ADD TABLE {q}; (or CREATE PUBLICATION … FOR TABLE {q})",
-                    s.publication,
-                    quote_ident(&s.publication)
-                ),
-            ));
-        }
-        tables.push(t);
-    }
-    if !pub_exists && !can_create && !superuser {
-        problems.push(problem(
-            format!("publication {}", s.publication),
-            format!("does not exist and role {role} may not create it: run GRANT CREATE ON DATABASE {} TO {};", quote_ident(&database), quote_ident(&role)),
-        ));
-    }
-    let state_exists = sql
-        .query_opt(
-            "SELECT 1 FROM pg_namespace WHERE nspname = $1",
-            &[&STATE_SCHEMA],
-        )
-        .await
-        .map_err(e("reading the state schema"))?
-        .is_some();
-    if !state_exists && !can_create && !superuser {
-        problems.push(problem(
-            format!("schema {STATE_SCHEMA}"),
-            format!("holds snapshot progress and role {role} may not create it: run GRANT CREATE ON DATABASE {} TO {};", quote_ident(&database), quote_ident(&role)),
-        ));
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        Ok(Publication { exists, tables })
     }
 
-    let slot_row = sql
+    fn has(&self, t: &CapturedTable) -> bool {
+        self.tables
+            .iter()
+            .any(|(schema, name)| *schema == t.schema && *name == t.name)
+    }
+}
+
+/// The slot's position, when it exists; a slot of another kind or database,
+/// one in use, or no free slot to create is a problem.
+async fn read_slot(
+    sql: &Client,
+    s: &Settings,
+    database: &str,
+    problems: &mut Vec<SetupProblem>,
+) -> Result<Option<SlotState>, CaptureError> {
+    let subject = || format!("replication slot {}", s.slot);
+    let row = sql
         .query_opt(
             "SELECT plugin::text, database::text, active_pid, confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
             &[&s.slot],
         )
         .await
-        .map_err(e("reading the replication slot"))?;
-    let mut slot = None;
-    match slot_row {
-        Some(r) => {
-            let plugin: Option<String> = r.get(0);
-            let db: Option<String> = r.get(1);
-            let pid: Option<i32> = r.get(2);
-            let flush: Option<String> = r.get(3);
-            if plugin.as_deref() != Some("pgoutput") || db.as_deref() != Some(database.as_str()) {
-                problems.push(problem(
-                    format!("replication slot {}", s.slot),
-                    format!(
-                        "exists but is not a pgoutput slot of database {database} (plugin {}, database {}): drop it with SELECT pg_drop_replication_slot('{}'); or set postgres.slot to another name",
-                        plugin.as_deref().unwrap_or("none"),
-                        db.as_deref().unwrap_or("none"),
-                        s.slot
-                    ),
-                ));
-            } else if let Some(pid) = pid {
-                problems.push(problem(
-                    format!("replication slot {}", s.slot),
-                    format!("is in use by process {pid} (another capture of this pipeline?): stop it first; a slot has one reader"),
-                ));
-            }
-            slot = flush
-                .as_deref()
-                .and_then(parse_lsn)
-                .map(|confirmed_flush| SlotState { confirmed_flush });
+        .map_err(failed("reading the replication slot"))?;
+    let Some(r) = row else {
+        let r = sql
+            .query_one(
+                "SELECT (SELECT count(*) FROM pg_replication_slots), current_setting('max_replication_slots')::bigint",
+                &[],
+            )
+            .await
+            .map_err(failed("counting replication slots"))?;
+        let (used, max): (i64, i64) = (r.get(0), r.get(1));
+        if used >= max {
+            problems.push(problem(
+                subject(),
+                format!("cannot be created: all {max} slots are used; drop unused ones or raise max_replication_slots and restart PostgreSQL"),
+            ));
         }
-        None => {
-            let r = sql
-                .query_one(
-                    "SELECT (SELECT count(*) FROM pg_replication_slots), current_setting('max_replication_slots')::bigint",
-                    &[],
-                )
-                .await
-                .map_err(e("counting replication slots"))?;
-            let (used, max): (i64, i64) = (r.get(0), r.get(1));
-            if used >= max {
-                problems.push(problem(
-                    format!("replication slot {}", s.slot),
-                    format!("cannot be created: all {max} slots are used; drop unused ones or raise max_replication_slots and restart PostgreSQL"),
-                ));
-            }
-        }
+        return Ok(None);
+    };
+    let plugin: Option<String> = r.get(0);
+    let db: Option<String> = r.get(1);
+    let pid: Option<i32> = r.get(2);
+    let flush: Option<String> = r.get(3);
+    if plugin.as_deref() != Some("pgoutput") || db.as_deref() != Some(database) {
+        problems.push(problem(
+            subject(),
+            format!(
+                "exists but is not a pgoutput slot of database {database} (plugin {}, database {}): drop it with SELECT pg_drop_replication_slot('{}'); or set postgres.slot to another name",
+                plugin.as_deref().unwrap_or("none"),
+                db.as_deref().unwrap_or("none"),
+                s.slot
+            ),
+        ));
+    } else if let Some(pid) = pid {
+        problems.push(problem(
+            subject(),
+            format!("is in use by process {pid} (another capture of this pipeline?): stop it first; a slot has one reader"),
+        ));
     }
+    Ok(flush
+        .as_deref()
+        .and_then(parse_lsn)
+        .map(|confirmed_flush| SlotState { confirmed_flush }))
+}
 
-    if !problems.is_empty() {
-        return Err(CaptureError::Setup(problems));
-    }
-
-    // Create what is missing.
-    if !pub_exists {
+/// Creates the publication, or adds the tables it lacks.
+async fn publish(
+    sql: &Client,
+    s: &Settings,
+    publication: &Publication,
+    tables: &[CapturedTable],
+) -> Result<(), CaptureError> {
+    let name = quote_ident(&s.publication);
+    if !publication.exists {
         let target = if !s.schemas.is_empty() {
-            format!(
-                "TABLES IN SCHEMA {}",
-                s.schemas
-                    .iter()
-                    .map(|x| quote_ident(x))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )
+            let schemas: Vec<String> = s.schemas.iter().map(|x| quote_ident(x)).collect();
+            format!("TABLES IN SCHEMA {}", schemas.join(", "))
         } else {
-            format!(
-                "TABLE {}",
-                tables
-                    .iter()
-                    .map(CapturedTable::quoted)
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )
+            let names: Vec<String> = tables.iter().map(CapturedTable::quoted).collect();
+            format!("TABLE {}", names.join(", "))
         };
+        sql.batch_execute(&format!("CREATE PUBLICATION {name} FOR {target}"))
+            .await
+            .map_err(failed("creating the publication"))?;
+        tracing::info!(publication = %s.publication, tables = tables.len(), "created publication");
+        return Ok(());
+    }
+    for t in tables.iter().filter(|t| !publication.has(t)) {
         sql.batch_execute(&format!(
-            "CREATE PUBLICATION {} FOR {target}",
-            quote_ident(&s.publication)
+            "ALTER PUBLICATION {name} ADD TABLE {}",
+            t.quoted()
         ))
         .await
-        .map_err(e("creating the publication"))?;
-        tracing::info!(publication = %s.publication, tables = tables.len(), "created publication");
-    } else {
-        for t in &tables {
-            if !published
-                .iter()
-                .any(|(a, b)| *a == t.schema && *b == t.name)
-            {
-                sql.batch_execute(&format!(
-                    "ALTER PUBLICATION {} ADD TABLE {}",
-                    quote_ident(&s.publication),
-                    t.quoted()
-                ))
-                .await
-                .map_err(e("adding a table to the publication"))?;
-                tracing::info!(publication = %s.publication, table = %t.qualified(), "added table to publication");
-            }
-        }
+        .map_err(failed("adding a table to the publication"))?;
+        tracing::info!(publication = %s.publication, table = %t.qualified(), "added table to publication");
     }
+    Ok(())
+}
+
+/// Creates the state schema and its snapshot progress table when missing.
+async fn create_state_schema(sql: &Client) -> Result<(), CaptureError> {
     // The lock is taken in its own statement so that the DDL below runs in a
     // transaction that starts after the lock holder committed; inside one
     // transaction the catalog could still miss a schema created meanwhile.
     let lock = crate::store::MIGRATION_LOCK;
     sql.execute("SELECT pg_advisory_lock($1)", &[&lock])
         .await
-        .map_err(e("locking the state schema"))?;
+        .map_err(failed("locking the state schema"))?;
     let created = sql
         .batch_execute(&format!(
             "CREATE SCHEMA IF NOT EXISTS {STATE_SCHEMA};
@@ -459,14 +567,8 @@ pub async fn prepare(sql: &Client, s: &Settings) -> Result<Plan, CaptureError> {
         .await;
     sql.execute("SELECT pg_advisory_unlock($1)", &[&lock])
         .await
-        .map_err(e("unlocking the state schema"))?;
-    created.map_err(e("creating the state schema"))?;
-
-    Ok(Plan {
-        database,
-        tables,
-        slot,
-    })
+        .map_err(failed("unlocking the state schema"))?;
+    created.map_err(failed("creating the state schema"))
 }
 
 #[cfg(test)]
