@@ -478,3 +478,43 @@ async fn metrics_endpoint_serves_prometheus_text() {
     assert!(body.contains("extsync_test_events_total 3"), "{body}");
     assert!(body.contains("extsync_build_info"), "{body}");
 }
+
+#[test]
+fn call_client_names_salesforce_writes_and_is_salesforce_only() {
+    use extsync::connectors::salesforce;
+    let set = demo_with(
+        "provider: salesforce\n",
+        "provider: salesforce\n    callClient: billing-eu\n",
+    );
+    let id: extsync::config::Name = "salesforce".parse().unwrap();
+    let sf = &set.integrations[&id];
+    assert_eq!(salesforce::call_client_of(sf), "billing-eu");
+    let unset = demo_with("provider: salesforce\n", "provider: salesforce\n");
+    let sf = unset
+        .integrations
+        .values()
+        .next()
+        .expect("salesforce first");
+    assert_eq!(salesforce::call_client_of(sf), salesforce::CALL_CLIENT);
+
+    let from = "provider: hubspot\n";
+    let (line, _) = demo_position(from);
+    let err = validate_broken(from, "provider: hubspot\n    callClient: billing-eu\n");
+    assert_eq!(
+        err,
+        format!(
+            "FILE:{}:5: integrations.hubspot.callClient: callClient applies to Salesforce only, not to hubspot",
+            line + 1
+        )
+    );
+    let from = "provider: salesforce\n";
+    let (line, _) = demo_position(from);
+    let err = validate_broken(from, "provider: salesforce\n    callClient: Billing EU\n");
+    assert!(
+        err.starts_with(&format!(
+            "FILE:{}:17: integrations.salesforce.callClient: ",
+            line + 1
+        )),
+        "{err}"
+    );
+}

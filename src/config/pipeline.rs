@@ -381,6 +381,12 @@ pub struct Integration {
     /// Entities synced by this integration, keyed by billing entity name.
     #[serde(default)]
     pub entities: BTreeMap<Name, Entity>,
+    /// Salesforce only: the `client` of `Sforce-Call-Options` on extsync's
+    /// writes. Change events name it in `changeOrigin`, and ingest drops
+    /// those as extsync's own. Default `extsync`; pipelines that write to
+    /// the same org each need their own, or each drops the other's changes.
+    #[serde(default)]
+    pub call_client: Option<Name>,
 }
 
 /// A request budget: `requests` per `perSeconds`, bursts up to `burst`.

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 
 use super::locate::{NodePath, Part};
-use super::pipeline::{Entity, FieldMapping, FieldPath, Pipeline, Transform};
+use super::pipeline::{Entity, FieldMapping, FieldPath, Pipeline, Provider, Transform};
 
 /// Most partitions of a topic keyed by record.
 const MAX_PARTITIONS: u16 = 1000;
@@ -49,10 +49,18 @@ pub fn violations(pipeline: &Pipeline) -> Vec<Violation> {
         ));
     }
     for (id, integration) in &pipeline.integrations {
-        let at = NodePath::default()
-            .key("integrations")
-            .key(id.as_str())
-            .key("entities");
+        let at = NodePath::default().key("integrations").key(id.as_str());
+        if integration.call_client.is_some() && integration.provider != Provider::Salesforce {
+            out.push(Violation {
+                path: at.key("callClient"),
+                part: Part::Key,
+                message: format!(
+                    "callClient applies to Salesforce only, not to {}",
+                    integration.provider.as_str()
+                ),
+            });
+        }
+        let at = at.key("entities");
         for (name, entity) in &integration.entities {
             entity_rules(entity, &at.key(name.as_str()), &mut out);
         }

@@ -76,11 +76,24 @@ impl SalesforceSettings {
     }
 
     /// From a pipeline integration: `baseUrl` is the login URL, credentials
-    /// `clientId`, `clientSecret` and (optionally) `refreshToken`.
+    /// `clientId`, `clientSecret` and (optionally) `refreshToken`, and
+    /// `callClient` names extsync's writes.
     pub fn from_integration(integration: &Integration) -> Result<Self, ResolveError> {
         let base = integration.base_url.resolve()?;
-        Ok(Self::new(base, Credentials::from_integration(integration)?))
+        let mut settings = Self::new(base, Credentials::from_integration(integration)?);
+        settings.call_client = call_client_of(integration);
+        Ok(settings)
     }
+}
+
+/// The `client` extsync's writes for `integration` carry: its `callClient`,
+/// or [`CALL_CLIENT`].
+pub fn call_client_of(integration: &Integration) -> String {
+    integration
+        .call_client
+        .as_ref()
+        .map_or(CALL_CLIENT, |c| c.as_str())
+        .to_string()
 }
 
 /// A connector to one Salesforce org.
