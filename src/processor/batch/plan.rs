@@ -16,7 +16,7 @@ use super::super::record;
 use super::super::state::{RecordKey, RecordState};
 use super::report::{record_event, review_message};
 use super::{BatchError, PARENT_NOT_LINKED, PROCESSED_TOTAL, Pending, Run, entity_of};
-use crate::delivery::{BillingWrite, ExternalWriteOp};
+use crate::delivery::{BillingWrite, ExternalWrite, ExternalWriteOp};
 use crate::ingest::ExternalChange;
 
 /// What deciding one unit of work gave.
@@ -27,6 +27,13 @@ struct Decided {
     /// For a child whose parent was not linked in time: what to re-queue
     /// once it is.
     parent_wait: Option<ParentWait>,
+}
+
+/// The writes a plan makes, before they are pending.
+struct Written {
+    external: Option<ExternalWrite>,
+    billing: Option<Map<String, Value>>,
+    waits_for: Option<RecordKey>,
 }
 
 impl From<Decision> for Decided {
@@ -265,76 +272,97 @@ impl<'a> Run<'a> {
                 billing,
                 resolutions,
             } => {
-                // Later changes of this record in the batch merge with the
-                // row as this write leaves it.
-                if let (Some(cols), Some(view)) = (
-                    &billing,
-                    self.views
-                        .get_mut(&(e.table.to_string(), key.billing_id.clone())),
-                ) {
-                    for (col, v) in cols {
-                        view.insert(record::camel_case(col), v.clone());
-                    }
-                }
                 for r in resolutions {
                     self.resolutions
                         .push((seq, key.clone(), external_id.clone(), r));
                 }
-                if let Some(p) = self
-                    .pending
-                    .iter_mut()
-                    .find(|p| p.key == key && p.creates())
-                {
-                    if let (Some(px), Some(nx)) = (p.external.as_mut(), external.as_ref())
-                        && !matches!(nx.op, ExternalWriteOp::Delete { .. })
-                    {
-                        px.fields.extend(nx.fields.clone());
-                    }
-                    self.states.insert(key, next_state);
-                    return;
-                }
-                let billing_paths = billing
-                    .as_ref()
-                    .map(|cols| paths_in_columns(e, cols))
-                    .unwrap_or_default();
-                let billing = billing.map(|columns| BillingWrite {
-                    table: e.table.to_string(),
-                    key: pk_of(change, &key),
-                    columns,
-                    as_of: self.as_of(seq, change),
-                });
-                // Row images of this batch predate the write: they are
-                // stale for its fields until the write's time is known.
-                // Likewise, external images modified before now cannot hold
-                // this write's values: later changes of the record in this
-                // batch must not take them for edits.
-                let decided_at = Utc::now();
-                for path in &billing_paths {
-                    next_state.billing_written.insert(path.clone(), decided_at);
-                }
-                if let Some(x) = &external {
-                    for f in e
-                        .fields
-                        .iter()
-                        .filter(|f| x.fields.contains_key(f.external.as_str()))
-                    {
-                        next_state
-                            .external_written
-                            .insert(f.alguna.as_str().to_string(), decided_at);
-                    }
-                }
-                self.pending.push(Pending {
-                    seq,
-                    key: key.clone(),
-                    before: state,
+                let write = Written {
                     external,
                     billing,
                     waits_for,
-                    billing_paths,
-                });
+                };
+                self.pend(seq, &key, state, &mut next_state, write);
             }
         }
         self.states.insert(key, next_state);
+    }
+
+    /// Queues a planned write for delivery, unless a create pending for the
+    /// record absorbs it. Later changes of the record in the batch merge with
+    /// the row, and the external image, as the write leaves them.
+    fn pend(
+        &mut self,
+        seq: usize,
+        key: &RecordKey,
+        before: RecordState,
+        next_state: &mut RecordState,
+        write: Written,
+    ) {
+        let (e, change) = (self.work[seq].entity, self.work[seq].change);
+        let Written {
+            external,
+            billing,
+            waits_for,
+        } = write;
+        if let (Some(cols), Some(view)) = (
+            &billing,
+            self.views
+                .get_mut(&(e.table.to_string(), key.billing_id.clone())),
+        ) {
+            for (col, v) in cols {
+                view.insert(record::camel_case(col), v.clone());
+            }
+        }
+        if let Some(p) = self
+            .pending
+            .iter_mut()
+            .find(|p| &p.key == key && p.creates())
+        {
+            if let (Some(px), Some(nx)) = (p.external.as_mut(), external.as_ref())
+                && !matches!(nx.op, ExternalWriteOp::Delete { .. })
+            {
+                px.fields.extend(nx.fields.clone());
+            }
+            return;
+        }
+        let billing_paths = billing
+            .as_ref()
+            .map(|cols| paths_in_columns(e, cols))
+            .unwrap_or_default();
+        let billing = billing.map(|columns| BillingWrite {
+            table: e.table.to_string(),
+            key: pk_of(change, key),
+            columns,
+            as_of: self.as_of(seq, change),
+        });
+        // Row images of this batch predate the write: they are stale for its
+        // fields until the write's time is known. Likewise, external images
+        // modified before now cannot hold this write's values: later changes
+        // of the record in this batch must not take them for edits.
+        let decided_at = Utc::now();
+        for path in &billing_paths {
+            next_state.billing_written.insert(path.clone(), decided_at);
+        }
+        if let Some(x) = &external {
+            for f in e
+                .fields
+                .iter()
+                .filter(|f| x.fields.contains_key(f.external.as_str()))
+            {
+                next_state
+                    .external_written
+                    .insert(f.alguna.as_str().to_string(), decided_at);
+            }
+        }
+        self.pending.push(Pending {
+            seq,
+            key: key.clone(),
+            before,
+            external,
+            billing,
+            waits_for,
+            billing_paths,
+        });
     }
 
     /// The time a billing write is as new as: an external change was merged
