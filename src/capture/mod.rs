@@ -147,7 +147,7 @@ async fn run_here(
         setup::connect(&s.url),
     );
     producer.place_by_record(topics?);
-    let client = client?;
+    let mut client = client?;
     let (hb_sql, driver_sql) = (hb_sql?, driver_sql?);
     let toast = ToastCache::default();
     let ctx = SnapshotContext {
@@ -157,52 +157,14 @@ async fn run_here(
         toast: toast.clone(),
     };
     let mut summary = RunSummary::default();
-
-    let (mut client, resume) = match plan.slot {
+    let resume = match plan.slot {
         None => {
-            let mut client = client;
-            let slot = replication::create_slot(&mut client, &s.slot).await?;
-            tracing::info!(slot = %s.slot, lsn = %lsn_text(slot.consistent_point), "created replication slot");
-            producer.acks().start_at(slot.consistent_point);
-            if s.snapshot && !plan.tables.is_empty() {
-                let names: Vec<String> = plan.tables.iter().map(CapturedTable::qualified).collect();
-                snapshot::mark_pending(&sql, &s.slot, &names).await?;
-                let reader = setup::connect(&s.url).await?;
-                let started = std::time::Instant::now();
-                let mut rels = Relations::new(s.topics.clone());
-                summary.snapshot_rows = snapshot::initial(
-                    &ctx,
-                    &reader,
-                    &sql,
-                    &mut rels,
-                    &plan.tables,
-                    &slot.snapshot_name,
-                    slot.consistent_point,
-                )
-                .await?;
-                summary.snapshot_time = started.elapsed();
-                tracing::info!(
-                    rows = summary.snapshot_rows,
-                    secs = summary.snapshot_time.as_secs_f64(),
-                    "initial snapshot done"
-                );
-            }
-            (client, Vec::new())
+            start_new_slot(&mut client, &ctx, &sql, &plan.tables, &mut summary).await?;
+            Vec::new()
         }
         Some(slot) => {
             producer.acks().start_at(slot.confirmed_flush);
-            let progress = snapshot::progress(&sql, &s.slot).await?;
-            let mut resume = Vec::new();
-            for t in &plan.tables {
-                match progress.iter().find(|(n, _, _)| *n == t.qualified()) {
-                    Some((_, status, last_key)) if status == "pending" => {
-                        resume.push((t.clone(), last_key.clone()))
-                    }
-                    None if s.snapshot => resume.push((t.clone(), None)),
-                    _ => {}
-                }
-            }
-            (client, resume)
+            snapshots_to_resume(&sql, s, &plan.tables).await?
         }
     };
     if !known_slot {
@@ -271,6 +233,68 @@ async fn run_here(
     result?;
     flushed?;
     Ok(summary)
+}
+
+/// Creates the replication slot and, when the pipeline asks for it, takes
+/// the initial snapshot from the snapshot the slot exported (its rows and
+/// time go to `summary`).
+async fn start_new_slot(
+    client: &mut Walsender,
+    ctx: &SnapshotContext,
+    sql: &tokio_postgres::Client,
+    tables: &[CapturedTable],
+    summary: &mut RunSummary,
+) -> Result<(), CaptureError> {
+    let s = &ctx.settings;
+    let slot = replication::create_slot(client, &s.slot).await?;
+    tracing::info!(slot = %s.slot, lsn = %lsn_text(slot.consistent_point), "created replication slot");
+    ctx.producer.acks().start_at(slot.consistent_point);
+    if !s.snapshot || tables.is_empty() {
+        return Ok(());
+    }
+    let names: Vec<String> = tables.iter().map(CapturedTable::qualified).collect();
+    snapshot::mark_pending(sql, &s.slot, &names).await?;
+    let reader = setup::connect(&s.url).await?;
+    let started = std::time::Instant::now();
+    let mut rels = Relations::new(s.topics.clone());
+    summary.snapshot_rows = snapshot::initial(
+        ctx,
+        &reader,
+        sql,
+        &mut rels,
+        tables,
+        &slot.snapshot_name,
+        slot.consistent_point,
+    )
+    .await?;
+    summary.snapshot_time = started.elapsed();
+    tracing::info!(
+        rows = summary.snapshot_rows,
+        secs = summary.snapshot_time.as_secs_f64(),
+        "initial snapshot done"
+    );
+    Ok(())
+}
+
+/// For a known slot: the tables whose snapshot is still pending (with the
+/// last key read) or, when the pipeline asks for snapshots, never taken.
+async fn snapshots_to_resume(
+    sql: &tokio_postgres::Client,
+    s: &Settings,
+    tables: &[CapturedTable],
+) -> Result<Vec<(CapturedTable, Option<Vec<String>>)>, CaptureError> {
+    let progress = snapshot::progress(sql, &s.slot).await?;
+    let mut resume = Vec::new();
+    for t in tables {
+        match progress.iter().find(|(n, _, _)| *n == t.qualified()) {
+            Some((_, status, last_key)) if status == "pending" => {
+                resume.push((t.clone(), last_key.clone()))
+            }
+            None if s.snapshot => resume.push((t.clone(), None)),
+            _ => {}
+        }
+    }
+    Ok(resume)
 }
 
 /// Least time between two sends of lingering events while the stream is
