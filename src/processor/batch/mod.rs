@@ -222,6 +222,7 @@ struct Run<'a> {
     /// Parents whose wait ran out in this batch: their other children fail at once.
     gave_up: HashSet<RecordKey>,
     counts: BTreeMap<EntityOf, Counts>,
+    /// Writes planned so far; [`Run::deliver`] moves them into its [`deliver::Delivered`].
     pending: Vec<Pending>,
     resolutions: Vec<(usize, RecordKey, Option<String>, Resolution)>,
     reviews: Vec<(usize, &'a ExternalChange, Scored)>,

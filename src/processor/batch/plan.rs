@@ -68,7 +68,7 @@ impl<'a> Run<'a> {
                 plan = %decided.decision.plan.summary(),
                 "decided"
             );
-            self.take(seq, e, change, key, state, decided);
+            self.take(seq, key, state, decided);
         }
         Ok(())
     }
@@ -203,15 +203,8 @@ impl<'a> Run<'a> {
 
     /// Takes one decision into the batch: a skip event, a failure, or a
     /// pending write (a create pending for the record absorbs later writes).
-    fn take(
-        &mut self,
-        seq: usize,
-        e: &EntityMap,
-        change: &Change,
-        key: RecordKey,
-        state: RecordState,
-        decided: Decided,
-    ) {
+    fn take(&mut self, seq: usize, key: RecordKey, state: RecordState, decided: Decided) {
+        let (e, change) = (self.work[seq].entity, self.work[seq].change);
         let Decided {
             decision,
             waits_for,
