@@ -21,6 +21,7 @@
 //! PostgreSQL 15 lets one session at a time use an origin, so the writer
 //! holds it only for the length of a batch; writers in other processes wait
 //! their turn (up to [`BillingWriterConfig::origin_wait`]).
+
 mod apply;
 mod catalog;
 mod statement;
@@ -99,6 +100,8 @@ pub enum BillingError {
 fn pg(context: &'static str) -> impl FnOnce(tokio_postgres::Error) -> BillingError {
     move |source| BillingError::Postgres { context, source }
 }
+
+/// The writer's connection and the statements prepared on it.
 struct Session {
     client: Client,
     statements: HashMap<String, Statement>,
