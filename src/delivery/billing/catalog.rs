@@ -34,6 +34,7 @@ pub(super) struct Table {
     pub(super) quoted: String,
     pub(super) columns: HashMap<String, Column>,
 }
+
 impl BillingWriter {
     /// The catalog entry of `name`, read once and again when a write names
     /// a column it does not know (the table may have changed).

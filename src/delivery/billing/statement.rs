@@ -83,6 +83,8 @@ impl BillingWriter {
         })
     }
 }
+
+/// One write's statements and their parameters.
 pub(super) struct Plan {
     pub(super) update: String,
     /// Whether the key's row exists (asked when the update changed nothing).
@@ -90,6 +92,7 @@ pub(super) struct Plan {
     pub(super) params: Vec<Option<String>>,
     pub(super) billing_id: String,
 }
+
 /// The key's values as one id: the value itself for a one-column key,
 /// `col=value` pairs otherwise.
 fn key_text(key: &Map<String, Value>) -> String {

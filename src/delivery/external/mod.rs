@@ -131,6 +131,7 @@ pub enum DeliveryError {
         source: ConnectorError,
     },
 }
+
 /// Writes one integration's changes to its external system.
 pub struct ExternalWriter {
     integration: String,
