@@ -25,26 +25,11 @@ pub fn external_change(
     change: &ExternalChange,
     billing_view: Option<&Map<String, Value>>,
 ) -> Decision {
-    // An image older than one already processed: nothing new.
-    if state
-        .external_changed_at
-        .is_some_and(|t| t > change.modified_at)
-    {
+    if older_than_seen(state, change) {
         return Decision::nothing(SkipReason::OlderVersion, state.clone());
     }
-    let same_version = state.external_version.as_deref() == Some(change.version.as_str());
-    let seen = |image: Map<String, Value>| {
-        let mut next = state.with_image(image);
-        next.external_version = Some(change.version.clone());
-        next.external_changed_at = Some(change.modified_at);
-        next
-    };
     if change.op == ChangeOp::Delete {
-        // A deletion on the external side unlinks; the billing row stays
-        // (billing is the system of record) and is not re-created externally.
-        let mut next = seen(state.external_image.clone());
-        next.deleted = true;
-        return Decision::nothing(SkipReason::DeletedExternally, next);
+        return delete(state, change);
     }
     let after = current_image(entity, state, change);
     // Nothing new when the mapped fields are what extsync already knows the
@@ -52,33 +37,84 @@ pub fn external_change(
     // the version extsync's write returned, and the image read for an echo,
     // can both include a change someone made just before that write, which
     // the merge below must still see.
-    let known = same_mapped_fields(entity, &after, &state.external_image);
-    if known {
-        let own = change
-            .origin
-            .as_deref()
-            .is_some_and(|o| o.contains(ORIGIN_MARKER))
-            || state
-                .written_hash
-                .as_deref()
-                .is_some_and(|h| h == external_hash(entity, &after));
-        let why = match (same_version, own) {
-            (true, _) => SkipReason::VersionSeen,
-            (false, true) => SkipReason::Echo,
-            (false, false) => SkipReason::NoMappedChange,
-        };
-        return Decision::nothing(why, seen(after));
+    if same_mapped_fields(entity, &after, &state.external_image) {
+        let why = known_image(entity, state, change, &after);
+        return Decision::nothing(why, seen(state, change, after));
     }
-    let mut next = seen(after);
-    if state.deleted {
-        return Decision::nothing(SkipReason::Deleted, next);
-    }
-    let Some(view) = billing_view else {
-        return Decision::nothing(SkipReason::NotLinked, next);
+    let next = seen(state, change, after);
+    let view = match billing_view {
+        _ if state.deleted => return Decision::nothing(SkipReason::Deleted, next),
+        None => return Decision::nothing(SkipReason::NotLinked, next),
+        Some(view) => view,
     };
     if !entity.fields.iter().any(|f| f.to_alguna || f.to_external) {
         return Decision::nothing(SkipReason::NoMappedFields, next);
     }
+    merge_with_billing(mappings, entity, state, billing_id, change, view, next)
+}
+
+/// Whether an image newer than `change`'s was already processed.
+fn older_than_seen(state: &RecordState, change: &ExternalChange) -> bool {
+    state
+        .external_changed_at
+        .is_some_and(|t| t > change.modified_at)
+}
+
+/// `state` having seen `change` with `image`: its version and time.
+fn seen(state: &RecordState, change: &ExternalChange, image: Map<String, Value>) -> RecordState {
+    let mut next = state.with_image(image);
+    next.external_version = Some(change.version.clone());
+    next.external_changed_at = Some(change.modified_at);
+    next
+}
+
+/// A deletion on the external side unlinks; the billing row stays (billing
+/// is the system of record) and is not re-created externally.
+fn delete(state: &RecordState, change: &ExternalChange) -> Decision {
+    let mut next = seen(state, change, state.external_image.clone());
+    next.deleted = true;
+    Decision::nothing(SkipReason::DeletedExternally, next)
+}
+
+/// Why an image whose mapped fields extsync already knows is skipped: a
+/// version seen before, an echo of extsync's own write (by `changeOrigin`
+/// or by the hash of what was written), or a change to unmapped fields.
+fn known_image(
+    entity: &EntityMap,
+    state: &RecordState,
+    change: &ExternalChange,
+    after: &Map<String, Value>,
+) -> SkipReason {
+    if state.external_version.as_deref() == Some(change.version.as_str()) {
+        return SkipReason::VersionSeen;
+    }
+    let own = change
+        .origin
+        .as_deref()
+        .is_some_and(|o| o.contains(ORIGIN_MARKER))
+        || state
+            .written_hash
+            .as_deref()
+            .is_some_and(|h| h == external_hash(entity, after));
+    if own {
+        SkipReason::Echo
+    } else {
+        SkipReason::NoMappedChange
+    }
+}
+
+/// Merges the external image in `next` three-way with the billing row as
+/// it is now: billing columns to write, and an update of the external
+/// record when the billing side wins fields the image does not hold.
+fn merge_with_billing(
+    mappings: &Mappings,
+    entity: &EntityMap,
+    state: &RecordState,
+    billing_id: &str,
+    change: &ExternalChange,
+    view: &Map<String, Value>,
+    mut next: RecordState,
+) -> Decision {
     let billing_at = state
         .billing_changed_at
         .unwrap_or(DateTime::<Utc>::UNIX_EPOCH);
@@ -105,25 +141,36 @@ pub fn external_change(
             next.external_image.insert(k.clone(), v.clone());
         }
         next.written_hash = Some(external_hash(entity, &next.external_image));
-        let id = state
-            .external_id
-            .clone()
-            .unwrap_or_else(|| change.external_id.clone());
-        ExternalWrite {
-            integration: entity.integration.clone(),
-            entity: entity.entity.clone(),
-            object: entity.object.clone(),
-            billing_id: billing_id.to_string(),
-            op: ExternalWriteOp::Update { external_id: id },
-            fields: m.to_external.clone(),
-            billing_id_field: entity.billing_id_field.clone(),
-            idempotency_key: format!(
-                "{}:{}:{}",
-                entity.integration, change.external_id, change.version
-            ),
-        }
+        update(entity, state, billing_id, change, m.to_external.clone())
     });
     Decision::write(external, billing, m.resolutions, next)
+}
+
+/// The update of the external record that `change` came from.
+fn update(
+    entity: &EntityMap,
+    state: &RecordState,
+    billing_id: &str,
+    change: &ExternalChange,
+    fields: Map<String, Value>,
+) -> ExternalWrite {
+    let id = state
+        .external_id
+        .clone()
+        .unwrap_or_else(|| change.external_id.clone());
+    ExternalWrite {
+        integration: entity.integration.clone(),
+        entity: entity.entity.clone(),
+        object: entity.object.clone(),
+        billing_id: billing_id.to_string(),
+        op: ExternalWriteOp::Update { external_id: id },
+        fields,
+        billing_id_field: entity.billing_id_field.clone(),
+        idempotency_key: format!(
+            "{}:{}:{}",
+            entity.integration, change.external_id, change.version
+        ),
+    }
 }
 
 /// The external change's image, with the values extsync wrote since it
@@ -163,14 +210,9 @@ pub fn with_external(
         || state.deleted
         || change.op == ChangeOp::Delete
         || change.after.is_none()
-        || state
-            .external_changed_at
-            .is_some_and(|t| t > change.modified_at)
+        || older_than_seen(state, change)
     {
         return None;
     }
-    let mut next = state.with_image(current_image(entity, state, change));
-    next.external_version = Some(change.version.clone());
-    next.external_changed_at = Some(change.modified_at);
-    Some(next)
+    Some(seen(state, change, current_image(entity, state, change)))
 }
