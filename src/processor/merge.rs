@@ -24,7 +24,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::mapping::{EntityMap, Mappings};
+use super::mapping::{EntityMap, FieldMap, Mappings};
 use super::record;
 use super::transform::TransformError;
 use crate::config::{Strategy, Transform};
@@ -122,108 +122,120 @@ pub fn merge(
         ..Merge::default()
     };
     for f in &entity.fields {
-        let key = f.alguna.as_str();
-        let a = record::get(alguna.fields, &f.alguna).unwrap_or(&Value::Null);
-        let e = record::get(external.fields, &f.external).unwrap_or(&Value::Null);
-        // The billing value as the external system would hold it; a plain
-        // mapping needs no copy.
-        let converted;
-        let a_as_ext = if f.transform == Transform::None && f.custom.is_none() {
-            a
-        } else {
-            converted = mappings
-                .to_external(f, alguna.fields)?
-                .unwrap_or(Value::Null);
-            &converted
-        };
-        let base_a = out.base.alguna.get(key);
-        let base_e = out.base.external.get(key);
-        // One-way fields ignore changes on the side that does not flow.
-        let a_changed = f.to_external && base_a != Some(a);
-        let e_changed = f.to_alguna && base_e != Some(e);
-
-        let agree = same(a_as_ext, e);
-        let winner = match (a_changed, e_changed) {
-            _ if agree => None,
-            (false, false) => None,
-            (true, false) => Some(Winner::Alguna),
-            (false, true) => Some(Winner::External),
-            (true, true) => {
-                let w = match f.strategy {
-                    Strategy::AlgunaWins => Winner::Alguna,
-                    Strategy::ExternalWins => Winner::External,
-                    // Ties go to the billing side, the system of record.
-                    Strategy::LatestWins if external.changed_at > alguna.changed_at => {
-                        Winner::External
-                    }
-                    Strategy::LatestWins => Winner::Alguna,
-                    Strategy::Manual => Winner::Manual,
-                };
-                let parked = out.base.parked.get(key);
-                if w == Winner::Manual && parked.is_some_and(|p| p.alguna == *a && p.external == *e)
-                {
-                    // Still the conflict recorded before: nothing new.
-                    continue;
-                }
-                let known = |t: DateTime<Utc>| (t > DateTime::<Utc>::UNIX_EPOCH).then_some(t);
-                out.resolutions.push(Resolution {
-                    field: key.to_string(),
-                    external_field: f.external.as_str().to_string(),
-                    strategy: f.strategy,
-                    winner: w,
-                    alguna_value: a.clone(),
-                    external_value: e.clone(),
-                    base_alguna: base_a.cloned(),
-                    base_external: base_e.cloned(),
-                    alguna_changed_at: known(alguna.changed_at),
-                    external_changed_at: known(external.changed_at),
-                });
-                Some(w)
-            }
-        };
-        match winner {
-            None if agree => {
-                // In sync: the base moves to the agreed values (no copy when
-                // it already holds them).
-                if base_a != Some(a) {
-                    out.base.alguna.insert(key.to_string(), a.clone());
-                }
-                if out.base.external.get(key) != Some(e) {
-                    out.base.external.insert(key.to_string(), e.clone());
-                }
-                // Agreeing sides settle an open conflict.
-                out.base.parked.remove(key);
-            }
-            None => {}
-            Some(Winner::Manual) => {
-                out.base.parked.insert(
-                    key.to_string(),
-                    Parked {
-                        alguna: a.clone(),
-                        external: e.clone(),
-                    },
-                );
-            }
-            Some(Winner::Alguna) => {
-                out.base.parked.remove(key);
-                let v = a_as_ext.clone();
-                out.to_external
-                    .insert(f.external.as_str().to_string(), v.clone());
-                out.base.alguna.insert(key.to_string(), a.clone());
-                out.base.external.insert(key.to_string(), v);
-            }
-            Some(Winner::External) => {
-                out.base.parked.remove(key);
-                let e_as_alg = mappings
-                    .to_alguna(f, external.fields)?
-                    .unwrap_or(Value::Null);
-                out.to_alguna.insert(key.to_string(), e_as_alg.clone());
-                out.base.alguna.insert(key.to_string(), e_as_alg);
-                out.base.external.insert(key.to_string(), e.clone());
-            }
-        }
+        merge_field(mappings, f, &alguna, &external, &mut out)?;
     }
     Ok(out)
+}
+
+/// Merges one mapped field into `out`.
+fn merge_field(
+    mappings: &Mappings,
+    f: &FieldMap,
+    alguna: &Side<'_>,
+    external: &Side<'_>,
+    out: &mut Merge,
+) -> Result<(), TransformError> {
+    let key = f.alguna.as_str();
+    let a = record::get(alguna.fields, &f.alguna).unwrap_or(&Value::Null);
+    let e = record::get(external.fields, &f.external).unwrap_or(&Value::Null);
+    // The billing value as the external system would hold it; a plain
+    // mapping needs no copy.
+    let converted;
+    let a_as_ext = if f.transform == Transform::None && f.custom.is_none() {
+        a
+    } else {
+        converted = mappings
+            .to_external(f, alguna.fields)?
+            .unwrap_or(Value::Null);
+        &converted
+    };
+    if same(a_as_ext, e) {
+        agree(&mut out.base, key, a, e);
+        return Ok(());
+    }
+    let base_a = out.base.alguna.get(key);
+    let base_e = out.base.external.get(key);
+    // One-way fields ignore changes on the side that does not flow.
+    let a_changed = f.to_external && base_a != Some(a);
+    let e_changed = f.to_alguna && base_e != Some(e);
+    let winner = match (a_changed, e_changed) {
+        (false, false) => return Ok(()),
+        (true, false) => Winner::Alguna,
+        (false, true) => Winner::External,
+        (true, true) => {
+            let w = strategy_winner(f.strategy, alguna, external);
+            let parked = out.base.parked.get(key);
+            if w == Winner::Manual && parked.is_some_and(|p| p.alguna == *a && p.external == *e) {
+                // Still the conflict recorded before: nothing new.
+                return Ok(());
+            }
+            let known = |t: DateTime<Utc>| (t > DateTime::<Utc>::UNIX_EPOCH).then_some(t);
+            out.resolutions.push(Resolution {
+                field: key.to_string(),
+                external_field: f.external.as_str().to_string(),
+                strategy: f.strategy,
+                winner: w,
+                alguna_value: a.clone(),
+                external_value: e.clone(),
+                base_alguna: base_a.cloned(),
+                base_external: base_e.cloned(),
+                alguna_changed_at: known(alguna.changed_at),
+                external_changed_at: known(external.changed_at),
+            });
+            w
+        }
+    };
+    match winner {
+        Winner::Manual => {
+            let parked = Parked {
+                alguna: a.clone(),
+                external: e.clone(),
+            };
+            out.base.parked.insert(key.to_string(), parked);
+        }
+        Winner::Alguna => {
+            out.base.parked.remove(key);
+            let v = a_as_ext.clone();
+            out.to_external
+                .insert(f.external.as_str().to_string(), v.clone());
+            out.base.alguna.insert(key.to_string(), a.clone());
+            out.base.external.insert(key.to_string(), v);
+        }
+        Winner::External => {
+            out.base.parked.remove(key);
+            let e_as_alg = mappings
+                .to_alguna(f, external.fields)?
+                .unwrap_or(Value::Null);
+            out.to_alguna.insert(key.to_string(), e_as_alg.clone());
+            out.base.alguna.insert(key.to_string(), e_as_alg);
+            out.base.external.insert(key.to_string(), e.clone());
+        }
+    }
+    Ok(())
+}
+
+/// Both sides hold the same value: the base moves to it (no copy when it
+/// already holds it), and an open conflict on the field is settled.
+fn agree(base: &mut Base, key: &str, a: &Value, e: &Value) {
+    if base.alguna.get(key) != Some(a) {
+        base.alguna.insert(key.to_string(), a.clone());
+    }
+    if base.external.get(key) != Some(e) {
+        base.external.insert(key.to_string(), e.clone());
+    }
+    base.parked.remove(key);
+}
+
+/// Who wins a field changed on both sides, by the field's strategy.
+fn strategy_winner(strategy: Strategy, alguna: &Side<'_>, external: &Side<'_>) -> Winner {
+    match strategy {
+        Strategy::AlgunaWins => Winner::Alguna,
+        Strategy::ExternalWins => Winner::External,
+        // Ties go to the billing side, the system of record.
+        Strategy::LatestWins if external.changed_at > alguna.changed_at => Winner::External,
+        Strategy::LatestWins => Winner::Alguna,
+        Strategy::Manual => Winner::Manual,
+    }
 }
 
 /// Equality that treats `1` and `1.0` (and numeric strings from `numeric`
