@@ -22,8 +22,7 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use super::batch::{BatchError, Processor};
 use super::change::Change;
 use super::events::{Counts, SyncEvent};
-use super::route;
-use super::runner::MAX_BATCH;
+use super::runner::{MAX_BATCH, decode};
 use crate::kafka::Topics;
 
 /// Where a replay starts.
@@ -98,12 +97,64 @@ pub async fn replay(
         .set("enable.auto.commit", "false")
         .set("isolation.level", "read_committed");
     let consumer: BaseConsumer = cc.create()?;
-    let timeout = Duration::from_secs(10);
+    let Span {
+        start,
+        mut ends,
+        total,
+    } = span(&consumer, &topics, from)?;
+    consumer.assign(&start)?;
 
-    // Start and end offsets of every partition.
+    let publisher = Publisher {
+        producer: crate::kafka::durable_producer(kafka).create()?,
+        topic: prefix.sync_events(),
+    };
+    let cdc_prefix = format!("{}.cdc.", prefix.prefix());
+    let external_prefix = format!("{}.external.", prefix.prefix());
+    let mut summary = ReplaySummary::default();
+    let mut batch: Vec<Change> = Vec::with_capacity(MAX_BATCH);
+    let mut done = 0u64;
+    progress(0, total);
+    while !ends.is_empty() {
+        let Some(msg) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        let msg = msg?.detach();
+        done += 1;
+        let key = (msg.topic().to_string(), msg.partition());
+        if ends.get(&key).is_some_and(|end| msg.offset() + 1 >= *end) {
+            ends.remove(&key);
+        }
+        batch.extend(decode(&msg, &cdc_prefix, &external_prefix));
+        if batch.len() >= MAX_BATCH || ends.is_empty() {
+            summary.messages += batch.len() as u64;
+            let events = processor.process(&batch).await?;
+            publisher.publish(&events, &mut summary.counts).await?;
+            batch.clear();
+            progress(done, total);
+        }
+    }
+    progress(total, total);
+    Ok(summary)
+}
+
+/// What a replay reads: where each partition starts, where it ends (its
+/// end offset when the replay started; only partitions with something to
+/// read), and the number of messages in between.
+struct Span {
+    start: TopicPartitionList,
+    ends: HashMap<(String, i32), i64>,
+    total: u64,
+}
+
+/// The [`Span`] of `topics` from `from`.
+fn span(
+    consumer: &BaseConsumer,
+    topics: &[String],
+    from: ReplayFrom,
+) -> Result<Span, rdkafka::error::KafkaError> {
+    let timeout = Duration::from_secs(10);
     let mut start = TopicPartitionList::new();
     let mut ends: HashMap<(String, i32), i64> = HashMap::new();
-    let mut total = 0u64;
     let metadata = consumer.fetch_metadata(None, timeout)?;
     for t in metadata
         .topics()
@@ -125,6 +176,7 @@ pub async fn replay(
     if let ReplayFrom::Time(_) = from {
         start = consumer.offsets_for_times(start, timeout)?;
     }
+    let mut total = 0u64;
     for e in start.elements() {
         let end = ends[&(e.topic().to_string(), e.partition())];
         let from = match e.offset() {
@@ -138,62 +190,37 @@ pub async fn replay(
             .find_partition(&k.0, k.1)
             .is_some_and(|e| matches!(e.offset(), Offset::Offset(o) if o < *end))
     });
-    consumer.assign(&start)?;
+    Ok(Span { start, ends, total })
+}
 
-    let producer: FutureProducer = crate::kafka::durable_producer(kafka).create()?;
-    let events_topic = prefix.sync_events();
-    let cdc_prefix = format!("{}.cdc.", prefix.prefix());
-    let mut summary = ReplaySummary::default();
-    let mut batch: Vec<Change> = Vec::with_capacity(MAX_BATCH);
-    let mut done = 0u64;
-    progress(0, total);
-    while !ends.is_empty() {
-        let Some(msg) = consumer.poll(Duration::from_millis(200)) else {
-            continue;
-        };
-        let msg = msg?;
-        let key = (msg.topic().to_string(), msg.partition());
-        done += 1;
-        let change = if msg.topic().starts_with(&cdc_prefix) {
-            route::parse_cdc(msg.topic(), msg.key(), msg.payload())
-                .ok()
-                .flatten()
-                .map(Change::Billing)
-        } else {
-            msg.payload()
-                .and_then(|p| serde_json::from_slice(p).ok())
-                .map(Change::External)
-        };
-        if ends.get(&key).is_some_and(|end| msg.offset() + 1 >= *end) {
-            ends.remove(&key);
-        }
-        if let Some(c) = change {
-            batch.push(c);
-        }
-        if batch.len() >= MAX_BATCH || ends.is_empty() {
-            summary.messages += batch.len() as u64;
-            let events = processor.process(&batch).await?;
-            for ev in &events {
-                if let SyncEvent::Completed { counts, .. } = ev {
-                    add(&mut summary.counts, counts);
-                }
-                let payload = serde_json::to_vec(ev).expect("event serializes");
-                producer
-                    .send(
-                        FutureRecord::to(&events_topic)
-                            .key(&ev.key())
-                            .payload(&payload),
-                        Duration::from_secs(30),
-                    )
-                    .await
-                    .map_err(|(e, _)| e)?;
+/// Sends a replay's sync events to `<prefix>.sync-events`, as live
+/// processing does.
+struct Publisher {
+    producer: FutureProducer,
+    topic: String,
+}
+
+impl Publisher {
+    /// Sends `events` in order and adds their completed counts to `counts`.
+    async fn publish(
+        &self,
+        events: &[SyncEvent],
+        counts: &mut Counts,
+    ) -> Result<(), rdkafka::error::KafkaError> {
+        for ev in events {
+            if let SyncEvent::Completed { counts: c, .. } = ev {
+                add(counts, c);
             }
-            batch.clear();
-            progress(done, total);
+            let payload = serde_json::to_vec(ev).expect("event serializes");
+            let key = ev.key();
+            let record = FutureRecord::to(&self.topic).key(&key).payload(&payload);
+            self.producer
+                .send(record, Duration::from_secs(30))
+                .await
+                .map_err(|(e, _)| e)?;
         }
+        Ok(())
     }
-    progress(total, total);
-    Ok(summary)
 }
 
 fn add(sum: &mut Counts, c: &Counts) {
