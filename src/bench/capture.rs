@@ -91,6 +91,15 @@ async fn delete_topics(brokers: &str, tag: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The database side of one run: the connection, the publication capture
+/// reads and the pipeline capture runs.
+struct Setup {
+    client: tokio_postgres::Client,
+    url: String,
+    publication: String,
+    pipeline: extsync::config::Pipeline,
+}
+
 async fn bench(
     args: &Args,
     url: &str,
@@ -98,6 +107,40 @@ async fn bench(
     bindir: &str,
     tag: &str,
 ) -> anyhow::Result<String> {
+    let setup = load_rows(args, url, brokers, tag).await?;
+    let snapshot_per_s = initial_snapshot(args, &setup).await?;
+
+    let recv_slot = format!("{tag}_r");
+    setup
+        .client
+        .execute(
+            "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
+            &[&recv_slot],
+        )
+        .await?;
+    let (end_text, end) = write_workload(args, &setup).await?;
+    let recv_per_s = floor(args, &setup, bindir, &recv_slot, &end_text).await?;
+    let ext_per_s = through_capture(args, &setup, end).await?;
+    let big = big_transaction(args, &setup).await?;
+
+    let mut line = serde_json::json!({
+        "bench": "capture",
+        "changes": args.changes,
+        "pg_recvlogical_per_s": recv_per_s.round(),
+        "extsync_per_s": ext_per_s.round(),
+        "ratio": (ext_per_s / recv_per_s * 1000.0).round() / 1000.0,
+        "snapshot_rows_per_s": snapshot_per_s.round(),
+        "peak_rss_mb": (peak_rss_mb() * 10.0).round() / 10.0,
+    });
+    if let Some(per_s) = big {
+        line["big_tx_rows"] = args.big_tx.into();
+        line["big_tx_per_s"] = per_s.round().into();
+    }
+    Ok(line.to_string())
+}
+
+/// Creates the table with `--snapshot-rows` rows and its publication.
+async fn load_rows(args: &Args, url: &str, brokers: &str, tag: &str) -> anyhow::Result<Setup> {
     let c = connect(url).await?;
     let s = args.snapshot_rows as i64;
     c.batch_execute(&format!(
@@ -121,10 +164,18 @@ async fn bench(
     );
     let pipeline =
         extsync::config::parse_str(&yaml, "bench.yaml").map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(Setup {
+        client: c,
+        url: url.to_string(),
+        publication,
+        pipeline,
+    })
+}
 
-    // 1. Initial snapshot (creates capture's slot), then stop.
-    eprintln!("snapshot: {s} rows");
-    let summary = capture::run_until(&pipeline, CancellationToken::new(), Some(1)).await?;
+/// Capture's initial snapshot (which creates its slot), then a stop; rows/s.
+async fn initial_snapshot(args: &Args, setup: &Setup) -> anyhow::Result<f64> {
+    eprintln!("snapshot: {} rows", args.snapshot_rows);
+    let summary = capture::run_until(&setup.pipeline, CancellationToken::new(), Some(1)).await?;
     if summary.snapshot_rows != args.snapshot_rows {
         bail!(
             "snapshot produced {} rows, expected {}",
@@ -132,20 +183,19 @@ async fn bench(
             args.snapshot_rows
         );
     }
-    let snapshot_per_s = summary.snapshot_rows as f64 / summary.snapshot_time.as_secs_f64();
-    eprintln!("snapshot: {:.0} rows/s", snapshot_per_s);
+    let per_s = summary.snapshot_rows as f64 / summary.snapshot_time.as_secs_f64();
+    eprintln!("snapshot: {per_s:.0} rows/s");
+    Ok(per_s)
+}
 
-    // 2. The second slot, then the workload both will read.
-    let recv_slot = format!("{tag}_r");
-    c.execute(
-        "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
-        &[&recv_slot],
-    )
-    .await?;
+/// `--changes` mixed changes, 1–100 rows per transaction; the LSN they end at.
+async fn write_workload(args: &Args, setup: &Setup) -> anyhow::Result<(String, u64)> {
     eprintln!("workload: {} changes", args.changes);
     let started = Instant::now();
-    c.batch_execute(&format!(
-        "DO $$
+    setup
+        .client
+        .batch_execute(&format!(
+            "DO $$
          DECLARE done bigint := 0; next_id bigint := {s} + 1; k int; r float8; n bigint; victim bigint;
          BEGIN
            PERFORM setseed(0.42);
@@ -172,27 +222,37 @@ async fn bench(
            END LOOP;
            PERFORM set_config('extsync_bench.end', pg_current_wal_insert_lsn()::text, false);
          END $$;",
-        target = args.changes
-    ))
-    .await
-    .context("writing the workload")?;
-    let (end_text, end) = end_lsn(&c).await?;
+            s = args.snapshot_rows,
+            target = args.changes
+        ))
+        .await
+        .context("writing the workload")?;
+    let (end_text, end) = end_lsn(&setup.client).await?;
     eprintln!(
         "workload: written in {:.1}s, ends at {end_text}",
         started.elapsed().as_secs_f64()
     );
+    Ok((end_text, end))
+}
 
-    // 3. The floor: pg_recvlogical to /dev/null.
+/// The floor: `pg_recvlogical` reads `slot` to /dev/null up to `end`; changes/s.
+async fn floor(
+    args: &Args,
+    setup: &Setup,
+    bindir: &str,
+    slot: &str,
+    end: &str,
+) -> anyhow::Result<f64> {
     let started = Instant::now();
     let status = tokio::process::Command::new(format!("{bindir}/pg_recvlogical"))
         .args([
             "-d",
-            url,
+            &setup.url,
             "--slot",
-            &recv_slot,
+            slot,
             "--start",
             "-E",
-            &end_text,
+            end,
             "-f",
             "/dev/null",
             "-s",
@@ -202,63 +262,60 @@ async fn bench(
             "-o",
             "proto_version=1",
             "-o",
-            &format!("publication_names={publication}"),
+            &format!("publication_names={}", setup.publication),
         ])
         .status()
         .await
         .context("running pg_recvlogical")?;
-    let recv_secs = started.elapsed().as_secs_f64();
+    let secs = started.elapsed().as_secs_f64();
     if !status.success() {
         bail!("pg_recvlogical failed: {status}");
     }
-    c.execute("SELECT pg_drop_replication_slot($1)", &[&recv_slot])
+    setup
+        .client
+        .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
         .await?;
-    let recv_per_s = args.changes as f64 / recv_secs;
-    eprintln!("pg_recvlogical: {recv_secs:.2}s, {recv_per_s:.0} changes/s");
+    let per_s = args.changes as f64 / secs;
+    eprintln!("pg_recvlogical: {secs:.2}s, {per_s:.0} changes/s");
+    Ok(per_s)
+}
 
-    // 4. Capture → Kafka until everything up to the end is acknowledged.
+/// Capture → Kafka until everything up to `end` is acknowledged; changes/s.
+async fn through_capture(args: &Args, setup: &Setup, end: u64) -> anyhow::Result<f64> {
     let started = Instant::now();
     tokio::time::timeout(
         Duration::from_secs(1800),
-        capture::run_until(&pipeline, CancellationToken::new(), Some(end)),
+        capture::run_until(&setup.pipeline, CancellationToken::new(), Some(end)),
     )
     .await
     .context("capture did not finish within 30 minutes")??;
-    let ext_secs = started.elapsed().as_secs_f64();
-    let ext_per_s = args.changes as f64 / ext_secs;
+    let secs = started.elapsed().as_secs_f64();
+    let per_s = args.changes as f64 / secs;
     eprintln!(
-        "extsync: {ext_secs:.2}s, {ext_per_s:.0} changes/s (peak RSS so far {:.0} MB)",
+        "extsync: {secs:.2}s, {per_s:.0} changes/s (peak RSS so far {:.0} MB)",
         peak_rss_mb()
     );
+    Ok(per_s)
+}
 
-    // 5. One huge transaction through capture.
-    let mut big = String::new();
-    if args.big_tx > 0 {
-        let from = s + 10_000_000;
-        c.batch_execute(&format!(
+/// One transaction of `--big-tx` rows through capture; rows/s (`None` when
+/// `--big-tx` is 0).
+async fn big_transaction(args: &Args, setup: &Setup) -> anyhow::Result<Option<f64>> {
+    if args.big_tx == 0 {
+        return Ok(None);
+    }
+    let from = args.snapshot_rows as i64 + 10_000_000;
+    setup
+        .client
+        .batch_execute(&format!(
             "INSERT INTO bench_rows SELECT g, {ROW} FROM generate_series({from}, {to}) g",
             to = from + args.big_tx as i64 - 1
         ))
         .await?;
-        let (_, end) = end_lsn(&c).await?;
-        let started = Instant::now();
-        capture::run_until(&pipeline, CancellationToken::new(), Some(end)).await?;
-        let secs = started.elapsed().as_secs_f64();
-        eprintln!("one transaction of {} rows: {secs:.2}s", args.big_tx);
-        big = format!(
-            ",\"big_tx_rows\":{},\"big_tx_per_s\":{:.0}",
-            args.big_tx,
-            args.big_tx as f64 / secs
-        );
-    }
-
-    Ok(format!(
-        "{{\"bench\":\"capture\",\"changes\":{},\"pg_recvlogical_per_s\":{:.0},\"extsync_per_s\":{:.0},\"ratio\":{:.3},\"snapshot_rows_per_s\":{:.0},\"peak_rss_mb\":{:.1}{big}}}",
-        args.changes,
-        recv_per_s,
-        ext_per_s,
-        ext_per_s / recv_per_s,
-        snapshot_per_s,
-        peak_rss_mb()
-    ))
+    let (_, end) = end_lsn(&setup.client).await?;
+    let started = Instant::now();
+    capture::run_until(&setup.pipeline, CancellationToken::new(), Some(end)).await?;
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!("one transaction of {} rows: {secs:.2}s", args.big_tx);
+    Ok(Some(args.big_tx as f64 / secs))
 }
