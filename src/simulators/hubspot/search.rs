@@ -293,13 +293,33 @@ pub async fn search(
 ) -> Result<Response, ApiError> {
     let ty = object_type(&object)?;
     let mut req: SearchRequest = parse_body(&body)?;
-    let limit = req.limit.unwrap_or(DEFAULT_LIMIT);
+    let limit = page_limit(req.limit)?;
+    let after = page_start(req.after.as_ref())?;
+    check_filter_counts(&req.filter_groups)?;
+    prepare_filters(&sim, ty, &mut req.filter_groups)?;
+    let source = plan(ty, &mut req.filter_groups);
+    let search = Search::new(ty, source, &req);
+    let view = sim.store().view(ty);
+    let (total, hits) = search.find(&view, after + limit);
+    let page = render_page(ty, &hits, after, limit, &req.properties);
+    drop(view);
+    Ok(Json(search_response(total, page, after, limit)).into_response())
+}
+
+/// The requested page size, at most [`MAX_LIMIT`].
+fn page_limit(limit: Option<usize>) -> Result<usize, ApiError> {
+    let limit = limit.unwrap_or(DEFAULT_LIMIT);
     if limit > MAX_LIMIT {
         return Err(ApiError::validation(format!(
             "limit must be less than or equal to {MAX_LIMIT}"
         )));
     }
-    let after = match &req.after {
+    Ok(limit)
+}
+
+/// The offset `after` names; no page starts past [`MAX_RESULTS`].
+fn page_start(after: Option<&Value>) -> Result<usize, ApiError> {
+    let after = match after {
         None | Some(Value::Null) => 0,
         Some(v) => text(v)
             .parse::<usize>()
@@ -310,23 +330,31 @@ pub async fn search(
             "There was a problem with the request.",
         ));
     }
-    if req.filter_groups.len() > MAX_FILTER_GROUPS
-        || req
-            .filter_groups
+    Ok(after)
+}
+
+/// HubSpot's caps on filter groups, filters per group and filters in total.
+fn check_filter_counts(groups: &[FilterGroup]) -> Result<(), ApiError> {
+    if groups.len() > MAX_FILTER_GROUPS
+        || groups
             .iter()
             .any(|g| g.filters.len() > MAX_FILTERS_PER_GROUP)
-        || req
-            .filter_groups
-            .iter()
-            .map(|g| g.filters.len())
-            .sum::<usize>()
-            > MAX_FILTERS
+        || groups.iter().map(|g| g.filters.len()).sum::<usize>() > MAX_FILTERS
     {
         return Err(ApiError::validation(format!(
             "Too many filters: at most {MAX_FILTER_GROUPS} filterGroups, {MAX_FILTERS_PER_GROUP} filters per group and {MAX_FILTERS} in total."
         )));
     }
-    for f in req.filter_groups.iter_mut().flat_map(|g| &mut g.filters) {
+    Ok(())
+}
+
+/// Checks each filter's operator, values and property, and parses its values.
+fn prepare_filters(
+    sim: &HubSpotSim,
+    ty: ObjectType,
+    groups: &mut [FilterGroup],
+) -> Result<(), ApiError> {
+    for f in groups.iter_mut().flat_map(|g| &mut g.filters) {
         f.check()?;
         f.prepare();
         if !sim.store().known_property(ty, &f.property_name) {
@@ -336,46 +364,84 @@ pub async fn search(
             )));
         }
     }
-    let source = plan(ty, &mut req.filter_groups);
-    let sort = req.sorts.first();
-    let descending = sort
-        .and_then(|s| s.direction.as_deref())
-        .is_some_and(|d| d.eq_ignore_ascii_case("DESCENDING"));
-    let query = req.query.as_deref().map(str::to_lowercase);
-    let filtered = !req
-        .filter_groups
-        .iter()
-        .all(|g| g.filters.iter().all(|f| f.covered));
-    let residual = |r: &Record| {
-        req.filter_groups.is_empty()
-            || req
-                .filter_groups
-                .iter()
-                .any(|g| g.filters.iter().all(|f| f.covered || f.matches(ty, r)))
-    };
-    let view = sim.store().view(ty);
-    let wanted = after + limit;
-    let by_index = if filtered || query.is_some() {
-        None
-    } else {
+    Ok(())
+}
+
+/// A checked search: where its candidates come from, the filters left to
+/// apply, the free-text query and the first sorting rule.
+struct Search<'r> {
+    ty: ObjectType,
+    source: Source,
+    groups: &'r [FilterGroup],
+    /// The `query` text, lowercased.
+    query: Option<String>,
+    sort: Option<&'r Sort>,
+    descending: bool,
+}
+
+impl<'r> Search<'r> {
+    fn new(ty: ObjectType, source: Source, req: &'r SearchRequest) -> Self {
+        let sort = req.sorts.first();
+        let descending = sort
+            .and_then(|s| s.direction.as_deref())
+            .is_some_and(|d| d.eq_ignore_ascii_case("DESCENDING"));
+        Search {
+            ty,
+            source,
+            groups: &req.filter_groups,
+            query: req.query.as_deref().map(str::to_lowercase),
+            sort,
+            descending,
+        }
+    }
+
+    /// The number of matches and the first `wanted` of them, in order.
+    fn find<'v>(&self, view: &'v TableView<'_>, wanted: usize) -> (usize, Vec<&'v Record>) {
+        let walked = if self.filtered() || self.query.is_some() {
+            None
+        } else {
+            self.walk_index(view, wanted)
+        };
+        match walked {
+            Some(found) => found,
+            None => self.scan(view, wanted),
+        }
+    }
+
+    /// Whether some filter is not enforced by the candidate range.
+    fn filtered(&self) -> bool {
+        !self
+            .groups
+            .iter()
+            .all(|g| g.filters.iter().all(|f| f.covered))
+    }
+
+    /// Reads a page straight off an index, when the sort follows it:
+    /// last-modified date, or the id (also when there is no sort).
+    fn walk_index<'v>(
+        &self,
+        view: &'v TableView<'_>,
+        wanted: usize,
+    ) -> Option<(usize, Vec<&'v Record>)> {
+        let (ty, sort, descending) = (self.ty, self.sort, self.descending);
         let by_date = sort.is_some_and(|s| is_modified(ty, &s.property_name));
         let by_id = sort.is_none_or(|s| s.property_name == "hs_object_id");
-        match &source {
+        match &self.source {
             Source::All | Source::Modified(_) if by_date => {
-                let ms = match &source {
+                let ms = match &self.source {
                     Source::Modified(ms) => ms.clone(),
                     _ => i64::MIN..=i64::MAX,
                 };
                 let total = view.count_modified(ms.clone());
                 let hits = if descending {
-                    newest_first(&view, ms, wanted)
+                    newest_first(view, ms, wanted)
                 } else {
                     view.by_modified(ms).take(wanted).collect()
                 };
                 Some((total, hits))
             }
             Source::All | Source::Ids(_) if by_id => {
-                let ids = match &source {
+                let ids = match &self.source {
                     Source::Ids(ids) => ids.clone(),
                     _ => 0..=u64::MAX,
                 };
@@ -394,75 +460,107 @@ pub async fn search(
             }
             _ => None,
         }
-    };
-    let (total, hits): (usize, Vec<&Record>) = match by_index {
-        Some(found) => found,
-        None => {
-            let candidates: Box<dyn Iterator<Item = &Record>> = match &source {
-                Source::All => Box::new(view.all()),
-                Source::Modified(ms) => Box::new(view.by_modified(ms.clone())),
-                Source::Ids(ids) => Box::new(view.by_id(ids.clone())),
-            };
-            let mut hits: Vec<Hit<'_>> = candidates
-                .filter(|r| !r.archived)
-                .filter(|r| residual(r))
-                .filter(|r| {
-                    query.as_ref().is_none_or(|q| {
-                        ty.default_properties().iter().any(|p| {
-                            r.property(ty, p)
-                                .is_some_and(|v| v.to_lowercase().contains(q.as_str()))
-                        })
-                    })
-                })
-                .map(|r| {
-                    let key = sort.and_then(|s| record_key(ty, r, &s.property_name));
-                    (key, tie_rank(r.id), r)
-                })
-                .collect();
-            let order = |a: &Hit<'_>, b: &Hit<'_>| match sort {
-                Some(_) => {
-                    let by_key = match (&a.0, &b.0) {
-                        (Some(x), Some(y)) => {
-                            let o = compare(x, y).unwrap_or(Ordering::Equal);
-                            if descending { o.reverse() } else { o }
-                        }
-                        (Some(_), None) => Ordering::Less,
-                        (None, Some(_)) => Ordering::Greater,
-                        (None, None) => Ordering::Equal,
-                    };
-                    by_key.then(a.1.cmp(&b.1))
-                }
-                None => a.2.id.cmp(&b.2.id),
-            };
-            let total = hits.len();
-            // Only the first `after + limit` need ordering: select them, then sort those.
-            let wanted = wanted.min(total);
-            if wanted > 0 && wanted < total {
-                hits.select_nth_unstable_by(wanted - 1, order);
-                hits.truncate(wanted);
-            }
-            hits.sort_by(order);
-            (total, hits.into_iter().map(|h| h.2).collect())
+    }
+
+    /// Tests every candidate, then orders the first `wanted` matches.
+    fn scan<'v>(&self, view: &'v TableView<'_>, wanted: usize) -> (usize, Vec<&'v Record>) {
+        let candidates: Box<dyn Iterator<Item = &Record>> = match &self.source {
+            Source::All => Box::new(view.all()),
+            Source::Modified(ms) => Box::new(view.by_modified(ms.clone())),
+            Source::Ids(ids) => Box::new(view.by_id(ids.clone())),
+        };
+        let mut hits: Vec<Hit<'_>> = candidates
+            .filter(|r| !r.archived)
+            .filter(|r| self.passes_filters(r))
+            .filter(|r| self.matches_query(r))
+            .map(|r| {
+                let key = self
+                    .sort
+                    .and_then(|s| record_key(self.ty, r, &s.property_name));
+                (key, tie_rank(r.id), r)
+            })
+            .collect();
+        let order = |a: &Hit<'_>, b: &Hit<'_>| self.order(a, b);
+        let total = hits.len();
+        // Only the first `after + limit` need ordering: select them, then sort those.
+        let wanted = wanted.min(total);
+        if wanted > 0 && wanted < total {
+            hits.select_nth_unstable_by(wanted - 1, order);
+            hits.truncate(wanted);
         }
-    };
-    let sel = if req.properties.is_empty() {
+        hits.sort_by(order);
+        (total, hits.into_iter().map(|h| h.2).collect())
+    }
+
+    /// Whether `r` passes one filter group (the filters the range does not cover).
+    fn passes_filters(&self, r: &Record) -> bool {
+        self.groups.is_empty()
+            || self
+                .groups
+                .iter()
+                .any(|g| g.filters.iter().all(|f| f.covered || f.matches(self.ty, r)))
+    }
+
+    /// Whether one of the default properties contains the `query` text.
+    fn matches_query(&self, r: &Record) -> bool {
+        self.query.as_ref().is_none_or(|q| {
+            self.ty.default_properties().iter().any(|p| {
+                r.property(self.ty, p)
+                    .is_some_and(|v| v.to_lowercase().contains(q.as_str()))
+            })
+        })
+    }
+
+    /// By the sort key (records without the property last), then the tie
+    /// rank; by id when there is no sort.
+    fn order(&self, a: &Hit<'_>, b: &Hit<'_>) -> Ordering {
+        match self.sort {
+            Some(_) => {
+                let by_key = match (&a.0, &b.0) {
+                    (Some(x), Some(y)) => {
+                        let o = compare(x, y).unwrap_or(Ordering::Equal);
+                        if self.descending { o.reverse() } else { o }
+                    }
+                    (Some(_), None) => Ordering::Less,
+                    (None, Some(_)) => Ordering::Greater,
+                    (None, None) => Ordering::Equal,
+                };
+                by_key.then(a.1.cmp(&b.1))
+            }
+            None => a.2.id.cmp(&b.2.id),
+        }
+    }
+}
+
+/// The records of the page, as `SimplePublicObject`s with the requested
+/// properties (the type's defaults when none are named).
+fn render_page(
+    ty: ObjectType,
+    hits: &[&Record],
+    after: usize,
+    limit: usize,
+    properties: &[String],
+) -> Vec<Value> {
+    let sel = if properties.is_empty() {
         Selection::Default
     } else {
-        Selection::Only(&req.properties)
+        Selection::Only(properties)
     };
-    let page: Vec<Value> = hits
-        .iter()
+    hits.iter()
         .skip(after)
         .take(limit)
         .map(|r| r.to_json(ty, sel))
-        .collect();
-    drop(view);
+        .collect()
+}
+
+/// The response body: `total`, `results`, and `paging.next` while more remain.
+fn search_response(total: usize, page: Vec<Value>, after: usize, limit: usize) -> Value {
     let mut out = json!({ "total": total, "results": page });
     let next = after + limit;
     if next < total {
         out["paging"] = json!({ "next": { "after": next.to_string() } });
     }
-    Ok(Json(out).into_response())
+    out
 }
 
 /// The first `wanted` live records modified within `ms`, newest first;
