@@ -119,22 +119,8 @@ pub async fn handle(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let messages: Vec<Map<String, Value>> = match serde_json::from_slice::<Value>(&body) {
-        Ok(Value::Array(a)) => a
-            .into_iter()
-            .filter_map(|m| match m {
-                Value::Object(o) => Some(o),
-                _ => None,
-            })
-            .collect(),
-        Ok(Value::Object(o)) => vec![o],
-        _ => {
-            return (
-                axum::http::StatusCode::BAD_REQUEST,
-                Json(json!([{ "channel": "/meta/unknown", "successful": false, "error": "400::Invalid JSON" }])),
-            )
-                .into_response();
-        }
+    let Some(messages) = parse_messages(&body) else {
+        return invalid_json();
     };
     let authed = super::oauth::authenticate(&sim, &headers).is_ok();
     let mut out = Vec::new();
@@ -144,121 +130,183 @@ pub async fn handle(
             .and_then(Value::as_str)
             .unwrap_or_default()
             .to_string();
-        let client_id = msg
-            .get("clientId")
-            .and_then(Value::as_str)
-            .map(str::to_string);
         match channel.as_str() {
-            "/meta/handshake" => {
-                let mut r = reply(&msg, "/meta/handshake");
-                if !authed {
-                    r.insert(
-                        "ext".into(),
-                        json!({ "sfdc": { "failureReason": "401::Authentication invalid" }, "replay": true, "payload.format": true }),
-                    );
-                    out.push(failure(r, "403::Handshake denied", "none"));
-                    continue;
-                }
-                let id = format!("{}", uuid::Uuid::new_v4().simple());
-                {
-                    let mut clients = sim.cometd.clients.lock().expect("cometd lock");
-                    let stale = sim.cometd.timeout * 3;
-                    clients.retain(|_, c| c.last_seen.elapsed() < stale);
-                    clients.insert(
-                        id.clone(),
-                        Client {
-                            subscriptions: Vec::new(),
-                            connected_once: false,
-                            last_seen: Instant::now(),
-                        },
-                    );
-                }
-                r.insert("clientId".into(), json!(id));
-                r.insert("version".into(), json!("1.0"));
-                r.insert("minimumVersion".into(), json!("1.0"));
-                r.insert("supportedConnectionTypes".into(), json!(["long-polling"]));
-                r.insert("successful".into(), json!(true));
-                r.insert(
-                    "ext".into(),
-                    json!({ "replay": true, "payload.format": true }),
-                );
-                r.insert("advice".into(), sim.cometd.advice());
-                out.push(Value::Object(r));
-            }
+            "/meta/handshake" => out.push(handshake(&sim, &msg, authed)),
             "/meta/subscribe" | "/meta/unsubscribe" | "/meta/connect" | "/meta/disconnect" => {
-                let r = reply(&msg, &channel);
-                if !authed {
-                    out.push(failure(r, "401::Authentication invalid", "handshake"));
-                    continue;
-                }
-                let known = client_id.as_ref().is_some_and(|c| {
-                    sim.cometd
-                        .clients
-                        .lock()
-                        .expect("cometd lock")
-                        .get_mut(c)
-                        .map(|cl| cl.last_seen = Instant::now())
-                        .is_some()
-                });
-                let Some(cid) = client_id.filter(|_| known) else {
-                    out.push(failure(r, "403::Unknown client", "handshake"));
-                    continue;
-                };
-                match channel.as_str() {
-                    "/meta/subscribe" => out.push(subscribe(&sim, &cid, &msg, r)),
-                    "/meta/unsubscribe" => {
-                        let sub = msg
-                            .get("subscription")
-                            .and_then(Value::as_str)
-                            .unwrap_or_default();
-                        let mut r = r;
-                        if let Some(c) = sim
-                            .cometd
-                            .clients
-                            .lock()
-                            .expect("cometd lock")
-                            .get_mut(&cid)
-                        {
-                            c.subscriptions.retain(|s| s.channel != sub);
-                        }
-                        r.insert("subscription".into(), json!(sub));
-                        r.insert("successful".into(), json!(true));
-                        out.push(Value::Object(r));
-                    }
-                    "/meta/disconnect" => {
-                        sim.cometd.clients.lock().expect("cometd lock").remove(&cid);
-                        let mut r = r;
-                        r.insert("successful".into(), json!(true));
-                        out.push(Value::Object(r));
-                    }
-                    _ => {
-                        let wait = msg
-                            .get("advice")
-                            .and_then(|a| a.get("timeout"))
-                            .and_then(Value::as_u64)
-                            .map(Duration::from_millis)
-                            .unwrap_or(sim.cometd.timeout)
-                            .min(sim.cometd.timeout);
-                        let events = connect(&sim, &cid, wait).await;
-                        out.extend(events);
-                        let mut r = r;
-                        r.insert("successful".into(), json!(true));
-                        r.insert("advice".into(), sim.cometd.advice());
-                        out.push(Value::Object(r));
-                    }
-                }
+                out.extend(session_message(&sim, &msg, &channel, authed).await);
             }
-            other => {
-                let r = reply(&msg, other);
-                out.push(failure(
-                    r,
-                    &format!("403::Publish denied for channel {other}"),
-                    "none",
-                ));
-            }
+            other => out.push(publish_denied(&msg, other)),
         }
     }
     Json(Value::Array(out)).into_response()
+}
+
+/// The messages of a request body; `None` when it is not JSON.
+fn parse_messages(body: &[u8]) -> Option<Vec<Map<String, Value>>> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Array(a)) => Some(
+            a.into_iter()
+                .filter_map(|m| match m {
+                    Value::Object(o) => Some(o),
+                    _ => None,
+                })
+                .collect(),
+        ),
+        Ok(Value::Object(o)) => Some(vec![o]),
+        _ => None,
+    }
+}
+
+fn invalid_json() -> Response {
+    (
+        axum::http::StatusCode::BAD_REQUEST,
+        Json(json!([{ "channel": "/meta/unknown", "successful": false, "error": "400::Invalid JSON" }])),
+    )
+        .into_response()
+}
+
+/// `/meta/handshake`: opens a session (dropping stale ones) for an
+/// authenticated caller.
+fn handshake(sim: &Shared, msg: &Map<String, Value>, authed: bool) -> Value {
+    let mut r = reply(msg, "/meta/handshake");
+    if !authed {
+        r.insert(
+            "ext".into(),
+            json!({ "sfdc": { "failureReason": "401::Authentication invalid" }, "replay": true, "payload.format": true }),
+        );
+        return failure(r, "403::Handshake denied", "none");
+    }
+    let id = format!("{}", uuid::Uuid::new_v4().simple());
+    {
+        let mut clients = sim.cometd.clients.lock().expect("cometd lock");
+        let stale = sim.cometd.timeout * 3;
+        clients.retain(|_, c| c.last_seen.elapsed() < stale);
+        clients.insert(
+            id.clone(),
+            Client {
+                subscriptions: Vec::new(),
+                connected_once: false,
+                last_seen: Instant::now(),
+            },
+        );
+    }
+    r.insert("clientId".into(), json!(id));
+    r.insert("version".into(), json!("1.0"));
+    r.insert("minimumVersion".into(), json!("1.0"));
+    r.insert("supportedConnectionTypes".into(), json!(["long-polling"]));
+    r.insert("successful".into(), json!(true));
+    r.insert(
+        "ext".into(),
+        json!({ "replay": true, "payload.format": true }),
+    );
+    r.insert("advice".into(), sim.cometd.advice());
+    Value::Object(r)
+}
+
+/// `/meta/subscribe`, `/meta/unsubscribe`, `/meta/connect` or
+/// `/meta/disconnect` of a handshaken client: the replies to send.
+async fn session_message(
+    sim: &Shared,
+    msg: &Map<String, Value>,
+    channel: &str,
+    authed: bool,
+) -> Vec<Value> {
+    let r = reply(msg, channel);
+    let cid = match session_of(sim, msg, authed) {
+        Ok(cid) => cid,
+        Err((error, reconnect)) => return vec![failure(r, error, reconnect)],
+    };
+    match channel {
+        "/meta/subscribe" => vec![subscribe(sim, &cid, msg, r)],
+        "/meta/unsubscribe" => vec![unsubscribe(sim, &cid, msg, r)],
+        "/meta/disconnect" => vec![disconnect(sim, &cid, r)],
+        _ => long_poll(sim, &cid, msg, r).await,
+    }
+}
+
+/// The client id of a known session, whose last-seen time it refreshes;
+/// otherwise the failure's error and reconnect advice.
+fn session_of(
+    sim: &Shared,
+    msg: &Map<String, Value>,
+    authed: bool,
+) -> Result<String, (&'static str, &'static str)> {
+    if !authed {
+        return Err(("401::Authentication invalid", "handshake"));
+    }
+    let client_id = msg
+        .get("clientId")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    let known = client_id.as_ref().is_some_and(|c| {
+        sim.cometd
+            .clients
+            .lock()
+            .expect("cometd lock")
+            .get_mut(c)
+            .map(|cl| cl.last_seen = Instant::now())
+            .is_some()
+    });
+    client_id
+        .filter(|_| known)
+        .ok_or(("403::Unknown client", "handshake"))
+}
+
+/// `/meta/unsubscribe`: drops the client's subscription to a channel.
+fn unsubscribe(
+    sim: &Shared,
+    cid: &str,
+    msg: &Map<String, Value>,
+    mut r: Map<String, Value>,
+) -> Value {
+    let sub = msg
+        .get("subscription")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    if let Some(c) = sim.cometd.clients.lock().expect("cometd lock").get_mut(cid) {
+        c.subscriptions.retain(|s| s.channel != sub);
+    }
+    r.insert("subscription".into(), json!(sub));
+    r.insert("successful".into(), json!(true));
+    Value::Object(r)
+}
+
+/// `/meta/disconnect`: ends the session.
+fn disconnect(sim: &Shared, cid: &str, mut r: Map<String, Value>) -> Value {
+    sim.cometd.clients.lock().expect("cometd lock").remove(cid);
+    r.insert("successful".into(), json!(true));
+    Value::Object(r)
+}
+
+/// `/meta/connect`: the client's pending events, waiting for some up to
+/// the requested (at most the advised) timeout, then the connect reply.
+async fn long_poll(
+    sim: &Shared,
+    cid: &str,
+    msg: &Map<String, Value>,
+    mut r: Map<String, Value>,
+) -> Vec<Value> {
+    let wait = msg
+        .get("advice")
+        .and_then(|a| a.get("timeout"))
+        .and_then(Value::as_u64)
+        .map(Duration::from_millis)
+        .unwrap_or(sim.cometd.timeout)
+        .min(sim.cometd.timeout);
+    let mut out = connect(sim, cid, wait).await;
+    r.insert("successful".into(), json!(true));
+    r.insert("advice".into(), sim.cometd.advice());
+    out.push(Value::Object(r));
+    out
+}
+
+/// Any other channel: clients may not publish.
+fn publish_denied(msg: &Map<String, Value>, channel: &str) -> Value {
+    failure(
+        reply(msg, channel),
+        &format!("403::Publish denied for channel {channel}"),
+        "none",
+    )
 }
 
 fn subscribe(
