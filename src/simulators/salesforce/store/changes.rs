@@ -1,7 +1,7 @@
 //! What the store records about its writes: the written log that tests
 //! read at `/__admin/written`, and the Change Data Capture events
-//! (`<Entity>ChangeEvent` with replay ids) that the CometD endpoint (`cometd`)
-//! delivers.
+//! (`<Entity>ChangeEvent` with replay ids) that the CometD endpoint
+//! (`cometd`) delivers.
 
 use serde::Serialize;
 use serde_json::{Map, Value, json};

@@ -41,6 +41,8 @@ pub enum Upserted {
 /// A record's state before a write: table, id, previous value.
 type Before = (usize, String, Option<Map<String, Value>>);
 
+/// What [`Store::rollback`] restores: the records written since
+/// [`Store::begin`] and the lengths of the logs then.
 pub(super) struct Undo {
     records: Vec<Before>,
     written_len: usize,
