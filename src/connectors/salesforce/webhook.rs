@@ -5,6 +5,7 @@
 //! `BillingAddress.City` becomes `BillingCity`).
 
 use chrono::DateTime;
+use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::connectors::record::ChangeOp;
@@ -38,6 +39,25 @@ fn is_compound(name: &str, v: &Value) -> bool {
     v.is_object() && (name.ends_with("Address") || name == "Name")
 }
 
+/// The `ChangeEventHeader` of a change event, as far as extsync reads it.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Header {
+    entity_name: String,
+    change_type: String,
+    record_ids: Vec<String>,
+    /// Milliseconds since the epoch.
+    commit_timestamp: i64,
+    #[serde(default)]
+    change_origin: Option<String>,
+    #[serde(default)]
+    transaction_key: String,
+    #[serde(default)]
+    sequence_number: u64,
+    #[serde(default)]
+    changed_fields: Vec<String>,
+}
+
 /// The events of one change event's `payload`: one per record id.
 /// GAP events (the server lost track of the values) carry no fields, so
 /// readers re-read those records. Events whose `changeOrigin` names
@@ -46,92 +66,38 @@ pub fn events_from_change(
     payload: &Value,
     client: &str,
 ) -> Result<Vec<WebhookEvent>, ConnectorError> {
-    let bad = |what: &str| {
-        ConnectorError::new(
-            ErrorClass::FieldValidation,
-            format!("change event without {what}"),
-        )
-    };
+    let invalid = |what: String| ConnectorError::new(ErrorClass::FieldValidation, what);
     let header = payload
         .get("ChangeEventHeader")
-        .ok_or_else(|| bad("ChangeEventHeader"))?;
-    let entity = header
-        .get("entityName")
-        .and_then(Value::as_str)
-        .ok_or_else(|| bad("entityName"))?;
-    let change_type = header
-        .get("changeType")
-        .and_then(Value::as_str)
-        .ok_or_else(|| bad("changeType"))?;
-    let ids: Vec<&str> = header
-        .get("recordIds")
-        .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(Value::as_str).collect())
-        .ok_or_else(|| bad("recordIds"))?;
-    let gap = change_type.starts_with("GAP_");
-    let op = match change_type.trim_start_matches("GAP_") {
+        .ok_or_else(|| invalid("change event without ChangeEventHeader".into()))?;
+    let header =
+        Header::deserialize(header).map_err(|e| invalid(format!("change event header: {e}")))?;
+    let occurred_at = DateTime::from_timestamp_millis(header.commit_timestamp)
+        .ok_or_else(|| invalid("change event commitTimestamp out of range".into()))?;
+    let gap = header.change_type.starts_with("GAP_");
+    let op = match header.change_type.trim_start_matches("GAP_") {
         "CREATE" => ChangeOp::Create,
         "DELETE" => ChangeOp::Delete,
         _ => ChangeOp::Update,
     };
-    let occurred_at = header
-        .get("commitTimestamp")
-        .and_then(Value::as_i64)
-        .and_then(DateTime::from_timestamp_millis)
-        .ok_or_else(|| bad("commitTimestamp"))?;
-    let origin = header
-        .get("changeOrigin")
-        .and_then(Value::as_str)
-        .filter(|s| !s.is_empty())
-        .map(str::to_string);
+    let origin = header.change_origin.filter(|s| !s.is_empty());
     let own = origin.as_deref().is_some_and(|o| is_own_change(o, client));
-    let transaction = header
-        .get("transactionKey")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
-    let sequence = header
-        .get("sequenceNumber")
-        .and_then(Value::as_u64)
-        .unwrap_or_default();
     let changed_fields: Vec<String> = header
-        .get("changedFields")
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(Value::as_str)
-                .map(|f| match f.split_once('.') {
-                    Some((c, p)) => flatten_name(c, p),
-                    None => f.to_string(),
-                })
-                .collect()
+        .changed_fields
+        .iter()
+        .map(|f| match f.split_once('.') {
+            Some((c, p)) => flatten_name(c, p),
+            None => f.clone(),
         })
-        .unwrap_or_default();
-    let fields = if gap || op == ChangeOp::Delete {
-        None
-    } else {
-        let mut m = Map::new();
-        if let Some(obj) = payload.as_object() {
-            for (k, v) in obj {
-                if k == "ChangeEventHeader" {
-                    continue;
-                }
-                if is_compound(k, v) {
-                    for (part, pv) in v.as_object().expect("checked") {
-                        m.insert(flatten_name(k, part), pv.clone());
-                    }
-                } else {
-                    m.insert(k.clone(), v.clone());
-                }
-            }
-        }
-        Some(m)
-    };
-    Ok(ids
+        .collect();
+    let fields = (!gap && op != ChangeOp::Delete).then(|| values_of(payload));
+    Ok(header
+        .record_ids
         .into_iter()
         .map(|id| WebhookEvent {
-            event_id: format!("{transaction}/{sequence}/{id}"),
-            object: entity.to_string(),
-            id: id.to_string(),
+            event_id: format!("{}/{}/{id}", header.transaction_key, header.sequence_number),
+            object: header.entity_name.clone(),
+            id,
             op,
             occurred_at,
             changed_fields: changed_fields.clone(),
@@ -142,10 +108,46 @@ pub fn events_from_change(
         .collect())
 }
 
+/// The field values of a change event under their API names, compound
+/// fields flattened.
+fn values_of(payload: &Value) -> Map<String, Value> {
+    let mut m = Map::new();
+    let Some(obj) = payload.as_object() else {
+        return m;
+    };
+    for (k, v) in obj {
+        if k == "ChangeEventHeader" {
+            continue;
+        }
+        match v.as_object() {
+            Some(parts) if is_compound(k, v) => {
+                for (part, pv) in parts {
+                    m.insert(flatten_name(k, part), pv.clone());
+                }
+            }
+            _ => {
+                m.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    m
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_header_without_a_required_field_is_refused_by_name() {
+        let payload = json!({ "ChangeEventHeader": { "entityName": "Account", "changeType": "UPDATE",
+            "commitTimestamp": 1_700_000_000_000i64 } });
+        let e = events_from_change(&payload, "extsync").unwrap_err();
+        assert_eq!(e.class, ErrorClass::FieldValidation);
+        assert!(e.message.contains("recordIds"), "{}", e.message);
+        let e = events_from_change(&json!({ "Name": "x" }), "extsync").unwrap_err();
+        assert!(e.message.contains("ChangeEventHeader"), "{}", e.message);
+    }
 
     #[test]
     fn parses_update_event() {
