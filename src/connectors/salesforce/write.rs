@@ -236,80 +236,41 @@ impl SalesforceConnector {
         Ok(out)
     }
 
+    /// One composite sObject collections call for `group`, whose writes
+    /// are all of one kind.
     async fn write_group(
         &self,
         object: &str,
         group: &[WriteOp],
     ) -> Result<Vec<Result<WriteOutcome, ConnectorError>>, ConnectorError> {
         let base = format!("{}/composite/sobjects", self.data_path());
-        let (call_body, mut call) = match &group[0] {
-            WriteOp::Create { .. } => {
-                let records: Vec<Value> = group
-                    .iter()
-                    .map(|op| match op {
-                        WriteOp::Create { fields } => Value::Object(with_type(object, fields)),
-                        _ => unreachable!("grouped by kind"),
-                    })
-                    .collect();
-                (
-                    Some(json!({ "allOrNone": false, "records": records })),
-                    Call::new(Method::POST, base),
-                )
-            }
-            WriteOp::Update { .. } => {
-                let records: Vec<Value> = group
-                    .iter()
-                    .map(|op| match op {
-                        WriteOp::Update { id, fields } => {
-                            let mut r = with_type(object, fields);
-                            r.insert("Id".into(), json!(id));
-                            Value::Object(r)
-                        }
-                        _ => unreachable!("grouped by kind"),
-                    })
-                    .collect();
-                (
-                    Some(json!({ "allOrNone": false, "records": records })),
-                    Call::new(Method::PATCH, base),
-                )
-            }
+        let mut call = match &group[0] {
+            WriteOp::Create { .. } => Call::new(Method::POST, base),
+            WriteOp::Update { .. } => Call::new(Method::PATCH, base),
             WriteOp::Upsert { id_field, .. } => {
                 check_name(id_field)?;
-                let records: Vec<Value> = group
-                    .iter()
-                    .map(|op| match op {
-                        WriteOp::Upsert {
-                            id_field,
-                            id_value,
-                            fields,
-                        } => {
-                            let mut r = with_type(object, fields);
-                            r.insert(id_field.clone(), json!(id_value));
-                            Value::Object(r)
-                        }
-                        _ => unreachable!("grouped by kind"),
-                    })
-                    .collect();
-                (
-                    Some(json!({ "allOrNone": false, "records": records })),
-                    Call::new(Method::PATCH, format!("{base}/{object}/{id_field}")),
-                )
+                Call::new(Method::PATCH, format!("{base}/{object}/{id_field}"))
             }
             WriteOp::Delete { .. } => {
                 let ids: Vec<&str> = group
                     .iter()
-                    .map(|op| match op {
-                        WriteOp::Delete { id } => id.as_str(),
-                        _ => unreachable!("grouped by kind"),
+                    .filter_map(|op| match op {
+                        WriteOp::Delete { id } => Some(id.as_str()),
+                        _ => None,
                     })
                     .collect();
                 let mut call = Call::new(Method::DELETE, base);
                 call.query.push(("ids", ids.join(",")));
                 call.query.push(("allOrNone", "false".into()));
-                (None, call)
+                call
             }
         };
-        call.body = call_body.as_ref();
+        let records: Vec<Value> = group
+            .iter()
+            .filter_map(|op| record_of(object, op))
+            .collect();
+        let body = (!records.is_empty()).then(|| json!({ "allOrNone": false, "records": records }));
+        call.body = body.as_ref();
         call.write = true;
         let results: Vec<SaveResult> = self.send(&call).await?.json()?;
         if results.len() != group.len() {
@@ -334,6 +295,27 @@ impl SalesforceConnector {
             })
             .collect())
     }
+}
+
+/// The record `op` sends in a composite sObject collections body: its
+/// fields with the object's type, and the id (`Id`, or the upsert's
+/// external-id field) that names it. A delete sends ids, not records.
+fn record_of(object: &str, op: &WriteOp) -> Option<Value> {
+    let (fields, id) = match op {
+        WriteOp::Create { fields } => (fields, None),
+        WriteOp::Update { id, fields } => (fields, Some(("Id", id))),
+        WriteOp::Upsert {
+            id_field,
+            id_value,
+            fields,
+        } => (fields, Some((id_field.as_str(), id_value))),
+        WriteOp::Delete { .. } => return None,
+    };
+    let mut r = with_type(object, fields);
+    if let Some((name, value)) = id {
+        r.insert(name.to_string(), json!(value));
+    }
+    Some(Value::Object(r))
 }
 
 #[cfg(test)]
