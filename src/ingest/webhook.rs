@@ -27,7 +27,7 @@ use axum::routing::post;
 use chrono::Utc;
 use serde_json::json;
 
-use super::emitter::{EmitError, Emitter};
+use super::emitter::{EmitError, EmitStats, Emitter};
 use super::event::{ChangeSource, ExternalChange};
 use super::target::IngestTarget;
 use crate::connectors::record::ChangeOp;
@@ -73,35 +73,14 @@ async fn receive(
             format!("unknown integration {integration:?}"),
         );
     };
-    let json_body = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| {
-            ct.split(';')
-                .next()
-                .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
-        });
-    if !json_body {
+    if !is_json(&headers) {
         return reject(
             &integration,
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "content type must be application/json".into(),
         );
     }
-    let base = match &rx.public_url {
-        Some(u) => u.trim_end_matches('/').to_string(),
-        None => {
-            let host = headers
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .unwrap_or("localhost");
-            let scheme = headers
-                .get("x-forwarded-proto")
-                .and_then(|h| h.to_str().ok())
-                .unwrap_or("http");
-            format!("{scheme}://{host}")
-        }
-    };
+    let base = public_base(rx.public_url.as_deref(), &headers);
     let request = WebhookRequest {
         method: "POST".into(),
         url: format!("{base}{uri}"),
@@ -133,7 +112,48 @@ async fn receive(
                 .into_response();
         }
     };
-    match rx.emitter.emit(changes).await {
+    let stored = rx.emitter.emit(changes).await;
+    acknowledge(integration, started, stored)
+}
+
+/// Whether the request's content type is `application/json`.
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| {
+            ct.split(';')
+                .next()
+                .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+        })
+}
+
+/// The URL the vendor called, up to the path: the configured public URL,
+/// else the request's `Host` and `X-Forwarded-Proto`. Signatures that
+/// cover the URL are checked against it.
+fn public_base(public_url: Option<&str>, headers: &HeaderMap) -> String {
+    if let Some(u) = public_url {
+        return u.trim_end_matches('/').to_string();
+    }
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("localhost");
+    let scheme = headers
+        .get("x-forwarded-proto")
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("http");
+    format!("{scheme}://{host}")
+}
+
+/// The answer once the events are stored (200: the vendor stops sending
+/// them) or could not be (503: the vendor retries).
+fn acknowledge(
+    integration: String,
+    started: std::time::Instant,
+    stored: Result<EmitStats, EmitError>,
+) -> Response {
+    match stored {
         Ok(stats) => {
             metrics::counter!(ACCEPTED_TOTAL, "integration" => integration.clone()).increment(1);
             metrics::histogram!(ACK_SECONDS, "integration" => integration)
