@@ -33,7 +33,7 @@ use crate::kafka::Topics;
 
 /// Most messages handled in one transaction.
 pub const MAX_BATCH: usize = 500;
-/// Partitions of the repartition topic (the most processors that share work).
+/// How long a loop's transaction may stay open before the broker aborts it.
 const TXN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Metric: messages routed, by kind.
