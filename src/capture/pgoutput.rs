@@ -233,124 +233,159 @@ pub fn decode(buf: Bytes) -> Result<Message, DecodeError> {
         other => return Ok(Message::Unknown(other)),
     };
     let mut r = Reader { buf, pos: 1, kind };
-    Ok(match tag {
-        b'B' => Message::Begin {
-            final_lsn: r.u64()?,
-            commit_time_us: r.u64()? as i64,
-            xid: r.u32()?,
-        },
-        b'C' => {
-            let _flags = r.u8()?;
-            Message::Commit {
-                commit_lsn: r.u64()?,
-                end_lsn: r.u64()?,
-                commit_time_us: r.u64()? as i64,
-            }
-        }
-        b'O' => Message::Origin {
-            commit_lsn: r.u64()?,
-            name: r.cstr()?,
-        },
-        b'R' => {
-            let oid = r.u32()?;
-            let schema = r.cstr()?;
-            let table = r.cstr()?;
-            let replica_identity = r.u8()?;
-            let n = r.i16()?;
-            let mut columns = Vec::with_capacity(n.max(0) as usize);
-            for _ in 0..n {
-                let flags = r.u8()?;
-                columns.push(RelationColumn {
-                    key: flags & 1 == 1,
-                    name: r.cstr()?,
-                    type_oid: r.u32()?,
-                    type_modifier: r.i32()?,
-                });
-            }
-            Message::Relation(RelationBody {
-                oid,
-                schema,
-                table,
-                replica_identity,
-                columns,
-            })
-        }
-        b'Y' => Message::Type {
-            oid: r.u32()?,
-            schema: r.cstr()?,
-            name: r.cstr()?,
-        },
-        b'I' => {
-            let rel = r.u32()?;
-            if r.u8()? != b'N' {
-                return Err(r.err("expected new tuple"));
-            }
-            Message::Insert {
-                rel,
-                new: r.tuple()?,
-            }
-        }
-        b'U' => {
-            let rel = r.u32()?;
-            let mut old = None;
-            let mut marker = r.u8()?;
-            if marker == b'K' || marker == b'O' {
-                let k = if marker == b'K' {
-                    OldKind::Key
-                } else {
-                    OldKind::Full
-                };
-                old = Some((k, r.tuple()?));
-                marker = r.u8()?;
-            }
-            if marker != b'N' {
-                return Err(r.err("expected new tuple"));
-            }
-            Message::Update {
-                rel,
-                old,
-                new: r.tuple()?,
-            }
-        }
-        b'D' => {
-            let rel = r.u32()?;
-            let k = match r.u8()? {
-                b'K' => OldKind::Key,
-                b'O' => OldKind::Full,
-                _ => return Err(r.err("expected old tuple")),
-            };
-            Message::Delete {
-                rel,
-                old: (k, r.tuple()?),
-            }
-        }
-        b'T' => {
-            let n = r.u32()?;
-            let options = r.u8()?;
-            let mut rels = Vec::with_capacity(n.min(1024) as usize);
-            for _ in 0..n {
-                rels.push(r.u32()?);
-            }
-            Message::Truncate {
-                rels,
-                cascade: options & 1 != 0,
-                restart_identity: options & 2 != 0,
-            }
-        }
-        b'M' => {
-            let flags = r.u8()?;
-            let lsn = r.u64()?;
-            let prefix = r.cstr()?;
-            let len = r.u32()? as usize;
-            Message::LogicalMessage {
-                transactional: flags & 1 == 1,
-                lsn,
-                prefix,
-                content: r.bytes(len)?,
-            }
-        }
+    match tag {
+        b'B' => r.begin(),
+        b'C' => r.commit(),
+        b'O' => r.origin(),
+        b'R' => r.relation(),
+        b'Y' => r.type_message(),
+        b'I' => r.insert(),
+        b'U' => r.update(),
+        b'D' => r.delete(),
+        b'T' => r.truncate(),
+        b'M' => r.logical_message(),
         _ => unreachable!("tag checked above"),
-    })
+    }
+}
+
+/// The bodies of the messages, each after its tag.
+impl Reader {
+    fn begin(&mut self) -> Result<Message, DecodeError> {
+        Ok(Message::Begin {
+            final_lsn: self.u64()?,
+            commit_time_us: self.u64()? as i64,
+            xid: self.u32()?,
+        })
+    }
+
+    fn commit(&mut self) -> Result<Message, DecodeError> {
+        let _flags = self.u8()?;
+        Ok(Message::Commit {
+            commit_lsn: self.u64()?,
+            end_lsn: self.u64()?,
+            commit_time_us: self.u64()? as i64,
+        })
+    }
+
+    fn origin(&mut self) -> Result<Message, DecodeError> {
+        Ok(Message::Origin {
+            commit_lsn: self.u64()?,
+            name: self.cstr()?,
+        })
+    }
+
+    fn relation(&mut self) -> Result<Message, DecodeError> {
+        let oid = self.u32()?;
+        let schema = self.cstr()?;
+        let table = self.cstr()?;
+        let replica_identity = self.u8()?;
+        let n = self.i16()?;
+        let mut columns = Vec::with_capacity(n.max(0) as usize);
+        for _ in 0..n {
+            columns.push(self.relation_column()?);
+        }
+        Ok(Message::Relation(RelationBody {
+            oid,
+            schema,
+            table,
+            replica_identity,
+            columns,
+        }))
+    }
+
+    fn relation_column(&mut self) -> Result<RelationColumn, DecodeError> {
+        let flags = self.u8()?;
+        Ok(RelationColumn {
+            key: flags & 1 == 1,
+            name: self.cstr()?,
+            type_oid: self.u32()?,
+            type_modifier: self.i32()?,
+        })
+    }
+
+    fn type_message(&mut self) -> Result<Message, DecodeError> {
+        Ok(Message::Type {
+            oid: self.u32()?,
+            schema: self.cstr()?,
+            name: self.cstr()?,
+        })
+    }
+
+    fn insert(&mut self) -> Result<Message, DecodeError> {
+        let rel = self.u32()?;
+        if self.u8()? != b'N' {
+            return Err(self.err("expected new tuple"));
+        }
+        Ok(Message::Insert {
+            rel,
+            new: self.tuple()?,
+        })
+    }
+
+    /// An update: the old image (`K` key or `O` whole row) when the server
+    /// sends one, then the new one (`N`).
+    fn update(&mut self) -> Result<Message, DecodeError> {
+        let rel = self.u32()?;
+        let mut old = None;
+        let mut marker = self.u8()?;
+        if marker == b'K' || marker == b'O' {
+            let k = if marker == b'K' {
+                OldKind::Key
+            } else {
+                OldKind::Full
+            };
+            old = Some((k, self.tuple()?));
+            marker = self.u8()?;
+        }
+        if marker != b'N' {
+            return Err(self.err("expected new tuple"));
+        }
+        Ok(Message::Update {
+            rel,
+            old,
+            new: self.tuple()?,
+        })
+    }
+
+    fn delete(&mut self) -> Result<Message, DecodeError> {
+        let rel = self.u32()?;
+        let k = match self.u8()? {
+            b'K' => OldKind::Key,
+            b'O' => OldKind::Full,
+            _ => return Err(self.err("expected old tuple")),
+        };
+        Ok(Message::Delete {
+            rel,
+            old: (k, self.tuple()?),
+        })
+    }
+
+    fn truncate(&mut self) -> Result<Message, DecodeError> {
+        let n = self.u32()?;
+        let options = self.u8()?;
+        let mut rels = Vec::with_capacity(n.min(1024) as usize);
+        for _ in 0..n {
+            rels.push(self.u32()?);
+        }
+        Ok(Message::Truncate {
+            rels,
+            cascade: options & 1 != 0,
+            restart_identity: options & 2 != 0,
+        })
+    }
+
+    fn logical_message(&mut self) -> Result<Message, DecodeError> {
+        let flags = self.u8()?;
+        let lsn = self.u64()?;
+        let prefix = self.cstr()?;
+        let len = self.u32()? as usize;
+        Ok(Message::LogicalMessage {
+            transactional: flags & 1 == 1,
+            lsn,
+            prefix,
+            content: self.bytes(len)?,
+        })
+    }
 }
 
 #[cfg(test)]
