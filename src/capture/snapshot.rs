@@ -248,94 +248,157 @@ pub async fn initial(
         ))
         .await
         .map_err(|e| CaptureError::sql("importing the slot's snapshot", e))?;
-    let lsn_text = envelope::lsn_text(consistent_point);
+    let at = SnapshotPoint {
+        lsn: consistent_point,
+        lsn_text: envelope::lsn_text(consistent_point),
+    };
     let mut total = 0;
     for t in tables {
-        let table = catalog_table(reader, relations, t).await?;
-        let batch = ctx.producer.acks().open();
-        let copy = format!(
-            "COPY (SELECT {} FROM {}) TO STDOUT",
-            column_list(&table),
-            t.quoted()
-        );
-        let stream = reader
-            .copy_out(&copy)
-            .await
-            .map_err(|e| CaptureError::sql("copying a table", e))?;
-        let mut stream = std::pin::pin!(stream);
-        let mut parser = CopyRows::default();
-        let (mut key, mut row, mut payload, mut cells, mut idem) = (
-            Vec::new(),
-            Vec::new(),
-            Vec::new(),
-            Vec::new(),
-            String::new(),
-        );
-        let mut rows: u64 = 0;
-        let mut pending: Vec<(Vec<u8>, Vec<u8>, String)> = Vec::new();
-        let now = envelope::now_ms();
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| CaptureError::sql("copying a table", e))?;
-            parser.feed(chunk, &mut cells, |cells| {
-                let has_key = encode_read(
-                    ctx,
-                    &table,
-                    cells,
-                    consistent_point,
-                    SnapshotMark::True,
-                    now,
-                    &mut key,
-                    &mut row,
-                    &mut payload,
-                );
-                idem.clear();
-                idem.push_str("r/");
-                idem.push_str(&lsn_text);
-                idem.push('/');
-                idem.push_str(&table.schema);
-                idem.push('.');
-                idem.push_str(&table.name);
-                idem.push('/');
-                idem.push_str(&String::from_utf8_lossy(if has_key {
-                    &key
-                } else {
-                    &payload
-                }));
-                pending.push((
-                    if has_key { key.clone() } else { Vec::new() },
-                    payload.clone(),
-                    idem.clone(),
-                ));
-            });
-            for (k, p, i) in pending.drain(..) {
-                ctx.producer
-                    .send(
-                        batch,
-                        Outgoing {
-                            topic: &table.topic,
-                            key: (!k.is_empty()).then_some(k.as_slice()),
-                            payload: &p,
-                            commit_lsn: &lsn_text,
-                            xid: None,
-                            idempotency_key: &i,
-                        },
-                    )
-                    .await?;
-                rows += 1;
-            }
-        }
-        ctx.producer.acks().seal(batch, None);
-        ctx.producer.wait_batch(batch).await?;
-        mark_done(state, &ctx.settings.slot, &t.qualified(), rows as i64).await?;
-        metrics::counter!(super::metrics::SNAPSHOT_ROWS_TOTAL).increment(rows);
-        tracing::info!(table = %t.qualified(), rows, "snapshot of table done");
-        total += rows;
+        total += copy_table(ctx, reader, state, relations, t, &at).await?;
     }
     reader
         .batch_execute("COMMIT")
         .await
         .map_err(|e| CaptureError::sql("ending the snapshot", e))?;
     Ok(total)
+}
+
+/// The slot's consistent point: the LSN every initial snapshot row carries.
+struct SnapshotPoint {
+    lsn: u64,
+    lsn_text: String,
+}
+
+/// Copies one table of the initial snapshot to Kafka in a batch of its own
+/// and marks it done once Kafka acknowledged the batch.
+async fn copy_table(
+    ctx: &SnapshotContext,
+    reader: &Client,
+    state: &Client,
+    relations: &mut Relations,
+    t: &CapturedTable,
+    at: &SnapshotPoint,
+) -> Result<u64, CaptureError> {
+    let table = catalog_table(reader, relations, t).await?;
+    let batch = ctx.producer.acks().open();
+    let rows = send_table_rows(ctx, reader, &table, t, batch, at).await?;
+    ctx.producer.acks().seal(batch, None);
+    ctx.producer.wait_batch(batch).await?;
+    mark_done(state, &ctx.settings.slot, &t.qualified(), rows as i64).await?;
+    metrics::counter!(super::metrics::SNAPSHOT_ROWS_TOTAL).increment(rows);
+    tracing::info!(table = %t.qualified(), rows, "snapshot of table done");
+    Ok(rows)
+}
+
+/// Streams the table's rows out of `COPY` and sends each as a read event
+/// in `batch`; returns how many were sent.
+async fn send_table_rows(
+    ctx: &SnapshotContext,
+    reader: &Client,
+    table: &Table,
+    t: &CapturedTable,
+    batch: u64,
+    at: &SnapshotPoint,
+) -> Result<u64, CaptureError> {
+    let copy = format!(
+        "COPY (SELECT {} FROM {}) TO STDOUT",
+        column_list(table),
+        t.quoted()
+    );
+    let stream = reader
+        .copy_out(&copy)
+        .await
+        .map_err(|e| CaptureError::sql("copying a table", e))?;
+    let mut stream = std::pin::pin!(stream);
+    let mut parser = CopyRows::default();
+    let mut cells = Vec::new();
+    let mut events = ReadEvents::default();
+    let mut rows: u64 = 0;
+    let now = envelope::now_ms();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| CaptureError::sql("copying a table", e))?;
+        parser.feed(chunk, &mut cells, |cells| {
+            events.encode(ctx, table, cells, at, now);
+        });
+        for (k, p, i) in events.pending.drain(..) {
+            ctx.producer
+                .send(
+                    batch,
+                    Outgoing {
+                        topic: &table.topic,
+                        key: (!k.is_empty()).then_some(k.as_slice()),
+                        payload: &p,
+                        commit_lsn: &at.lsn_text,
+                        xid: None,
+                        idempotency_key: &i,
+                    },
+                )
+                .await?;
+            rows += 1;
+        }
+    }
+    Ok(rows)
+}
+
+/// The read events of one `COPY` chunk of the initial snapshot, encoded and
+/// waiting to be sent, and the buffers they are encoded in.
+#[derive(Default)]
+struct ReadEvents {
+    key: Vec<u8>,
+    row: Vec<u8>,
+    payload: Vec<u8>,
+    idem: String,
+    /// `(key or empty, payload, idempotency key)`.
+    pending: Vec<(Vec<u8>, Vec<u8>, String)>,
+}
+
+impl ReadEvents {
+    /// Encodes one row and queues its event. The idempotency key is
+    /// `r/<lsn>/<schema.table>/<key>` (the whole payload for a table
+    /// without key).
+    fn encode(
+        &mut self,
+        ctx: &SnapshotContext,
+        table: &Table,
+        cells: &[Cell],
+        at: &SnapshotPoint,
+        now: i64,
+    ) {
+        let has_key = encode_read(
+            ctx,
+            table,
+            cells,
+            at.lsn,
+            SnapshotMark::True,
+            now,
+            &mut self.key,
+            &mut self.row,
+            &mut self.payload,
+        );
+        let idem = &mut self.idem;
+        idem.clear();
+        idem.push_str("r/");
+        idem.push_str(&at.lsn_text);
+        idem.push('/');
+        idem.push_str(&table.schema);
+        idem.push('.');
+        idem.push_str(&table.name);
+        idem.push('/');
+        idem.push_str(&String::from_utf8_lossy(if has_key {
+            &self.key
+        } else {
+            &self.payload
+        }));
+        self.pending.push((
+            if has_key {
+                self.key.clone()
+            } else {
+                Vec::new()
+            },
+            self.payload.clone(),
+            idem.clone(),
+        ));
+    }
 }
 
 /// Records tables as waiting for a snapshot (kept across restarts).
@@ -443,12 +506,7 @@ pub async fn incremental(
             message: "an incremental snapshot needs a primary key".into(),
         });
     }
-    let keys: Vec<String> = table
-        .key_columns
-        .iter()
-        .map(|&i| quote_ident(&table.columns[i].name))
-        .collect();
-    let key_list = keys.join(", ");
+    let key_list = key_list(&table);
     let mut total = 0u64;
     loop {
         *next_id += 1;
@@ -458,105 +516,14 @@ pub async fn incremental(
             &watermark(&ctx.settings.slot, false, id, &t.qualified()),
         )
         .await?;
-        let filter = match &last_key {
-            Some(k) => format!(
-                "WHERE ({key_list}) > ({})",
-                k.iter()
-                    .map(|v| quote_literal(v))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-            None => String::new(),
-        };
-        let copy = format!(
-            "COPY (SELECT {} FROM {} {filter} ORDER BY {key_list} LIMIT {CHUNK_ROWS}) TO STDOUT",
-            column_list(&table),
-            t.quoted()
-        );
-        // The chunk's snapshot, and which transactions it saw.
-        let visibility = sql
-            .simple_query(
-                "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SELECT pg_current_snapshot()::text",
-            )
-            .await
-            .map_err(|e| CaptureError::sql("starting a snapshot chunk", e))?
-            .iter()
-            .find_map(|m| match m {
-                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).and_then(Visibility::parse),
-                _ => None,
-            })
-            .ok_or_else(|| CaptureError::Snapshot {
-                table: t.qualified(),
-                message: "pg_current_snapshot() gave no readable snapshot".into(),
-            })?;
-        let stream = sql
-            .copy_out(&copy)
-            .await
-            .map_err(|e| CaptureError::sql("reading a snapshot chunk", e))?;
-        let mut stream = std::pin::pin!(stream);
-        let mut parser = CopyRows::default();
-        let (mut cells, mut rows) = (Vec::new(), Vec::new());
-        let mut last: Option<Vec<String>> = None;
-        while let Some(data) = stream.next().await {
-            let data = data.map_err(|e| CaptureError::sql("reading a snapshot chunk", e))?;
-            parser.feed(data, &mut cells, |cells| {
-                let mut key = Vec::new();
-                let mut row = Vec::new();
-                relations::write_key(&mut key, &table, cells, ctx.settings.numeric);
-                relations::write_row(
-                    &mut row,
-                    &table,
-                    cells,
-                    ctx.settings.numeric,
-                    &mut |_| None,
-                    &mut Vec::new(),
-                );
-                last = Some(
-                    table
-                        .key_columns
-                        .iter()
-                        .map(|&i| match &cells[i] {
-                            Cell::Text(b) => String::from_utf8_lossy(b).into_owned(),
-                            _ => String::new(),
-                        })
-                        .collect(),
-                );
-                rows.push((key, row));
-            });
-        }
+        let copy = chunk_query(&table, t, &key_list, last_key.as_deref());
+        let visibility = begin_chunk_snapshot(sql, t).await?;
+        let (rows, last) = read_chunk(ctx, sql, &table, &copy).await?;
         sql.batch_execute("COMMIT")
             .await
             .map_err(|e| CaptureError::sql("ending a snapshot chunk", e))?;
         let n = rows.len() as u64;
-        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-        chunks
-            .send(Chunk {
-                id,
-                table: t.qualified(),
-                topic: table.topic.clone(),
-                rows,
-                schema: table.schema.clone(),
-                name: table.name.clone(),
-                visibility,
-                last: n < CHUNK_ROWS as u64,
-                done: done_tx,
-            })
-            .await
-            .map_err(|_| CaptureError::Snapshot {
-                table: t.qualified(),
-                message: "the stream stopped".into(),
-            })?;
-        emit(
-            sql,
-            &watermark(&ctx.settings.slot, true, id, &t.qualified()),
-        )
-        .await?;
-        // The stream answers with the batch that carries the chunk's rows.
-        let batch = done_rx.await.map_err(|_| CaptureError::Snapshot {
-            table: t.qualified(),
-            message: "the stream stopped".into(),
-        })?;
-        ctx.producer.wait_batch(batch).await?;
+        hand_chunk_to_stream(ctx, sql, &table, t, chunks, id, rows, visibility).await?;
         total += n;
         if n < CHUNK_ROWS as u64 {
             mark_done(sql, &ctx.settings.slot, &t.qualified(), total as i64).await?;
@@ -565,16 +532,178 @@ pub async fn incremental(
             return Ok(total);
         }
         last_key = last;
-        sql.execute(
-            &format!(
-                "UPDATE {STATE_SCHEMA}.capture_snapshots SET last_key = $3, rows = rows + $4, updated_at = now() \
-                 WHERE slot_name = $1 AND table_name = $2"
-            ),
-            &[&ctx.settings.slot, &t.qualified(), &last_key, &(n as i64)],
-        )
-        .await
-        .map_err(|e| CaptureError::sql("recording snapshot progress", e))?;
+        save_progress(sql, &ctx.settings.slot, t, &last_key, n).await?;
     }
+}
+
+/// The table's key columns, quoted and comma-separated.
+fn key_list(table: &Table) -> String {
+    let keys: Vec<String> = table
+        .key_columns
+        .iter()
+        .map(|&i| quote_ident(&table.columns[i].name))
+        .collect();
+    keys.join(", ")
+}
+
+/// The `COPY` of the chunk after `last_key`: the next [`CHUNK_ROWS`] rows in
+/// key order.
+fn chunk_query(
+    table: &Table,
+    t: &CapturedTable,
+    key_list: &str,
+    last_key: Option<&[String]>,
+) -> String {
+    let filter = match last_key {
+        Some(k) => format!(
+            "WHERE ({key_list}) > ({})",
+            k.iter()
+                .map(|v| quote_literal(v))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        None => String::new(),
+    };
+    format!(
+        "COPY (SELECT {} FROM {} {filter} ORDER BY {key_list} LIMIT {CHUNK_ROWS}) TO STDOUT",
+        column_list(table),
+        t.quoted()
+    )
+}
+
+/// Opens the chunk's snapshot and tells which transactions it saw.
+async fn begin_chunk_snapshot(sql: &Client, t: &CapturedTable) -> Result<Visibility, CaptureError> {
+    sql.simple_query(
+        "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SELECT pg_current_snapshot()::text",
+    )
+    .await
+    .map_err(|e| CaptureError::sql("starting a snapshot chunk", e))?
+    .iter()
+    .find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).and_then(Visibility::parse),
+        _ => None,
+    })
+    .ok_or_else(|| CaptureError::Snapshot {
+        table: t.qualified(),
+        message: "pg_current_snapshot() gave no readable snapshot".into(),
+    })
+}
+
+/// The rows of one chunk as `(key JSON, row JSON)`, and the key of its last
+/// row (where the next chunk starts).
+type ChunkRows = (Vec<(Vec<u8>, Vec<u8>)>, Option<Vec<String>>);
+
+/// Reads one chunk with `copy`, inside the chunk's snapshot.
+async fn read_chunk(
+    ctx: &SnapshotContext,
+    sql: &Client,
+    table: &Table,
+    copy: &str,
+) -> Result<ChunkRows, CaptureError> {
+    let stream = sql
+        .copy_out(copy)
+        .await
+        .map_err(|e| CaptureError::sql("reading a snapshot chunk", e))?;
+    let mut stream = std::pin::pin!(stream);
+    let mut parser = CopyRows::default();
+    let (mut cells, mut rows) = (Vec::new(), Vec::new());
+    let mut last: Option<Vec<String>> = None;
+    while let Some(data) = stream.next().await {
+        let data = data.map_err(|e| CaptureError::sql("reading a snapshot chunk", e))?;
+        parser.feed(data, &mut cells, |cells| {
+            let mut key = Vec::new();
+            let mut row = Vec::new();
+            relations::write_key(&mut key, table, cells, ctx.settings.numeric);
+            relations::write_row(
+                &mut row,
+                table,
+                cells,
+                ctx.settings.numeric,
+                &mut |_| None,
+                &mut Vec::new(),
+            );
+            last = Some(key_values(table, cells));
+            rows.push((key, row));
+        });
+    }
+    Ok((rows, last))
+}
+
+/// The text of a row's key columns, as `last_key` keeps them.
+fn key_values(table: &Table, cells: &[Cell]) -> Vec<String> {
+    table
+        .key_columns
+        .iter()
+        .map(|&i| match &cells[i] {
+            Cell::Text(b) => String::from_utf8_lossy(b).into_owned(),
+            _ => String::new(),
+        })
+        .collect()
+}
+
+/// Hands the chunk to the stream, writes its high watermark and waits until
+/// Kafka acknowledged the batch the stream emitted the chunk's rows in.
+#[allow(clippy::too_many_arguments)]
+async fn hand_chunk_to_stream(
+    ctx: &SnapshotContext,
+    sql: &Client,
+    table: &Table,
+    t: &CapturedTable,
+    chunks: &tokio::sync::mpsc::Sender<Chunk>,
+    id: u64,
+    rows: Vec<(Vec<u8>, Vec<u8>)>,
+    visibility: Visibility,
+) -> Result<(), CaptureError> {
+    let n = rows.len() as u64;
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    chunks
+        .send(Chunk {
+            id,
+            table: t.qualified(),
+            topic: table.topic.clone(),
+            rows,
+            schema: table.schema.clone(),
+            name: table.name.clone(),
+            visibility,
+            last: n < CHUNK_ROWS as u64,
+            done: done_tx,
+        })
+        .await
+        .map_err(|_| CaptureError::Snapshot {
+            table: t.qualified(),
+            message: "the stream stopped".into(),
+        })?;
+    emit(
+        sql,
+        &watermark(&ctx.settings.slot, true, id, &t.qualified()),
+    )
+    .await?;
+    // The stream answers with the batch that carries the chunk's rows.
+    let batch = done_rx.await.map_err(|_| CaptureError::Snapshot {
+        table: t.qualified(),
+        message: "the stream stopped".into(),
+    })?;
+    ctx.producer.wait_batch(batch).await
+}
+
+/// Records an acknowledged chunk: where the next one starts, and its rows.
+async fn save_progress(
+    sql: &Client,
+    slot: &str,
+    t: &CapturedTable,
+    last_key: &Option<Vec<String>>,
+    n: u64,
+) -> Result<(), CaptureError> {
+    sql.execute(
+        &format!(
+            "UPDATE {STATE_SCHEMA}.capture_snapshots SET last_key = $3, rows = rows + $4, updated_at = now() \
+             WHERE slot_name = $1 AND table_name = $2"
+        ),
+        &[&slot, &t.qualified(), last_key, &(n as i64)],
+    )
+    .await
+    .map_err(|e| CaptureError::sql("recording snapshot progress", e))?;
+    Ok(())
 }
 
 async fn emit(sql: &Client, content: &str) -> Result<(), CaptureError> {
