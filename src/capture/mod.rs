@@ -124,31 +124,11 @@ async fn run_here(
     let deliveries = CancellationToken::new();
     tokio::spawn(producer.clone().serve_deliveries(deliveries.clone()));
     let _stop_deliveries = deliveries.drop_guard();
-    // A known slot starts streaming right away: the walsender decodes while
-    // the topics are checked. A new slot first exports the snapshot.
-    let start = plan.slot.as_ref().map_or(0, |slot| slot.confirmed_flush);
-    let known_slot = plan.slot.is_some();
-    let (topics, client, hb_sql, driver_sql) = tokio::join!(
-        ensure_topics(&cc, s, &plan.tables),
-        async {
-            let mut client = replication::open(s, start).await?;
-            if known_slot {
-                replication::start(&mut client, s, start).await?;
-            }
-            Ok::<_, CaptureError>(client)
-        },
-        async {
-            if s.heartbeat_secs > 0 {
-                setup::connect(&s.url).await.map(Some)
-            } else {
-                Ok(None)
-            }
-        },
-        setup::connect(&s.url),
-    );
-    producer.place_by_record(topics?);
-    let mut client = client?;
-    let (hb_sql, driver_sql) = (hb_sql?, driver_sql?);
+    let Connections {
+        mut client,
+        heartbeat_sql,
+        driver_sql,
+    } = open_connections(&cc, s, &plan, &producer).await?;
     let toast = ToastCache::default();
     let ctx = SnapshotContext {
         settings: settings.clone(),
@@ -157,23 +137,10 @@ async fn run_here(
         toast: toast.clone(),
     };
     let mut summary = RunSummary::default();
-    let resume = match plan.slot {
-        None => {
-            start_new_slot(&mut client, &ctx, &sql, &plan.tables, &mut summary).await?;
-            Vec::new()
-        }
-        Some(slot) => {
-            producer.acks().start_at(slot.confirmed_flush);
-            snapshots_to_resume(&sql, s, &plan.tables).await?
-        }
-    };
-    if !known_slot {
-        replication::start(&mut client, s, start).await?;
-    }
-    tracing::info!(slot = %s.slot, publication = %s.publication, tables = plan.tables.len(), "streaming changes");
+    let resume = start_streaming(&mut client, &ctx, &sql, &plan, &mut summary).await?;
 
     let tasks = CancellationToken::new();
-    if let Some(hb_sql) = hb_sql {
+    if let Some(hb_sql) = heartbeat_sql {
         tokio::spawn(heartbeat::run(
             hb_sql,
             s.slot.clone(),
@@ -220,8 +187,92 @@ async fn run_here(
     .await;
     tasks.cancel();
     stream.flush_metrics();
+    let flushed = stop_streaming(client, &producer, &mut summary).await;
+    result?;
+    flushed?;
+    Ok(summary)
+}
 
-    // Whatever happened, make what is in Kafka count.
+/// The connections of a run besides the first SQL one.
+struct Connections {
+    client: Walsender,
+    heartbeat_sql: Option<tokio_postgres::Client>,
+    driver_sql: tokio_postgres::Client,
+}
+
+/// Checks the topics and opens the replication session and the heartbeat's
+/// and snapshot driver's connections, side by side.
+async fn open_connections(
+    cc: &rdkafka::ClientConfig,
+    s: &Settings,
+    plan: &setup::Plan,
+    producer: &CaptureProducer,
+) -> Result<Connections, CaptureError> {
+    // A known slot starts streaming right away: the walsender decodes while
+    // the topics are checked. A new slot first exports the snapshot.
+    let start = plan.slot.as_ref().map_or(0, |slot| slot.confirmed_flush);
+    let known_slot = plan.slot.is_some();
+    let (topics, client, hb_sql, driver_sql) = tokio::join!(
+        ensure_topics(cc, s, &plan.tables),
+        async {
+            let mut client = replication::open(s, start).await?;
+            if known_slot {
+                replication::start(&mut client, s, start).await?;
+            }
+            Ok::<_, CaptureError>(client)
+        },
+        async {
+            if s.heartbeat_secs > 0 {
+                setup::connect(&s.url).await.map(Some)
+            } else {
+                Ok(None)
+            }
+        },
+        setup::connect(&s.url),
+    );
+    producer.place_by_record(topics?);
+    let client = client?;
+    let (heartbeat_sql, driver_sql) = (hb_sql?, driver_sql?);
+    Ok(Connections {
+        client,
+        heartbeat_sql,
+        driver_sql,
+    })
+}
+
+/// Starts a new slot (with its initial snapshot) or picks up a known one,
+/// and makes sure the server streams; returns the incremental snapshots to
+/// resume.
+async fn start_streaming(
+    client: &mut Walsender,
+    ctx: &SnapshotContext,
+    sql: &tokio_postgres::Client,
+    plan: &setup::Plan,
+    summary: &mut RunSummary,
+) -> Result<Vec<(CapturedTable, Option<Vec<String>>)>, CaptureError> {
+    let s = &ctx.settings;
+    let resume = match &plan.slot {
+        None => {
+            start_new_slot(client, ctx, sql, &plan.tables, summary).await?;
+            replication::start(client, s, 0).await?;
+            Vec::new()
+        }
+        Some(slot) => {
+            ctx.producer.acks().start_at(slot.confirmed_flush);
+            snapshots_to_resume(sql, s, &plan.tables).await?
+        }
+    };
+    tracing::info!(slot = %s.slot, publication = %s.publication, tables = plan.tables.len(), "streaming changes");
+    Ok(resume)
+}
+
+/// Makes what is in Kafka count, whatever ended the stream: waits for the
+/// in-flight events and confirms the acknowledged LSN to the server.
+async fn stop_streaming(
+    client: Walsender,
+    producer: &CaptureProducer,
+    summary: &mut RunSummary,
+) -> Result<(), CaptureError> {
     let flushed = producer.flush(STOP_FLUSH_TIMEOUT).await;
     let acked = producer.acks().acked_lsn();
     client.set_flushed(acked);
@@ -230,9 +281,7 @@ async fn run_here(
     }
     summary.acked_lsn = acked;
     tracing::info!(lsn = %lsn_text(acked), "capture stopped");
-    result?;
-    flushed?;
-    Ok(summary)
+    flushed
 }
 
 /// Creates the replication slot and, when the pipeline asks for it, takes
