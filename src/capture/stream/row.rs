@@ -17,7 +17,7 @@ use crate::capture::envelope::{Envelope, Op, TxRef};
 use crate::capture::error::CaptureError;
 use crate::capture::pgoutput::{Cell, OldKind, Tuple};
 use crate::capture::relations::{self, Table};
-use crate::capture::toast::{self, ToastCache};
+use crate::capture::toast::{MIN_CACHED_VALUE_BYTES, ToastCache};
 use crate::config::NumericEncoding;
 
 impl Stream {
@@ -327,8 +327,9 @@ fn write_event_idempotency_key(idem: &mut String, lsn_text: &str, seq: u64) {
     let _ = write!(idem, "{seq}");
 }
 
+/// Whether the image has a value large enough for the TOAST cache.
 fn toast_sized(cells: &[Cell]) -> bool {
     cells
         .iter()
-        .any(|c| matches!(c, Cell::Text(b) if b.len() >= toast::MIN_CACHED_VALUE_BYTES))
+        .any(|c| matches!(c, Cell::Text(b) if b.len() >= MIN_CACHED_VALUE_BYTES))
 }
