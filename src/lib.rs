@@ -19,5 +19,6 @@ pub mod memory;
 pub mod processor;
 pub mod shutdown;
 pub mod simulators;
+pub mod sql;
 pub mod store;
 pub mod telemetry;

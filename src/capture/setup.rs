@@ -15,6 +15,7 @@ use super::error::{CaptureError, SetupProblem};
 use super::values::SESSION_SETTINGS;
 use crate::config::{NumericEncoding, OwnWrites, Pipeline};
 use crate::kafka::Topics;
+use crate::sql::{quote_ident, quote_table};
 
 /// Schema holding capture's own state in the captured database.
 pub const STATE_SCHEMA: &str = "extsync";
@@ -91,7 +92,7 @@ impl CapturedTable {
         format!("{}.{}", self.schema, self.name)
     }
     pub fn quoted(&self) -> String {
-        format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.name))
+        quote_table(&self.schema, &self.name)
     }
 }
 
@@ -107,16 +108,6 @@ pub struct Plan {
     pub database: String,
     pub tables: Vec<CapturedTable>,
     pub slot: Option<SlotState>,
-}
-
-/// `"name"` with inner quotes doubled.
-pub fn quote_ident(s: &str) -> String {
-    format!("\"{}\"", s.replace('"', "\"\""))
-}
-
-/// `'text'` with inner quotes doubled.
-pub fn quote_literal(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
 }
 
 /// Parses PostgreSQL's `X/Y` LSN text.

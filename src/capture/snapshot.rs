@@ -27,9 +27,10 @@ use super::error::CaptureError;
 use super::pgoutput::Cell;
 use super::producer::{CaptureProducer, Outgoing};
 use super::relations::{self, Relations, Table};
-use super::setup::{CapturedTable, STATE_SCHEMA, Settings, quote_ident, quote_literal};
+use super::setup::{CapturedTable, STATE_SCHEMA, Settings};
 use super::toast::ToastCache;
 use super::window::Visibility;
+use crate::sql::{quote_ident, quote_literal};
 
 /// Prefix of the logical messages that request a re-snapshot.
 pub const REQUEST_PREFIX: &str = "extsync.snapshot";

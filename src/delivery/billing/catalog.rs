@@ -10,6 +10,7 @@ use tokio_postgres::Client;
 
 use super::{BillingError, BillingWriter, pg};
 use crate::delivery::intent::BillingWrite;
+use crate::sql::quote_table;
 
 /// One column as the catalog describes it.
 #[derive(Debug, Clone)]
@@ -103,17 +104,12 @@ impl BillingWriter {
             })
             .collect();
         let t = Arc::new(Table {
-            quoted: format!("{}.{}", quote_ident(schema), quote_ident(table)),
+            quoted: quote_table(schema, table),
             columns,
         });
         tables.insert(name.to_string(), t.clone());
         Ok(t)
     }
-}
-
-/// `"name"`, with embedded quotes doubled.
-pub fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 /// `$n` cast to the column's type.
@@ -148,12 +144,6 @@ pub(super) fn text_form(value: &Value, form: ValueForm) -> Option<String> {
 mod tests {
     use super::*;
     use serde_json::json;
-
-    #[test]
-    fn identifiers_are_quoted() {
-        assert_eq!(quote_ident("name"), "\"name\"");
-        assert_eq!(quote_ident("we\"ird"), "\"we\"\"ird\"");
-    }
 
     #[test]
     fn values_take_the_text_form_of_their_column() {

@@ -34,8 +34,6 @@ use tokio::sync::Mutex;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, NoTls, Statement};
 
-pub use catalog::quote_ident;
-
 use super::intent::{BillingWrite, DeliveryOutcome};
 use super::metrics;
 use crate::config::DEFAULT_ORIGIN;

@@ -4,9 +4,10 @@
 
 use serde_json::{Map, Value};
 
-use super::catalog::{Table, cast, quote_ident, text_form};
+use super::catalog::{Table, cast, text_form};
 use super::{BillingError, BillingWriter};
 use crate::delivery::intent::BillingWrite;
+use crate::sql::quote_ident;
 
 impl BillingWriter {
     /// The statement and parameters of one write, after checking every

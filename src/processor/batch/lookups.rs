@@ -14,6 +14,7 @@ use super::super::record;
 use super::super::state::{RecordKey, RecordState};
 use super::{Candidates, MATCH_CANDIDATES, PrimaryKey, Processor, Views, Work};
 use crate::ingest::ExternalChange;
+use crate::sql::{quote_ident, quote_table};
 
 impl Processor {
     /// Links an unlinked external record to a billing row by the entity's
@@ -193,7 +194,7 @@ impl Processor {
             .map(|r| (r.get(0), r.get(1)))
             .unwrap_or_else(|| ("id".into(), "text".into()));
         let pk = PrimaryKey {
-            column: format!("\"{}\"", column.replace('"', "\"\"")),
+            column: quote_ident(&column),
             sql_type,
         };
         self.primary_keys.insert(table, pk.clone());
@@ -267,6 +268,5 @@ impl Processor {
 }
 
 fn quoted_table(e: &EntityMap) -> String {
-    let q = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
-    format!("{}.{}", q(e.table.schema()), q(e.table.table()))
+    quote_table(e.table.schema(), e.table.table())
 }
