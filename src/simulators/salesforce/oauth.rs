@@ -173,86 +173,173 @@ pub async fn token(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let form: HashMap<String, String> = form_urlencoded::parse(&body).into_owned().collect();
-    let get = |k: &str| form.get(k).map(String::as_str).filter(|s| !s.is_empty());
-    let mut client_id = get("client_id").map(str::to_string);
-    let mut client_secret = get("client_secret").map(str::to_string);
-    if let Some(basic) = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Basic "))
-        && let Ok(raw) = B64.decode(basic.trim())
-        && let Ok(raw) = String::from_utf8(raw)
-        && let Some((id, secret)) = raw.split_once(':')
-    {
-        client_id = Some(id.to_string());
-        client_secret = Some(secret.to_string());
+    let req = TokenRequest::parse(&body, &headers);
+    match grant(&sim, &req) {
+        Ok((app, new_refresh)) => token_response(&sim, &headers, app, new_refresh),
+        Err(e) => e.into_response(),
     }
-    let Some(grant) = get("grant_type") else {
-        return oauth_error("unsupported_grant_type", "grant type not supported");
-    };
-    let Some(client_id) = client_id else {
-        return oauth_error("invalid_client_id", "client identifier invalid");
-    };
-    let Some(app) = sim.config.apps.iter().find(|a| a.client_id == client_id) else {
-        return oauth_error("invalid_client_id", "client identifier invalid");
-    };
-    let secret_ok = client_secret.as_deref() == Some(app.client_secret.as_str());
-    let mut new_refresh = None;
-    match grant {
-        "refresh_token" => {
-            if client_secret.is_some() && !secret_ok {
-                return oauth_error("invalid_client", "invalid client credentials");
-            }
-            let valid = get("refresh_token").is_some_and(|r| {
-                sim.tokens
-                    .refresh
-                    .lock()
-                    .expect("tokens lock")
-                    .contains(&(client_id.clone(), r.to_string()))
-            });
-            if !valid || sim.faults.refresh_refused() {
-                return oauth_error("invalid_grant", "expired access/refresh token");
-            }
-        }
-        "client_credentials" => {
-            if !secret_ok {
-                return oauth_error("invalid_client", "invalid client credentials");
-            }
-        }
-        "password" => {
-            if !secret_ok {
-                return oauth_error("invalid_client", "invalid client credentials");
-            }
-            let ok = sim.config.users.iter().any(|u| {
-                Some(u.username.as_str()) == get("username")
-                    && Some(u.password.as_str()) == get("password")
-            });
-            if !ok {
-                return oauth_error("invalid_grant", "authentication failure");
-            }
-        }
-        "authorization_code" => {
-            if !secret_ok {
-                return oauth_error("invalid_client", "invalid client credentials");
-            }
-            let code_client =
-                get("code").and_then(|c| sim.tokens.codes.lock().expect("tokens lock").remove(c));
-            if code_client.as_deref() != Some(client_id.as_str()) {
-                return oauth_error("invalid_grant", "invalid authorization code");
-            }
-            let r = format!("5Aep{}", uuid::Uuid::new_v4().simple());
-            sim.tokens
-                .refresh
-                .lock()
-                .expect("tokens lock")
-                .insert((client_id.clone(), r.clone()));
-            new_refresh = Some(r);
-        }
-        _ => return oauth_error("unsupported_grant_type", "grant type not supported"),
+}
+
+/// An OAuth error answer: `400 {"error", "error_description"}`.
+struct OAuthError(&'static str, &'static str);
+
+impl IntoResponse for OAuthError {
+    fn into_response(self) -> Response {
+        oauth_error(self.0, self.1)
     }
-    let access_token = sim.tokens.issue(&client_id);
-    let instance = instance_url(&sim, &headers);
+}
+
+const UNSUPPORTED_GRANT: OAuthError =
+    OAuthError("unsupported_grant_type", "grant type not supported");
+const INVALID_CLIENT_ID: OAuthError = OAuthError("invalid_client_id", "client identifier invalid");
+const INVALID_CLIENT: OAuthError = OAuthError("invalid_client", "invalid client credentials");
+
+/// A token request's form fields and client credentials (from the form, or
+/// from an `Authorization: Basic` header, which wins).
+struct TokenRequest {
+    form: HashMap<String, String>,
+    client_id: Option<String>,
+    client_secret: Option<String>,
+}
+
+impl TokenRequest {
+    fn parse(body: &[u8], headers: &HeaderMap) -> Self {
+        let form: HashMap<String, String> = form_urlencoded::parse(body).into_owned().collect();
+        let mut req = TokenRequest {
+            client_id: None,
+            client_secret: None,
+            form,
+        };
+        req.client_id = req.get("client_id").map(str::to_string);
+        req.client_secret = req.get("client_secret").map(str::to_string);
+        if let Some(basic) = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Basic "))
+            && let Ok(raw) = B64.decode(basic.trim())
+            && let Ok(raw) = String::from_utf8(raw)
+            && let Some((id, secret)) = raw.split_once(':')
+        {
+            req.client_id = Some(id.to_string());
+            req.client_secret = Some(secret.to_string());
+        }
+        req
+    }
+
+    /// A non-empty form field.
+    fn get(&self, k: &str) -> Option<&str> {
+        self.form
+            .get(k)
+            .map(String::as_str)
+            .filter(|s| !s.is_empty())
+    }
+
+    /// Whether the request carries `app`'s secret.
+    fn secret_ok(&self, app: &OAuthApp) -> bool {
+        self.client_secret.as_deref() == Some(app.client_secret.as_str())
+    }
+
+    /// The secret check of the grants that require one.
+    fn check_secret(&self, app: &OAuthApp) -> Result<(), OAuthError> {
+        if self.secret_ok(app) {
+            Ok(())
+        } else {
+            Err(INVALID_CLIENT)
+        }
+    }
+}
+
+/// The app a token request authenticates as, and the refresh token to hand
+/// out with the access token (`authorization_code` grants only).
+fn grant<'s>(
+    sim: &'s Shared,
+    req: &TokenRequest,
+) -> Result<(&'s OAuthApp, Option<String>), OAuthError> {
+    let grant = req.get("grant_type").ok_or(UNSUPPORTED_GRANT)?;
+    let client_id = req.client_id.as_deref().ok_or(INVALID_CLIENT_ID)?;
+    let app = sim
+        .config
+        .apps
+        .iter()
+        .find(|a| a.client_id == client_id)
+        .ok_or(INVALID_CLIENT_ID)?;
+    let new_refresh = match grant {
+        "refresh_token" => refresh_token_grant(sim, req, app).map(|()| None),
+        "client_credentials" => req.check_secret(app).map(|()| None),
+        "password" => password_grant(sim, req, app).map(|()| None),
+        "authorization_code" => authorization_code_grant(sim, req, app).map(Some),
+        _ => Err(UNSUPPORTED_GRANT),
+    }?;
+    Ok((app, new_refresh))
+}
+
+/// `grant_type=refresh_token`: a refresh token issued to the app (the
+/// secret is optional, but must match when given); refused while the
+/// `refuseRefresh` fault is set.
+fn refresh_token_grant(sim: &Shared, req: &TokenRequest, app: &OAuthApp) -> Result<(), OAuthError> {
+    if req.client_secret.is_some() && !req.secret_ok(app) {
+        return Err(INVALID_CLIENT);
+    }
+    let valid = req.get("refresh_token").is_some_and(|r| {
+        sim.tokens
+            .refresh
+            .lock()
+            .expect("tokens lock")
+            .contains(&(app.client_id.clone(), r.to_string()))
+    });
+    if !valid || sim.faults.refresh_refused() {
+        return Err(OAuthError("invalid_grant", "expired access/refresh token"));
+    }
+    Ok(())
+}
+
+/// `grant_type=password`: the app's secret and a configured user's
+/// username and password.
+fn password_grant(sim: &Shared, req: &TokenRequest, app: &OAuthApp) -> Result<(), OAuthError> {
+    req.check_secret(app)?;
+    let ok = sim.config.users.iter().any(|u| {
+        Some(u.username.as_str()) == req.get("username")
+            && Some(u.password.as_str()) == req.get("password")
+    });
+    if !ok {
+        return Err(OAuthError("invalid_grant", "authentication failure"));
+    }
+    Ok(())
+}
+
+/// `grant_type=authorization_code`: the app's secret and a one-time code
+/// `/services/oauth2/authorize` issued to it; returns a new refresh token.
+fn authorization_code_grant(
+    sim: &Shared,
+    req: &TokenRequest,
+    app: &OAuthApp,
+) -> Result<String, OAuthError> {
+    req.check_secret(app)?;
+    let code_client = req
+        .get("code")
+        .and_then(|c| sim.tokens.codes.lock().expect("tokens lock").remove(c));
+    if code_client.as_deref() != Some(app.client_id.as_str()) {
+        return Err(OAuthError("invalid_grant", "invalid authorization code"));
+    }
+    let r = format!("5Aep{}", uuid::Uuid::new_v4().simple());
+    sim.tokens
+        .refresh
+        .lock()
+        .expect("tokens lock")
+        .insert((app.client_id.clone(), r.clone()));
+    Ok(r)
+}
+
+/// The token answer: a new access token, the instance URL, the identity URL
+/// and its signature, and the new refresh token if there is one.
+fn token_response(
+    sim: &Shared,
+    headers: &HeaderMap,
+    app: &OAuthApp,
+    new_refresh: Option<String>,
+) -> Response {
+    let access_token = sim.tokens.issue(&app.client_id);
+    let instance = instance_url(sim, headers);
     let id = format!("{instance}/id/{ORG_ID}/{USER_ID}");
     let issued_at = chrono::Utc::now().timestamp_millis().to_string();
     let mut body = json!({
