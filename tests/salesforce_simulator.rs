@@ -5,7 +5,7 @@ mod salesforce_support;
 
 use extsync::simulators::salesforce::{
     CustomField, DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, DEMO_PASSWORD, DEMO_REFRESH_TOKEN,
-    DEMO_USERNAME, FieldType, SalesforceSimConfig,
+    DEMO_USERNAME, DuplicateRule, FieldType, SalesforceSimConfig,
 };
 use reqwest::StatusCode;
 use salesforce_support::*;
@@ -48,9 +48,23 @@ impl Api {
         path: &str,
         body: Option<Value>,
     ) -> (StatusCode, reqwest::header::HeaderMap, Value) {
+        self.call_at("v59.0", method, path, body).await
+    }
+
+    /// A call in another API version than v59.0.
+    async fn call_at(
+        &self,
+        version: &str,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, reqwest::header::HeaderMap, Value) {
         let mut req = self
             .http
-            .request(method, format!("{}/services/data/v59.0{path}", self.base))
+            .request(
+                method,
+                format!("{}/services/data/{version}{path}", self.base),
+            )
             .bearer_auth(&self.token);
         if let Some(b) = body {
             req = req.json(&b);
@@ -390,6 +404,55 @@ async fn sobject_rest_status_codes_and_bodies() {
         .unwrap();
     assert_eq!(ext["externalId"], json!(true));
     assert_eq!(d["keyPrefix"], json!("001"));
+}
+
+#[tokio::test]
+async fn duplicate_rule_matches_link_records_in_the_request_version() {
+    let mut config = SalesforceSimConfig::default();
+    config.duplicate_rules.push(DuplicateRule {
+        object: "Contact".into(),
+        name: "Contact_Email".into(),
+        fields: vec!["Email".into()],
+    });
+    let org = start_with(config).await;
+    let api = Api::login(&org).await;
+    use reqwest::Method as M;
+    let contact = json!({"LastName": "Doe", "Email": "jane@example.com"});
+
+    let (s, _, b) = api
+        .call_at(
+            "v60.0",
+            M::POST,
+            "/sobjects/Contact/",
+            Some(contact.clone()),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let id = b["id"].as_str().unwrap().to_string();
+
+    for version in ["v60.0", "v62.0"] {
+        let (s, _, b) = api
+            .call_at(
+                version,
+                M::POST,
+                "/sobjects/Contact/",
+                Some(contact.clone()),
+            )
+            .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST);
+        assert_eq!(b[0]["errorCode"], json!("DUPLICATES_DETECTED"));
+        let matched = &b[0]["duplicateResult"]["matchResults"][0]["matchRecords"][0]["record"];
+        assert_eq!(
+            matched,
+            &json!({
+                "attributes": {
+                    "type": "Contact",
+                    "url": format!("/services/data/{version}/sobjects/Contact/{id}"),
+                },
+                "Id": id,
+            })
+        );
+    }
 }
 
 #[tokio::test]

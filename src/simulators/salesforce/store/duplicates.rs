@@ -11,7 +11,7 @@ use serde_json::{Map, Value, json};
 
 use super::super::errors::ApiError;
 use super::super::schema::ObjectSchema;
-use super::Store;
+use super::{Store, WriteCtx, record_url};
 
 /// A duplicate rule: a write is blocked with `DUPLICATES_DETECTED` when
 /// another live record has the same values (case-insensitively) in all of
@@ -57,6 +57,7 @@ impl Store {
     /// Fails when another live record matches all fields of a duplicate rule.
     pub(super) fn check_duplicate_rules(
         &self,
+        ctx: &WriteCtx,
         t: usize,
         schema: &ObjectSchema,
         rec: &Map<String, Value>,
@@ -88,7 +89,10 @@ impl Store {
                 let mut e =
                     ApiError::bad_request("DUPLICATES_DETECTED", "Use one of these records?");
                 e.fields = Some(Vec::new());
-                e.extra = Some(("duplicateResult", duplicate_result(schema, rule, &matches)));
+                e.extra = Some((
+                    "duplicateResult",
+                    duplicate_result(ctx, schema, rule, &matches),
+                ));
                 return Err(e);
             }
         }
@@ -96,7 +100,15 @@ impl Store {
     }
 }
 
-fn duplicate_result(schema: &ObjectSchema, rule: &DuplicateRule, ids: &[String]) -> Value {
+/// The `duplicateResult` of a `DUPLICATES_DETECTED` error: the rule and
+/// the records it matched, their URLs in the request's API version.
+fn duplicate_result(
+    ctx: &WriteCtx,
+    schema: &ObjectSchema,
+    rule: &DuplicateRule,
+    ids: &[String],
+) -> Value {
+    let api_version = format!("v{}", ctx.api_version);
     let records: Vec<Value> = ids
         .iter()
         .map(|id| {
@@ -105,7 +117,7 @@ fn duplicate_result(schema: &ObjectSchema, rule: &DuplicateRule, ids: &[String])
                 "fieldDiffs": [],
                 "matchConfidence": 100.0,
                 "record": {
-                    "attributes": { "type": schema.name, "url": format!("/services/data/v59.0/sobjects/{}/{id}", schema.name) },
+                    "attributes": { "type": schema.name, "url": record_url(&api_version, &schema.name, id) },
                     "Id": id,
                 },
             })

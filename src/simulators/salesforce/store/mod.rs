@@ -228,7 +228,7 @@ impl Store {
             "attributes".into(),
             json!({
                 "type": schema.name,
-                "url": format!("/services/data/{api_version}/sobjects/{}/{id}", schema.name),
+                "url": record_url(api_version, &schema.name, id),
             }),
         );
         match fields {
@@ -266,4 +266,9 @@ fn external_id_field<'a>(schema: &'a ObjectSchema, field: &str) -> Result<&'a Fi
                 format!("Provided external ID field does not exist or is not accessible: {field}"),
             )
         })
+}
+
+/// The REST URL of a record, in the API version (`vXX.X`) of the request.
+fn record_url(api_version: &str, object: &str, id: &str) -> String {
+    format!("/services/data/{api_version}/sobjects/{object}/{id}")
 }

@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 
 use super::super::errors::{ApiError, ApiErrors};
 use super::super::schema::{FieldDef, FieldType, ObjectSchema};
-use super::{Store, normalize_id};
+use super::{Store, WriteCtx, normalize_id};
 
 /// A custom validation rule: when `condition` (a SOQL `WHERE` expression
 /// over the record after the write) is true, the write is rejected with
@@ -31,6 +31,7 @@ impl Store {
     /// the record's own id on update.
     pub(super) fn validate(
         &self,
+        ctx: &WriteCtx,
         t: usize,
         schema: &ObjectSchema,
         rec: &Map<String, Value>,
@@ -59,7 +60,7 @@ impl Store {
         let mut errors = Vec::new();
         for (k, v) in changed {
             let f = schema.field(k).expect("normalized");
-            if let Err(e) = self.check_value(schema, f, v) {
+            if let Err(e) = self.check_value(f, v) {
                 errors.push(e);
             }
         }
@@ -79,11 +80,11 @@ impl Store {
             return Err(ApiErrors(errors));
         }
         self.check_unique_fields(t, schema, rec, id)?;
-        self.check_duplicate_rules(t, schema, rec, id)?;
+        self.check_duplicate_rules(ctx, t, schema, rec, id)?;
         Ok(())
     }
 
-    fn check_value(&self, schema: &ObjectSchema, f: &FieldDef, v: &Value) -> Result<(), ApiError> {
+    fn check_value(&self, f: &FieldDef, v: &Value) -> Result<(), ApiError> {
         let Some(s) = v.as_str() else {
             return Ok(());
         };
@@ -133,7 +134,6 @@ impl Store {
                     vec![f.name.clone()],
                 ));
             }
-            let _ = schema;
         }
         Ok(())
     }

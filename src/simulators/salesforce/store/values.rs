@@ -29,7 +29,6 @@ pub fn parse_datetime(s: &str) -> Option<DateTime<Utc>> {
 pub fn normalize_body(
     schema: &ObjectSchema,
     body: &Map<String, Value>,
-    _update: bool,
 ) -> Result<Map<String, Value>, ApiError> {
     let mut out = Map::new();
     let mut read_only = Vec::new();

@@ -118,11 +118,11 @@ impl Store {
     ) -> Result<String, ApiErrors> {
         let t = self.table_index(object).ok_or_else(ApiError::not_found)?;
         let schema = self.tables[t].schema.clone();
-        let values = normalize_body(&schema, body, false)?;
+        let values = normalize_body(&schema, body)?;
         let mut rec = values.clone();
         rec.entry("OwnerId")
             .or_insert_with(|| Value::String(USER_ID.into()));
-        self.validate(t, &schema, &rec, None, &values)?;
+        self.validate(ctx, t, &schema, &rec, None, &values)?;
 
         let id = make_id(schema.key_prefix, self.next_id);
         self.next_id += 1;
@@ -160,12 +160,12 @@ impl Store {
         if current.get("IsDeleted") == Some(&Value::Bool(true)) {
             return Err(ApiError::entity_deleted().into());
         }
-        let values = normalize_body(&schema, body, true)?;
+        let values = normalize_body(&schema, body)?;
         let mut rec = current.clone();
         for (k, v) in &values {
             rec.insert(k.clone(), v.clone());
         }
-        self.validate(t, &schema, &rec, Some(&id), &values)?;
+        self.validate(ctx, t, &schema, &rec, Some(&id), &values)?;
         let now = format_datetime(self.now());
         rec.insert("LastModifiedDate".into(), Value::String(now.clone()));
         rec.insert("SystemModstamp".into(), Value::String(now));
