@@ -109,6 +109,44 @@ async fn bench(args: &Args, url: &str, brokers: &str, tag: &str) -> anyhow::Resu
     .map_err(|e| anyhow::anyhow!("{e}"))?;
 
     let stop = CancellationToken::new();
+    let tasks = start_pipeline(&pipeline, &stop).await?;
+    let written = Written::follow(sim.clone(), stop.clone());
+    warm_up(&db, &written).await?;
+    let paced = paced_phase(args, url, &written).await?;
+    let max_rate = max_phase(args, url, &written).await?;
+    stop.cancel();
+    for t in tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(30), t).await;
+    }
+    drop(running);
+
+    let raw_pipes = raw_pipe(brokers, tag, args.max_changes).await?;
+    let raw = raw_pipes.plain;
+    eprintln!(
+        "raw pipe: {raw:.0} messages/s; exactly once (read committed, one transaction per batch of up to 500): {:.0} messages/s",
+        raw_pipes.exactly_once
+    );
+
+    Ok(json!({
+        "bench": "e2e",
+        "rate": paced.rate.round(),
+        "p50_ms": (paced.p50_ms * 10.0).round() / 10.0,
+        "p99_ms": (paced.p99_ms * 10.0).round() / 10.0,
+        "max_rate": max_rate.round(),
+        "raw_pipe_rate": raw.round(),
+        "ratio": ((max_rate / raw) * 1000.0).round() / 1000.0,
+        "raw_exactly_once_pipe_rate": raw_pipes.exactly_once.round(),
+        "ratio_exactly_once": ((max_rate / raw_pipes.exactly_once) * 1000.0).round() / 1000.0,
+        "peak_rss_mb": peak_rss_mb().round(),
+    })
+    .to_string())
+}
+
+/// Starts capture, ingest and the processor in this process.
+async fn start_pipeline(
+    pipeline: &extsync::config::Pipeline,
+    stop: &CancellationToken,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
     let mut tasks = Vec::new();
     let (p, s) = (pipeline.clone(), stop.clone());
     tasks.push(tokio::spawn(async move {
@@ -116,20 +154,33 @@ async fn bench(args: &Args, url: &str, brokers: &str, tag: &str) -> anyhow::Resu
             eprintln!("capture stopped: {e}");
         }
     }));
-    let ingest = extsync::ingest::service::start(&pipeline, stop.clone()).await?;
+    let ingest = extsync::ingest::service::start(pipeline, stop.clone()).await?;
     tasks.push(tokio::spawn(ingest.join()));
-    tasks.extend(extsync::processor::service::start(&pipeline, stop.clone()).await?);
+    tasks.extend(extsync::processor::service::start(pipeline, stop.clone()).await?);
+    Ok(tasks)
+}
 
-    let written = Written::follow(sim.clone(), stop.clone());
-    // Warm-up: one row all the way through before anything is timed.
+/// One row all the way through before anything is timed.
+async fn warm_up(db: &tokio_postgres::Client, written: &Written) -> anyhow::Result<()> {
     db.execute("INSERT INTO accounts (id, name) VALUES (0, 'w0')", &[])
         .await?;
     written
         .wait_for(|w| w.contains_key("w0"), Duration::from_secs(120))
         .await
-        .context("the warm-up row never reached the simulator")?;
+        .context("the warm-up row never reached the simulator")
+}
 
-    // 1. Paced.
+/// What the paced phase measured.
+struct Paced {
+    /// Changes committed per second.
+    rate: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+/// `--rate` changes/s for `--secs`; the latency from each Postgres commit
+/// to the simulator's write of that value.
+async fn paced_phase(args: &Args, url: &str, written: &Written) -> anyhow::Result<Paced> {
     let total = args.rate * args.secs;
     eprintln!("paced: {} changes/s for {} s", args.rate, args.secs);
     let started = Instant::now();
@@ -150,17 +201,26 @@ async fn bench(args: &Args, url: &str, brokers: &str, tag: &str) -> anyhow::Resu
             .collect()
     };
     latencies.sort_by(f64::total_cmp);
-    let achieved = commits.len() as f64 / paced_secs;
+    let paced = Paced {
+        rate: commits.len() as f64 / paced_secs,
+        p50_ms: quantile(&latencies, 0.5),
+        p99_ms: quantile(&latencies, 0.99),
+    };
     eprintln!(
-        "paced: {} changes committed at {achieved:.0}/s, {} seen written (the rest coalesced), p50 {:.1} ms, p99 {:.1} ms",
+        "paced: {} changes committed at {:.0}/s, {} seen written (the rest coalesced), p50 {:.1} ms, p99 {:.1} ms",
         commits.len(),
+        paced.rate,
         latencies.len(),
-        quantile(&latencies, 0.5),
-        quantile(&latencies, 0.99)
+        paced.p50_ms,
+        paced.p99_ms
     );
+    Ok(paced)
+}
 
-    // 2. As fast as possible.
-    let first_id = total as i64 + 1;
+/// `--max-changes` new rows as fast as possible; rows/s until the last is
+/// written. Ids follow the paced phase's.
+async fn max_phase(args: &Args, url: &str, written: &Written) -> anyhow::Result<f64> {
+    let first_id = (args.rate * args.secs) as i64 + 1;
     let t0 = Instant::now();
     flood(url, first_id, args.max_changes).await?;
     let want = args.max_changes as usize;
@@ -180,34 +240,7 @@ async fn bench(args: &Args, url: &str, brokers: &str, tag: &str) -> anyhow::Resu
         "max: {} new rows written in {max_secs:.1} s = {max_rate:.0}/s",
         args.max_changes
     );
-
-    stop.cancel();
-    for t in tasks {
-        let _ = tokio::time::timeout(Duration::from_secs(30), t).await;
-    }
-    drop(running);
-
-    // 3. The floor.
-    let raw_pipes = raw_pipe(brokers, tag, args.max_changes).await?;
-    let raw = raw_pipes.plain;
-    eprintln!(
-        "raw pipe: {raw:.0} messages/s; exactly once (read committed, one transaction per batch of up to 500): {:.0} messages/s",
-        raw_pipes.exactly_once
-    );
-
-    Ok(json!({
-        "bench": "e2e",
-        "rate": achieved.round(),
-        "p50_ms": (quantile(&latencies, 0.5) * 10.0).round() / 10.0,
-        "p99_ms": (quantile(&latencies, 0.99) * 10.0).round() / 10.0,
-        "max_rate": max_rate.round(),
-        "raw_pipe_rate": raw.round(),
-        "ratio": ((max_rate / raw) * 1000.0).round() / 1000.0,
-        "raw_exactly_once_pipe_rate": raw_pipes.exactly_once.round(),
-        "ratio_exactly_once": ((max_rate / raw_pipes.exactly_once) * 1000.0).round() / 1000.0,
-        "peak_rss_mb": peak_rss_mb().round(),
-    })
-    .to_string())
+    Ok(max_rate)
 }
 
 fn pipeline_yaml(args: &Args, url: &str, brokers: &str, tag: &str, base_url: &str) -> String {
