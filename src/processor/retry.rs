@@ -2,8 +2,9 @@
 //! `parent_not_linked` failure keeps the parent it waits for and the change
 //! that failed. An `already_exists` failure (a create the system refused
 //! because the record exists; extsync linked it) waits the same way for its
-//! own link, so its change is re-queued as soon as that link is saved. After a save that linked a parent or recorded such a
-//! failure, the failed records whose parent is linked now have that change
+//! own link, so its change is re-queued as soon as that link is saved.
+//! After a save that linked a parent or recorded such a failure, the
+//! failed records whose parent is linked now have that change
 //! re-queued onto the repartition topic, on the record's partition (see
 //! [`crate::kafka::record_partition`]): the record's owner, which reads
 //! that partition beside the record's change topic, processes the retry.
@@ -155,31 +156,23 @@ impl Requeue {
             return Ok(0);
         }
         let partitions = self.partitions().await?;
-        // Each failure read, with the time it was recorded.
-        let mut read: Vec<(RecordKey, DateTime<Utc>)> = Vec::with_capacity(rows.len());
-        let mut messages: Vec<(String, i32, Vec<u8>)> = Vec::with_capacity(rows.len());
-        for row in &rows {
-            // A change this version cannot read is marked too: it never could be.
-            let key = RecordKey {
-                integration: row.get(0),
-                entity: row.get(1),
-                billing_id: row.get(2),
-            };
-            read.push((key, row.get(4)));
-            let mut change = match serde_json::from_value::<BillingChange>(row.get::<_, Value>(3)) {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(error = %e, "a failed record's change cannot be read; not retried");
-                    continue;
-                }
-            };
-            change.origin = Some(RETRY_ORIGIN.to_string());
-            let id = change.billing_id();
-            let key = route::billing_key(&change.schema, &change.table, &id);
-            let partition = crate::kafka::record_partition(&id, partitions);
-            let payload = serde_json::to_vec(&Change::Billing(change)).expect("changes serialize");
-            messages.push((key, partition, payload));
+        let (read, messages) = retries_of(&rows, partitions);
+        self.send(&messages).await?;
+        if read.is_empty() {
+            return Ok(0);
         }
+        mark_requeued(db, &read).await?;
+        let requeued = messages.len();
+        metrics::counter!(REQUEUED_TOTAL).increment(requeued as u64);
+        tracing::debug!(
+            records = requeued,
+            "re-queued records whose awaited link is saved"
+        );
+        Ok(requeued)
+    }
+
+    /// Sends the retries and waits until Kafka has every one.
+    async fn send(&self, messages: &[Retry]) -> Result<(), RequeueError> {
         let deliveries = messages.iter().map(|(key, partition, payload)| {
             self.producer.send(
                 FutureRecord::to(&self.topic)
@@ -192,30 +185,65 @@ impl Requeue {
         for d in futures::future::join_all(deliveries).await {
             d.map_err(|(e, _)| e)?;
         }
-        if read.is_empty() {
-            return Ok(0);
-        }
-        // Only the failures read above: one recorded since is re-queued anew.
-        let col = |f: fn(&RecordKey) -> &str| read.iter().map(|(k, _)| f(k)).collect::<Vec<&str>>();
-        let at: Vec<DateTime<Utc>> = read.iter().map(|(_, t)| *t).collect();
-        db.execute(
-            "UPDATE extsync.failed_records f SET requeued_at = now()
-               FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[]) AS u(i, e, b, t)
-              WHERE f.integration = u.i AND f.entity = u.e AND f.billing_id = u.b AND f.last_failed_at = u.t",
-            &[
-                &col(|k| &k.integration),
-                &col(|k| &k.entity),
-                &col(|k| &k.billing_id),
-                &at,
-            ],
-        )
-        .await?;
-        let requeued = messages.len();
-        metrics::counter!(REQUEUED_TOTAL).increment(requeued as u64);
-        tracing::debug!(
-            records = requeued,
-            "re-queued records whose awaited link is saved"
-        );
-        Ok(requeued)
+        Ok(())
     }
+}
+
+/// A retry message: its key, partition and payload.
+type Retry = (String, i32, Vec<u8>);
+
+/// Each failure read, with the time it was recorded, and the retry
+/// messages of those whose change this version can read (one it cannot
+/// read is marked too: it never could be).
+fn retries_of(
+    rows: &[tokio_postgres::Row],
+    partitions: i32,
+) -> (Vec<(RecordKey, DateTime<Utc>)>, Vec<Retry>) {
+    let mut read = Vec::with_capacity(rows.len());
+    let mut messages = Vec::with_capacity(rows.len());
+    for row in rows {
+        let key = RecordKey {
+            integration: row.get(0),
+            entity: row.get(1),
+            billing_id: row.get(2),
+        };
+        read.push((key, row.get(4)));
+        let mut change = match serde_json::from_value::<BillingChange>(row.get::<_, Value>(3)) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "a failed record's change cannot be read; not retried");
+                continue;
+            }
+        };
+        change.origin = Some(RETRY_ORIGIN.to_string());
+        let id = change.billing_id();
+        let key = route::billing_key(&change.schema, &change.table, &id);
+        let partition = crate::kafka::record_partition(&id, partitions);
+        let payload = serde_json::to_vec(&Change::Billing(change)).expect("changes serialize");
+        messages.push((key, partition, payload));
+    }
+    (read, messages)
+}
+
+/// Marks the failures read as re-queued: only those, so one recorded since
+/// is re-queued anew.
+async fn mark_requeued(
+    db: &Client,
+    read: &[(RecordKey, DateTime<Utc>)],
+) -> Result<(), tokio_postgres::Error> {
+    let col = |f: fn(&RecordKey) -> &str| read.iter().map(|(k, _)| f(k)).collect::<Vec<&str>>();
+    let at: Vec<DateTime<Utc>> = read.iter().map(|(_, t)| *t).collect();
+    db.execute(
+        "UPDATE extsync.failed_records f SET requeued_at = now()
+           FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[]) AS u(i, e, b, t)
+          WHERE f.integration = u.i AND f.entity = u.e AND f.billing_id = u.b AND f.last_failed_at = u.t",
+        &[
+            &col(|k| &k.integration),
+            &col(|k| &k.entity),
+            &col(|k| &k.billing_id),
+            &at,
+        ],
+    )
+    .await?;
+    Ok(())
 }
