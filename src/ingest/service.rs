@@ -9,9 +9,11 @@
 //! ```
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::cursor::CursorStore;
@@ -20,7 +22,7 @@ use super::event::ChangeSource;
 use super::poller::Poller;
 use super::target::IngestTarget;
 use super::webhook::{self, Receiver};
-use crate::config::{Pipeline, Provider};
+use crate::config::{IngestConfig, Pipeline, Provider};
 use crate::connectors::registry::{self, ConnectError};
 use crate::connectors::salesforce::{
     CdcSubscriber, ReplayFrom, SalesforceConnector, SalesforceSettings,
@@ -49,8 +51,8 @@ pub enum IngestError {
 /// A started ingest: its tasks run until the stop token is cancelled.
 pub struct Ingest {
     /// Address the webhook receiver listens on, when enabled.
-    pub webhook_addr: Option<std::net::SocketAddr>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    pub webhook_addr: Option<SocketAddr>,
+    tasks: Vec<JoinHandle<()>>,
     emitter: Arc<Emitter>,
 }
 
@@ -118,35 +120,49 @@ pub async fn start(pipeline: &Pipeline, stop: CancellationToken) -> Result<Inges
         targets.insert(id.to_string(), target);
     }
 
-    let mut webhook_addr = None;
-    if !cfg.webhook_address.is_empty() {
-        let listener = tokio::net::TcpListener::bind(&cfg.webhook_address)
-            .await
-            .map_err(|source| IngestError::Listen {
-                address: cfg.webhook_address.clone(),
-                source,
-            })?;
-        webhook_addr = listener.local_addr().ok();
-        let public_url = cfg.public_url.as_ref().map(|u| u.resolve()).transpose()?;
-        let receiver = Arc::new(Receiver {
-            targets,
-            emitter: emitter.clone(),
-            public_url,
-        });
-        let app = webhook::router(receiver, cfg.max_body_bytes);
-        let stop = stop.clone();
-        tasks.push(tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await;
-        }));
-        tracing::info!(address = ?webhook_addr, "webhook receiver listening");
-    }
+    let webhook_addr = if cfg.webhook_address.is_empty() {
+        None
+    } else {
+        let (addr, task) = serve_webhooks(cfg, targets, emitter.clone(), stop).await?;
+        tasks.push(task);
+        addr
+    };
     Ok(Ingest {
         webhook_addr,
         tasks,
         emitter,
     })
+}
+
+/// Starts the webhook receiver on `ingest.webhookAddress`; its bound
+/// address (when known) and its task.
+async fn serve_webhooks(
+    cfg: &IngestConfig,
+    targets: HashMap<String, Arc<IngestTarget>>,
+    emitter: Arc<Emitter>,
+    stop: CancellationToken,
+) -> Result<(Option<SocketAddr>, JoinHandle<()>), IngestError> {
+    let listener = tokio::net::TcpListener::bind(&cfg.webhook_address)
+        .await
+        .map_err(|source| IngestError::Listen {
+            address: cfg.webhook_address.clone(),
+            source,
+        })?;
+    let addr = listener.local_addr().ok();
+    let public_url = cfg.public_url.as_ref().map(|u| u.resolve()).transpose()?;
+    let receiver = Arc::new(Receiver {
+        targets,
+        emitter,
+        public_url,
+    });
+    let app = webhook::router(receiver, cfg.max_body_bytes);
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await;
+    });
+    tracing::info!(address = ?addr, "webhook receiver listening");
+    Ok((addr, task))
 }
 
 /// Channel of all Change Data Capture events.
