@@ -4,6 +4,8 @@
 //! parent's link, unless the parent is created in this same batch: then the
 //! child is planned now and takes the parent's id once it is created.
 
+use std::borrow::Cow;
+
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
@@ -84,21 +86,9 @@ impl<'a> Run<'a> {
         b: &BillingChange,
     ) -> Result<Decided, BatchError> {
         let p = self.processor;
-        let ie = entity_of(e);
-        if state.external_id.is_none() && e.matching.is_some() && !self.candidates.contains_key(&ie)
-        {
-            let found = p.candidates(e).await?;
-            self.candidates.insert(ie.clone(), found);
-        }
-        let mut cands = self.candidates.get(&ie).map(Vec::as_slice).unwrap_or(&[]);
-        // Records found carrying their billing id join the candidates.
-        let with_existing;
-        if state.external_id.is_none()
-            && let Some(found) = self.existing.get(&ie)
-        {
-            with_existing = [cands, found.as_slice()].concat();
-            cands = &with_existing;
-        }
+        self.load_candidates(e, state).await?;
+        let cands = self.match_candidates(e, state);
+        let cands = cands.as_ref();
         let parent_ext = p.parent_external_id(e, b, &self.states).await?;
         let newer = self.later[seq]
             .external
@@ -139,6 +129,53 @@ impl<'a> Run<'a> {
         if let Some(ext) = linked {
             return Ok(decide(Some(ext)).into());
         }
+        Ok(self.parent_not_linked(e, state, b, parent_key))
+    }
+
+    /// Reads the candidates of `e` once per batch, when a record without a
+    /// link may need them (the entity has match rules).
+    async fn load_candidates(
+        &mut self,
+        e: &EntityMap,
+        state: &RecordState,
+    ) -> Result<(), BatchError> {
+        let ie = entity_of(e);
+        if state.external_id.is_none() && e.matching.is_some() && !self.candidates.contains_key(&ie)
+        {
+            let found = self.processor.candidates(e).await?;
+            self.candidates.insert(ie, found);
+        }
+        Ok(())
+    }
+
+    /// The external records a billing record without a link may match:
+    /// the entity's candidates and the records found carrying their
+    /// billing id.
+    fn match_candidates(
+        &self,
+        e: &EntityMap,
+        state: &RecordState,
+    ) -> Cow<'_, [(String, Map<String, Value>)]> {
+        let ie = entity_of(e);
+        let cands = self.candidates.get(&ie).map(Vec::as_slice).unwrap_or(&[]);
+        match self.existing.get(&ie) {
+            Some(found) if state.external_id.is_none() => {
+                Cow::Owned([cands, found.as_slice()].concat())
+            }
+            _ => Cow::Borrowed(cands),
+        }
+    }
+
+    /// A billing change whose parent is still not linked fails
+    /// `parent_not_linked`, keeping the change for a retry once the parent
+    /// is linked.
+    fn parent_not_linked(
+        &mut self,
+        e: &EntityMap,
+        state: &RecordState,
+        b: &BillingChange,
+        parent_key: RecordKey,
+    ) -> Decided {
         let decision = Decision {
             plan: Plan::Failed {
                 error_type: PARENT_NOT_LINKED,
@@ -160,11 +197,11 @@ impl<'a> Run<'a> {
             change,
         };
         self.gave_up.insert(parent_key);
-        Ok(Decided {
+        Decided {
             decision,
             waits_for: None,
             parent_wait: Some(parent_wait),
-        })
+        }
     }
 
     /// An external change, merged with the billing row as it is now (and as
