@@ -14,9 +14,9 @@
 //!          ──fold───────────────► states, events, failures   (outcomes, report)
 //! ```
 //!
-//! [`Run`] holds what one batch has gathered and decided so far; each step
+//! `Run` holds what one batch has gathered and decided so far; each step
 //! above is a file of its own. The reads the steps need (billing rows, match
-//! candidates, records found existing) are in [`lookups`].
+//! candidates, records found existing) are in `lookups`.
 
 mod deliver;
 mod gather;

@@ -28,7 +28,7 @@ impl TableView<'_> {
             .map(|(_, r)| r)
     }
 
-    /// Live records last modified within `ms`, by date then [`tie_rank`].
+    /// Live records last modified within `ms`, by date then [`tie_rank`](super::table::tie_rank).
     pub fn by_modified(&self, ms: RangeInclusive<i64>) -> impl DoubleEndedIterator<Item = &Record> {
         self.modified_keys(ms)
             .map(|(_, _, id)| self.0.records.get(id).expect("indexed record exists"))
