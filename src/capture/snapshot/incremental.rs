@@ -33,6 +33,33 @@ pub struct Chunk {
     pub done: tokio::sync::oneshot::Sender<u64>,
 }
 
+impl Chunk {
+    /// Chunk `id` of `t` with `rows`, and the receiver of the batch the
+    /// stream emits them in.
+    fn new(
+        id: u64,
+        table: &Table,
+        t: &CapturedTable,
+        rows: Vec<(Vec<u8>, Vec<u8>)>,
+        visibility: Visibility,
+    ) -> (Chunk, tokio::sync::oneshot::Receiver<u64>) {
+        let (done, answer) = tokio::sync::oneshot::channel();
+        let last = (rows.len() as u64) < CHUNK_ROWS as u64;
+        let chunk = Chunk {
+            id,
+            table: t.qualified(),
+            topic: table.topic.clone(),
+            rows,
+            schema: table.schema.clone(),
+            name: table.name.clone(),
+            visibility,
+            last,
+            done,
+        };
+        (chunk, answer)
+    }
+}
+
 /// Text of a watermark message: `<slot>|low|<id>|<table>`.
 pub fn watermark(slot: &str, high: bool, id: u64, table: &str) -> String {
     format!("{slot}|{}|{id}|{table}", if high { "high" } else { "low" })
@@ -88,7 +115,8 @@ pub async fn incremental(
             .await
             .map_err(|e| CaptureError::sql("ending a snapshot chunk", e))?;
         let n = rows.len() as u64;
-        hand_chunk_to_stream(ctx, sql, &table, t, chunks, id, rows, visibility).await?;
+        let (chunk, done) = Chunk::new(id, &table, t, rows, visibility);
+        hand_chunk_to_stream(ctx, sql, t, chunks, chunk, done).await?;
         total += n;
         if n < CHUNK_ROWS as u64 {
             mark_done(sql, &ctx.settings.slot, &t.qualified(), total as i64).await?;
@@ -207,47 +235,29 @@ fn key_values(table: &Table, cells: &[Cell]) -> Vec<String> {
 }
 
 /// Hands the chunk to the stream, writes its high watermark and waits until
-/// Kafka acknowledged the batch the stream emitted the chunk's rows in.
-#[allow(clippy::too_many_arguments)]
+/// Kafka acknowledged the batch the stream emitted the chunk's rows in
+/// (`done` answers it).
 async fn hand_chunk_to_stream(
     ctx: &SnapshotContext,
     sql: &Client,
-    table: &Table,
     t: &CapturedTable,
     chunks: &tokio::sync::mpsc::Sender<Chunk>,
-    id: u64,
-    rows: Vec<(Vec<u8>, Vec<u8>)>,
-    visibility: Visibility,
+    chunk: Chunk,
+    done: tokio::sync::oneshot::Receiver<u64>,
 ) -> Result<(), CaptureError> {
-    let n = rows.len() as u64;
-    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-    chunks
-        .send(Chunk {
-            id,
-            table: t.qualified(),
-            topic: table.topic.clone(),
-            rows,
-            schema: table.schema.clone(),
-            name: table.name.clone(),
-            visibility,
-            last: n < CHUNK_ROWS as u64,
-            done: done_tx,
-        })
-        .await
-        .map_err(|_| CaptureError::Snapshot {
-            table: t.qualified(),
-            message: "the stream stopped".into(),
-        })?;
+    let stopped = || CaptureError::Snapshot {
+        table: t.qualified(),
+        message: "the stream stopped".into(),
+    };
+    let id = chunk.id;
+    chunks.send(chunk).await.map_err(|_| stopped())?;
     emit(
         sql,
         &watermark(&ctx.settings.slot, true, id, &t.qualified()),
     )
     .await?;
     // The stream answers with the batch that carries the chunk's rows.
-    let batch = done_rx.await.map_err(|_| CaptureError::Snapshot {
-        table: t.qualified(),
-        message: "the stream stopped".into(),
-    })?;
+    let batch = done.await.map_err(|_| stopped())?;
     ctx.producer.wait_batch(batch).await
 }
 
