@@ -5,14 +5,14 @@
 use futures::StreamExt;
 use tokio_postgres::Client;
 
-use super::super::envelope::{self, SnapshotMark};
+use super::super::envelope::{self, Envelope, Op, SnapshotMark, Source};
 use super::super::error::CaptureError;
 use super::super::pgoutput::Cell;
 use super::super::producer::Outgoing;
-use super::super::relations::{Relations, Table};
+use super::super::relations::{self, Relations, Table};
 use super::super::setup::CapturedTable;
 use super::copy::CopyRows;
-use super::{SnapshotContext, catalog_table, column_list, encode_read, mark_done};
+use super::{SnapshotContext, catalog_table, column_list, mark_done};
 use crate::sql::quote_literal;
 
 /// Copies every table in `tables` inside the exported snapshot. Each table
@@ -129,9 +129,7 @@ async fn send_table_rows(
 /// waiting to be sent, and the buffers they are encoded in.
 #[derive(Default)]
 struct ReadEvents {
-    key: Vec<u8>,
-    row: Vec<u8>,
-    payload: Vec<u8>,
+    buffers: ReadBuffers,
     idem: String,
     /// `(key or empty, payload, idempotency key)`.
     pending: Vec<(Vec<u8>, Vec<u8>, String)>,
@@ -149,17 +147,10 @@ impl ReadEvents {
         at: &SnapshotPoint,
         now: i64,
     ) {
-        let has_key = encode_read(
-            ctx,
-            table,
-            cells,
-            at.lsn,
-            SnapshotMark::True,
-            now,
-            &mut self.key,
-            &mut self.row,
-            &mut self.payload,
-        );
+        let has_key = self
+            .buffers
+            .encode(ctx, table, cells, at.lsn, SnapshotMark::True, now);
+        let ReadBuffers { key, payload, .. } = &self.buffers;
         let idem = &mut self.idem;
         idem.clear();
         idem.push_str("r/");
@@ -170,18 +161,75 @@ impl ReadEvents {
         idem.push_str(&table.name);
         idem.push('/');
         idem.push_str(&String::from_utf8_lossy(if has_key {
-            &self.key
+            key
         } else {
-            &self.payload
+            payload
         }));
         self.pending.push((
-            if has_key {
-                self.key.clone()
-            } else {
-                Vec::new()
-            },
-            self.payload.clone(),
+            if has_key { key.clone() } else { Vec::new() },
+            payload.clone(),
             idem.clone(),
         ));
+    }
+}
+
+/// The buffers one read event is encoded in, reused row after row.
+#[derive(Default)]
+struct ReadBuffers {
+    key: Vec<u8>,
+    row: Vec<u8>,
+    payload: Vec<u8>,
+}
+
+impl ReadBuffers {
+    /// Encodes one snapshot row into `key` and `payload`; whether the
+    /// table has a key.
+    fn encode(
+        &mut self,
+        ctx: &SnapshotContext,
+        table: &Table,
+        cells: &[Cell],
+        lsn: u64,
+        mark: SnapshotMark,
+        now: i64,
+    ) -> bool {
+        let ReadBuffers { key, row, payload } = self;
+        key.clear();
+        row.clear();
+        payload.clear();
+        let has_key = relations::write_key(key, table, cells, ctx.settings.numeric);
+        let mut unavailable = Vec::new();
+        relations::write_row(
+            row,
+            table,
+            cells,
+            ctx.settings.numeric,
+            &mut |_| None,
+            &mut unavailable,
+        );
+        if has_key {
+            ctx.toast.remember(table, key, cells, ctx.settings.numeric);
+        }
+        Envelope {
+            op: Op::Read,
+            before: None,
+            after: Some(row),
+            source: Source {
+                name: &ctx.settings.pipeline,
+                db: &ctx.database,
+                schema: &table.schema,
+                table: &table.name,
+                ts_us: now * 1000,
+                tx_id: None,
+                lsn,
+                snapshot: mark,
+                origin: None,
+            },
+            unavailable: &[],
+            transaction: None,
+            ts_ms: now,
+        }
+        .write(payload);
+        has_key
     }
 }

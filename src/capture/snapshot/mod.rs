@@ -16,7 +16,7 @@
 //! An on-demand re-snapshot is a logical message on the captured database:
 //! `SELECT pg_logical_emit_message(true, 'extsync.snapshot', 'public.accounts,public.contacts')`.
 //!
-//! Here: the table catalog, the encoding of read events and the progress
+//! Here: the table catalog, the context the snapshots share and the progress
 //! table; [`initial`] and [`incremental`] are the two kinds, and `copy`
 //! reads `COPY` text rows.
 
@@ -28,11 +28,9 @@ use std::sync::Arc;
 
 use tokio_postgres::Client;
 
-use super::envelope::{Envelope, Op, SnapshotMark, Source};
 use super::error::CaptureError;
-use super::pgoutput::Cell;
 use super::producer::CaptureProducer;
-use super::relations::{self, Relations, Table};
+use super::relations::{Relations, Table};
 use super::setup::{CapturedTable, STATE_SCHEMA, Settings};
 use super::toast::ToastCache;
 use crate::sql::quote_ident;
@@ -90,58 +88,6 @@ pub struct SnapshotContext {
     pub database: Arc<str>,
     pub producer: Arc<CaptureProducer>,
     pub toast: ToastCache,
-}
-
-/// Encodes one snapshot row into `key` and `payload`.
-#[allow(clippy::too_many_arguments)]
-fn encode_read(
-    ctx: &SnapshotContext,
-    table: &Table,
-    cells: &[Cell],
-    lsn: u64,
-    mark: SnapshotMark,
-    now: i64,
-    key: &mut Vec<u8>,
-    row: &mut Vec<u8>,
-    payload: &mut Vec<u8>,
-) -> bool {
-    key.clear();
-    row.clear();
-    payload.clear();
-    let has_key = relations::write_key(key, table, cells, ctx.settings.numeric);
-    let mut unavailable = Vec::new();
-    relations::write_row(
-        row,
-        table,
-        cells,
-        ctx.settings.numeric,
-        &mut |_| None,
-        &mut unavailable,
-    );
-    if has_key {
-        ctx.toast.remember(table, key, cells, ctx.settings.numeric);
-    }
-    Envelope {
-        op: Op::Read,
-        before: None,
-        after: Some(row),
-        source: Source {
-            name: &ctx.settings.pipeline,
-            db: &ctx.database,
-            schema: &table.schema,
-            table: &table.name,
-            ts_us: now * 1000,
-            tx_id: None,
-            lsn,
-            snapshot: mark,
-            origin: None,
-        },
-        unavailable: &[],
-        transaction: None,
-        ts_ms: now,
-    }
-    .write(payload);
-    has_key
 }
 
 /// Records tables as waiting for a snapshot (kept across restarts).
