@@ -118,7 +118,7 @@ pub async fn replay(
         let Some(msg) = consumer.poll(Duration::from_millis(200)) else {
             continue;
         };
-        let msg = msg?.detach();
+        let msg = msg?;
         done += 1;
         let key = (msg.topic().to_string(), msg.partition());
         if ends.get(&key).is_some_and(|end| msg.offset() + 1 >= *end) {

@@ -369,7 +369,7 @@ pub async fn run_router(
 /// A consumed message as a change: CDC topics carry change events, external
 /// topics external change events, the repartition topic [`Change`]s. `None`
 /// for a tombstone, a truncate, or a malformed message (counted and logged).
-pub(super) fn decode(m: &OwnedMessage, cdc_prefix: &str, external_prefix: &str) -> Option<Change> {
+pub(super) fn decode(m: &impl Message, cdc_prefix: &str, external_prefix: &str) -> Option<Change> {
     if m.topic().starts_with(cdc_prefix) {
         return match route::parse_cdc(m.topic(), m.key(), m.payload()) {
             Ok(b) => b.map(Change::Billing),

@@ -55,6 +55,24 @@ impl Table {
         self.by_email.get(&email.to_lowercase()).copied()
     }
 
+    /// Fails when `props` give a contact an email another contact holds
+    /// (`id` is the record's own id on update).
+    fn check_email_free(
+        &self,
+        ty: ObjectType,
+        props: &BTreeMap<String, String>,
+        id: Option<u64>,
+    ) -> Result<(), WriteError> {
+        if ty == ObjectType::Contacts
+            && let Some(email) = props.get("email").filter(|e| !e.is_empty())
+            && let Some(owner) = self.email_owner(email)
+            && Some(owner) != id
+        {
+            return Err(WriteError::Conflict { existing: owner });
+        }
+        Ok(())
+    }
+
     /// Applies validated `props` to record `id` (which must exist).
     pub(super) fn apply(
         &mut self,
@@ -63,13 +81,7 @@ impl Table {
         props: BTreeMap<String, String>,
         now: i64,
     ) -> Result<Applied, WriteError> {
-        if ty == ObjectType::Contacts
-            && let Some(email) = props.get("email").filter(|e| !e.is_empty())
-            && let Some(owner) = self.email_owner(email)
-            && owner != id
-        {
-            return Err(WriteError::Conflict { existing: owner });
-        }
+        self.check_email_free(ty, &props, Some(id))?;
         let rec = self.records.get_mut(&id).expect("record exists");
         self.by_modified.remove(&modified_key(rec));
         let mut changed = Vec::new();
@@ -103,6 +115,7 @@ impl Table {
         })
     }
 
+    /// Inserts record `id` with validated `props`.
     pub(super) fn insert(
         &mut self,
         ty: ObjectType,
@@ -110,12 +123,7 @@ impl Table {
         props: BTreeMap<String, String>,
         now: i64,
     ) -> Result<Applied, WriteError> {
-        if ty == ObjectType::Contacts
-            && let Some(email) = props.get("email").filter(|e| !e.is_empty())
-            && let Some(owner) = self.email_owner(email)
-        {
-            return Err(WriteError::Conflict { existing: owner });
-        }
+        self.check_email_free(ty, &props, None)?;
         let props: BTreeMap<String, String> =
             props.into_iter().filter(|(_, v)| !v.is_empty()).collect();
         if ty == ObjectType::Contacts
