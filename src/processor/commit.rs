@@ -18,13 +18,13 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::producer::FutureProducer;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::batch::{Processed, Processor};
+use super::lanes::Generation;
 use super::runner::{Record, RunError, transact};
 
 /// Processed batches that may wait for their commit; the loop waits for
@@ -37,7 +37,7 @@ pub struct Committable {
     pub records: Vec<Record>,
     pub offsets: TopicPartitionList,
     /// The consumer group's generation when the batch was taken.
-    pub group: ConsumerGroupMetadata,
+    pub group: Generation,
 }
 
 /// The processor loop's side of the committer.

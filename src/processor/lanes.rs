@@ -1,12 +1,16 @@
 //! Partition lanes: an integration's processor works on the partitions it
-//! owns side by side once the load makes it pay. The consumer loop hands a
-//! large batch over split by partition, a small one whole; each part is
-//! processed in a task of its own and queued for the committer. A part
-//! starts once no part still running shares a partition with it.
+//! owns side by side. The consumer loop sorts what it takes by partition;
+//! a partition whose last part is still running collects its messages
+//! until that part is done, then they start as its next part. Batches thus
+//! grow per partition with the load, while a busy partition never holds
+//! back another. Ready messages of several partitions start together as
+//! one part while they are few, and as one part per partition once they
+//! are many. Each part is processed in a task of its own and queued for
+//! the committer.
 //!
 //! ```text
-//!  consumer ──batch──► ≥ SPLIT_AT messages: one part per partition ─┬─► process ─┐
-//!                      fewer: one part                           ───┴─► process ─┴─► committer
+//!  consumer ──batch──► waiting, by partition ──(partition idle)──► part ──► process ─┐
+//!                                                                   part ──► process ─┴─► committer
 //! ```
 //!
 //! Partition `n` of the repartition topic and of every change topic read
@@ -14,10 +18,10 @@
 //! running together never share a record: they are the in-process form of
 //! the many processes the partitions allow, each record's changes still
 //! handled by one owner, in order. While one part waits on a vendor's API,
-//! another decides. A small batch is not split: its calls and queries cost
-//! about as much for half the records, and they would contend.
+//! another decides. A few ready messages are not split: their calls and
+//! queries cost about as much for half the records, and they would contend.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,28 +29,41 @@ use rdkafka::Message;
 use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::message::OwnedMessage;
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::batch::{BatchError, Processor};
 use super::change::Change;
 use super::commit::Committable;
-use super::runner::{Record, RunError, announce, decode, next_offsets};
+use super::runner::{MAX_BATCH, Record, RunError, announce, decode, next_offsets};
 
-/// Batches of at least this many messages are split by partition.
+/// Ready messages of several partitions start as one part per partition
+/// once there are at least this many, and as one part below that.
 pub const SPLIT_AT: usize = 100;
 
-/// Some of a taken batch: one partition's share, or all of it.
+/// Messages a busy partition collects before the loop takes no more: the
+/// consumer hands a partition's messages over in runs, so a partition must
+/// be able to collect a few batches' worth for the other partitions' to
+/// come into view.
+pub const MAX_WAITING: usize = 4 * MAX_BATCH;
+
+/// The consumer group's generation when messages were taken: a part
+/// commits with the oldest generation of its messages, so a rebalance since
+/// then fences its transaction.
+pub type Generation = Arc<ConsumerGroupMetadata>;
+
+/// Messages of one or more partitions, processed and committed together.
 pub struct Part {
     pub messages: Vec<OwnedMessage>,
-    /// The consumer group's generation when the batch was taken.
-    pub group: ConsumerGroupMetadata,
+    pub group: Generation,
 }
 
-impl Part {
-    fn partitions(&self) -> HashSet<i32> {
-        self.messages.iter().map(Message::partition).collect()
-    }
+/// One partition's messages that have not started yet.
+struct Waiting {
+    messages: Vec<OwnedMessage>,
+    group: Generation,
+    /// When the oldest of them was taken (the count of batches before it).
+    since: u64,
 }
 
 /// What every part of a session shares.
@@ -59,47 +76,154 @@ pub struct LaneContext {
     pub external_prefix: String,
 }
 
-type PartTask = JoinHandle<Result<(), RunError>>;
+/// Messages taken but not started, by partition, and the partitions whose
+/// part is running.
+#[derive(Default)]
+struct Queue {
+    waiting: BTreeMap<i32, Waiting>,
+    busy: HashSet<i32>,
+    /// Batches taken so far.
+    taken: u64,
+}
 
-/// The parts of one processor session that are running.
+impl Queue {
+    /// Sorts a taken batch by partition, behind the messages already waiting.
+    fn push(&mut self, batch: Vec<OwnedMessage>, group: Generation) {
+        for (partition, messages) in by_partition(batch) {
+            self.waiting
+                .entry(partition)
+                .or_insert_with(|| Waiting {
+                    messages: Vec::new(),
+                    group: group.clone(),
+                    since: self.taken,
+                })
+                .messages
+                .extend(messages);
+        }
+        self.taken += 1;
+    }
+
+    fn is_full(&self) -> bool {
+        self.waiting
+            .values()
+            .any(|w| w.messages.len() >= MAX_WAITING)
+    }
+
+    /// The parts that can start now, with their partitions, which become
+    /// busy: the waiting messages of idle partitions, together while they
+    /// are fewer than [`SPLIT_AT`], else one part per partition; at most
+    /// [`MAX_BATCH`] messages a part.
+    fn ready(&mut self) -> Vec<(Vec<i32>, Part)> {
+        let idle: Vec<i32> = (self.waiting.keys().copied())
+            .filter(|p| !self.busy.contains(p))
+            .collect();
+        let count: usize = idle.iter().map(|p| self.waiting[p].messages.len()).sum();
+        let groups = match count {
+            0 => Vec::new(),
+            n if n < SPLIT_AT => vec![idle],
+            _ => idle.into_iter().map(|p| vec![p]).collect(),
+        };
+        groups
+            .into_iter()
+            .map(|partitions| {
+                let part = self.part_of(&partitions);
+                (partitions, part)
+            })
+            .collect()
+    }
+
+    /// Takes up to [`MAX_BATCH`] waiting messages of each of `partitions`
+    /// (all idle, each with messages waiting) as one part.
+    fn part_of(&mut self, partitions: &[i32]) -> Part {
+        let mut messages = Vec::new();
+        let mut oldest: Option<(u64, Generation)> = None;
+        for &p in partitions {
+            let mut w = self.waiting.remove(&p).expect("a waiting partition");
+            if w.messages.len() > MAX_BATCH {
+                let rest = w.messages.split_off(MAX_BATCH);
+                let (group, since) = (w.group.clone(), w.since);
+                let left = Waiting {
+                    messages: rest,
+                    group,
+                    since,
+                };
+                self.waiting.insert(p, left);
+            }
+            messages.append(&mut w.messages);
+            if oldest.as_ref().is_none_or(|(since, _)| w.since < *since) {
+                oldest = Some((w.since, w.group));
+            }
+            self.busy.insert(p);
+        }
+        let (_, group) = oldest.expect("at least one partition");
+        Part { messages, group }
+    }
+
+    fn release(&mut self, partitions: &[i32]) {
+        for p in partitions {
+            self.busy.remove(p);
+        }
+    }
+}
+
+/// The parts of one processor session: those running, and the messages
+/// waiting for their partition.
 pub struct Lanes {
     context: Arc<LaneContext>,
-    /// Each running part's partitions and task.
-    running: Vec<(HashSet<i32>, PartTask)>,
+    /// Each running part answers its partitions with its result.
+    running: JoinSet<(Vec<i32>, Result<(), RunError>)>,
+    queue: Queue,
 }
 
 impl Lanes {
     pub fn new(context: LaneContext) -> Self {
         Lanes {
             context: Arc::new(context),
-            running: Vec::new(),
+            running: JoinSet::new(),
+            queue: Queue::default(),
         }
     }
 
-    /// Starts `part` once no running part shares a partition with it, so
-    /// each partition's parts run, and queue for the committer, in order.
-    pub async fn start(&mut self, part: Part) -> Result<(), RunError> {
-        let partitions = part.partitions();
-        let mut i = 0;
-        while i < self.running.len() {
-            let (held, task) = &self.running[i];
-            if task.is_finished() || !held.is_disjoint(&partitions) {
-                let (_, task) = self.running.swap_remove(i);
-                joined(task.await)?;
-            } else {
-                i += 1;
-            }
-        }
-        let task = tokio::spawn(run_part(self.context.clone(), part));
-        self.running.push((partitions, task));
+    /// Queues a taken batch by partition and starts the parts that can start.
+    pub fn take(&mut self, batch: Vec<OwnedMessage>, group: ConsumerGroupMetadata) {
+        self.queue.push(batch, Arc::new(group));
+        self.start_ready();
+    }
+
+    /// Whether a partition has [`MAX_WAITING`] messages waiting: the loop
+    /// takes no more until a part is done.
+    pub fn is_full(&self) -> bool {
+        self.queue.is_full()
+    }
+
+    /// Waits until a running part is done and starts what waited for its
+    /// partitions; never returns while none runs.
+    pub async fn settle_one(&mut self) -> Result<(), RunError> {
+        let Some(done) = self.running.join_next().await else {
+            return std::future::pending().await;
+        };
+        let (partitions, result) = done.unwrap_or_else(|_| (Vec::new(), Err(canceled())));
+        self.queue.release(&partitions);
+        result?;
+        self.start_ready();
         Ok(())
     }
 
+    fn start_ready(&mut self) {
+        for (partitions, part) in self.queue.ready() {
+            let context = self.context.clone();
+            self.running
+                .spawn(async move { (partitions, run_part(context, part).await) });
+        }
+    }
+
     /// Waits for the running parts and answers the first error, if any.
-    pub async fn finish(self) -> Result<(), RunError> {
+    /// Messages still waiting are dropped: their offsets are not committed,
+    /// so the next session reads them again.
+    pub async fn finish(mut self) -> Result<(), RunError> {
         let mut first = Ok(());
-        for (_, task) in self.running {
-            let result = joined(task.await);
+        while let Some(done) = self.running.join_next().await {
+            let result = done.map_or_else(|_| Err(canceled()), |(_, r)| r);
             if first.is_ok() {
                 first = result;
             }
@@ -108,17 +232,8 @@ impl Lanes {
     }
 }
 
-fn joined(done: Result<Result<(), RunError>, tokio::task::JoinError>) -> Result<(), RunError> {
-    done.unwrap_or_else(|_| Err(rdkafka::error::KafkaError::Canceled.into()))
-}
-
-/// A taken batch as parts: split by partition when it has at least
-/// [`SPLIT_AT`] messages, else whole.
-pub fn parts_of(batch: Vec<OwnedMessage>) -> Vec<Vec<OwnedMessage>> {
-    if batch.len() < SPLIT_AT {
-        return vec![batch];
-    }
-    by_partition(batch).into_iter().map(|(_, ms)| ms).collect()
+fn canceled() -> RunError {
+    rdkafka::error::KafkaError::Canceled.into()
 }
 
 /// Splits `batch` by partition number, each part in the batch's order.
@@ -214,16 +329,73 @@ mod tests {
         )
     }
 
+    fn generation() -> Generation {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("group.id", "lanes-test")
+            .set("bootstrap.servers", "127.0.0.1:1")
+            .create()
+            .unwrap();
+        Arc::new(consumer.group_metadata().unwrap())
+    }
+
+    fn batch(partitions: &[i32], count: usize, first: i64) -> Vec<OwnedMessage> {
+        (0..count)
+            .map(|i| message(partitions[i % partitions.len()], first + i as i64))
+            .collect()
+    }
+
+    fn started(queue: &mut Queue) -> Vec<(Vec<i32>, usize)> {
+        (queue.ready().into_iter())
+            .map(|(partitions, part)| (partitions, part.messages.len()))
+            .collect()
+    }
+
     #[test]
-    fn small_batches_stay_whole_and_large_ones_split() {
-        let small: Vec<OwnedMessage> = (0..4).map(|i| message(i % 2, i.into())).collect();
-        assert_eq!(parts_of(small).len(), 1);
-        let large: Vec<OwnedMessage> = (0..SPLIT_AT as i64)
-            .map(|i| message((i % 2) as i32, i))
-            .collect();
-        let parts = parts_of(large);
-        assert_eq!(parts.len(), 2);
-        assert!(parts.iter().all(|p| p.len() == SPLIT_AT / 2));
+    fn few_ready_messages_start_together_and_many_by_partition() {
+        let mut queue = Queue::default();
+        queue.push(batch(&[0, 1], 4, 0), generation());
+        assert_eq!(started(&mut queue), vec![(vec![0, 1], 4)]);
+        queue.release(&[0, 1]);
+        queue.push(batch(&[0, 1], SPLIT_AT, 10), generation());
+        let half = SPLIT_AT / 2;
+        assert_eq!(started(&mut queue), vec![(vec![0], half), (vec![1], half)]);
+    }
+
+    #[test]
+    fn a_busy_partition_collects_while_another_starts() {
+        let mut queue = Queue::default();
+        queue.push(batch(&[0], 3, 0), generation());
+        assert_eq!(started(&mut queue), vec![(vec![0], 3)]);
+        queue.push(batch(&[0, 1], 10, 3), generation());
+        queue.push(batch(&[0], 7, 13), generation());
+        assert_eq!(started(&mut queue), vec![(vec![1], 5)]);
+        assert!(started(&mut queue).is_empty(), "partition 0 is busy");
+        queue.release(&[0]);
+        let parts = queue.ready();
+        assert_eq!(parts.len(), 1);
+        let offsets: Vec<i64> = parts[0].1.messages.iter().map(Message::offset).collect();
+        assert_eq!(offsets, vec![3, 5, 7, 9, 11, 13, 14, 15, 16, 17, 18, 19]);
+    }
+
+    #[test]
+    fn a_part_takes_at_most_a_batch_and_a_full_partition_holds_the_loop() {
+        let mut queue = Queue::default();
+        queue.push(batch(&[0], 1, 0), generation());
+        assert_eq!(started(&mut queue), vec![(vec![0], 1)]);
+        queue.push(batch(&[0], MAX_WAITING - 1, 1), generation());
+        assert!(!queue.is_full());
+        queue.push(batch(&[0], 2, MAX_WAITING as i64), generation());
+        assert!(queue.is_full());
+        queue.release(&[0]);
+        assert_eq!(started(&mut queue), vec![(vec![0], MAX_BATCH)]);
+        assert!(!queue.is_full());
+        for _ in 1..MAX_WAITING / MAX_BATCH {
+            queue.release(&[0]);
+            assert_eq!(started(&mut queue), vec![(vec![0], MAX_BATCH)]);
+        }
+        queue.release(&[0]);
+        assert_eq!(started(&mut queue), vec![(vec![0], 1)]);
     }
 
     #[test]

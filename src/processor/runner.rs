@@ -1,8 +1,8 @@
 //! The processor's Kafka loops: the router re-keys external changes onto
 //! the repartition topic; each integration's processor (a consumer group of
 //! its own) consumes it beside the change topics, partition by partition, by
-//! record (see [`super::route`]); a large batch's partitions are processed
-//! side by side ([`super::lanes`]). Each loop commits its outputs and its
+//! record (see [`super::route`]); its partitions are processed side by side
+//! ([`super::lanes`]). Each loop commits its outputs and its
 //! consumer offsets in one Kafka transaction, with a producer fenced by its
 //! transactional id and the group's generation.
 //!
@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use super::batch::Processor;
 use super::change::Change;
 use super::commit::Committer;
-use super::lanes::{self, LaneContext, Lanes, Part};
+use super::lanes::{Generation, LaneContext, Lanes};
 use super::route::{self, CHANGES_TOPIC};
 use crate::kafka::Topics;
 
@@ -236,13 +236,26 @@ async fn next_batch(
     consumer: &OwnerConsumer,
     stop: &CancellationToken,
 ) -> Option<Result<Vec<OwnedMessage>, RunError>> {
-    let mut batch = loop {
-        let first = tokio::select! {
+    Some(
+        next_message(consumer, stop)
+            .await?
+            .map(|m| with_ready(consumer, m)),
+    )
+}
+
+/// Waits for the next message; `None` once `stop` is cancelled. Cancel
+/// safe: a message is taken only when it is answered.
+async fn next_message(
+    consumer: &OwnerConsumer,
+    stop: &CancellationToken,
+) -> Option<Result<OwnedMessage, RunError>> {
+    loop {
+        let next = tokio::select! {
             _ = stop.cancelled() => return None,
             m = consumer.recv() => m,
         };
-        match first {
-            Ok(m) => break vec![m.detach()],
+        match next {
+            Ok(m) => return Some(Ok(m.detach())),
             // A subscribed topic or pattern with nothing to match yet (no
             // external system has sent a change): it is read once created.
             Err(e) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::UnknownTopicOrPartition) => {
@@ -250,17 +263,23 @@ async fn next_batch(
             }
             Err(e) => return Some(Err(e.into())),
         }
-    };
-    // Take what is already fetched, without waiting for more: while the
-    // previous batch committed, the next one queued up, so batches grow
-    // with the load and a lone change is never held back.
+    }
+}
+
+/// `first` and what else the consumer has fetched already, up to
+/// [`MAX_BATCH`] messages, without waiting for more: while the previous
+/// batch was processed, the next one queued up, so batches grow with the
+/// load and a lone change is never held back.
+fn with_ready(consumer: &OwnerConsumer, first: OwnedMessage) -> Vec<OwnedMessage> {
+    use futures::FutureExt;
+    let mut batch = vec![first];
     while batch.len() < MAX_BATCH {
-        match tokio::time::timeout(Duration::ZERO, consumer.recv()).await {
-            Ok(Ok(m)) => batch.push(m.detach()),
+        match consumer.recv().now_or_never() {
+            Some(Ok(m)) => batch.push(m.detach()),
             _ => break,
         }
     }
-    Some(Ok(batch))
+    batch
 }
 
 /// Offsets to commit after `batch`: next offset per partition.
@@ -287,7 +306,7 @@ type Records = Vec<Record>;
 /// round trips run on a blocking thread, not on an async worker.
 pub(super) async fn transact(
     producer: FutureProducer,
-    group: rdkafka::consumer::ConsumerGroupMetadata,
+    group: Generation,
     offsets: TopicPartitionList,
     topic: String,
     records: Records,
@@ -437,7 +456,7 @@ async fn router_session(
         }
         transact(
             producer.clone(),
-            group(&consumer),
+            Arc::new(group(&consumer)),
             next_offsets(&batch)?,
             out_topic.clone(),
             records,
@@ -509,22 +528,29 @@ async fn processor_session(
     taken.and(lanes_done).and(last)
 }
 
-/// Takes batches until `session` ends and starts their parts (see
-/// [`super::lanes`]).
+/// Takes batches until `session` ends and hands them to the lanes (see
+/// [`super::lanes`]), which start parts as their partitions become idle.
+/// While a partition has [`super::lanes::MAX_WAITING`] messages waiting, the loop
+/// only waits for parts to finish.
 async fn take_batches(
     consumer: &OwnerConsumer,
     session: &CancellationToken,
     lanes: &mut Lanes,
 ) -> Result<(), RunError> {
-    while let Some(batch) = next_batch(consumer, session).await {
-        let batch = batch?;
-        observe_queued("processor", &batch);
-        for messages in lanes::parts_of(batch) {
-            let group = group(consumer);
-            lanes.start(Part { messages, group }).await?;
+    loop {
+        // Only the wait for a message races the parts: the messages ready
+        // behind it are taken at once, so none is dropped half taken.
+        tokio::select! {
+            next = next_message(consumer, session), if !lanes.is_full() => {
+                let Some(first) = next else { return Ok(()) };
+                let batch = with_ready(consumer, first?);
+                observe_queued("processor", &batch);
+                lanes.take(batch, group(consumer));
+            }
+            done = lanes.settle_one() => done?,
+            _ = session.cancelled() => return Ok(()),
         }
     }
-    Ok(())
 }
 
 /// One log line per record written, conflict or error: what the sync did
