@@ -35,7 +35,8 @@ use tokio_util::sync::CancellationToken;
 use super::batch::{BatchError, Processor};
 use super::change::Change;
 use super::commit::Committable;
-use super::runner::{MAX_BATCH, Record, RunError, announce, decode, next_offsets};
+use super::intake::{MAX_BATCH, next_offsets};
+use super::runner::{Record, RunError, announce, decode};
 
 /// Ready messages of several partitions start as one part per partition
 /// once there are at least this many, and as one part below that.

@@ -22,7 +22,8 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use super::batch::{BatchError, Processor};
 use super::change::Change;
 use super::events::{Counts, SyncEvent};
-use super::runner::{MAX_BATCH, decode};
+use super::intake::MAX_BATCH;
+use super::runner::decode;
 use crate::kafka::Topics;
 
 /// Where a replay starts.

@@ -20,19 +20,17 @@ use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::message::OwnedMessage;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use rdkafka::{ClientConfig, Message, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
 use super::batch::Processor;
 use super::change::Change;
 use super::commit::Committer;
+use super::intake::{next_batch, next_message, next_offsets, with_ready};
 use super::lanes::{Generation, LaneContext, Lanes};
 use super::route::{self, CHANGES_TOPIC};
 use crate::kafka::Topics;
 
-/// Most messages handled in one transaction.
-pub const MAX_BATCH: usize = 500;
 /// How long a loop's transaction may stay open before the broker aborts it.
 const TXN_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -229,66 +227,6 @@ impl RunnerConfig {
         };
         Ok(())
     }
-}
-
-/// Waits for the first message (or `stop`), then takes what else is ready.
-async fn next_batch(
-    consumer: &OwnerConsumer,
-    stop: &CancellationToken,
-) -> Option<Result<Vec<OwnedMessage>, RunError>> {
-    Some(
-        next_message(consumer, stop)
-            .await?
-            .map(|m| with_ready(consumer, m)),
-    )
-}
-
-/// Waits for the next message; `None` once `stop` is cancelled. Cancel
-/// safe: a message is taken only when it is answered.
-async fn next_message(
-    consumer: &OwnerConsumer,
-    stop: &CancellationToken,
-) -> Option<Result<OwnedMessage, RunError>> {
-    loop {
-        let next = tokio::select! {
-            _ = stop.cancelled() => return None,
-            m = consumer.recv() => m,
-        };
-        match next {
-            Ok(m) => return Some(Ok(m.detach())),
-            // A subscribed topic or pattern with nothing to match yet (no
-            // external system has sent a change): it is read once created.
-            Err(e) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::UnknownTopicOrPartition) => {
-                tracing::debug!(error = %e, "waiting for a subscribed topic");
-            }
-            Err(e) => return Some(Err(e.into())),
-        }
-    }
-}
-
-/// `first` and what else the consumer has fetched already, up to
-/// [`MAX_BATCH`] messages, without waiting for more: while the previous
-/// batch was processed, the next one queued up, so batches grow with the
-/// load and a lone change is never held back.
-fn with_ready(consumer: &OwnerConsumer, first: OwnedMessage) -> Vec<OwnedMessage> {
-    use futures::FutureExt;
-    let mut batch = vec![first];
-    while batch.len() < MAX_BATCH {
-        match consumer.recv().now_or_never() {
-            Some(Ok(m)) => batch.push(m.detach()),
-            _ => break,
-        }
-    }
-    batch
-}
-
-/// Offsets to commit after `batch`: next offset per partition.
-pub(super) fn next_offsets(batch: &[OwnedMessage]) -> Result<TopicPartitionList, RunError> {
-    let mut tpl = TopicPartitionList::new();
-    for m in batch {
-        tpl.add_partition_offset(m.topic(), m.partition(), Offset::Offset(m.offset() + 1))?;
-    }
-    Ok(tpl)
 }
 
 /// A keyed record to publish, on a chosen partition or by key hash.
