@@ -36,7 +36,8 @@ pub struct Committable {
     pub processed: Processed,
     pub records: Vec<Record>,
     pub offsets: TopicPartitionList,
-    /// The consumer group's generation when the batch was taken.
+    /// The consumer group's generation when the batch's oldest messages
+    /// were taken.
     pub group: Generation,
 }
 
@@ -87,12 +88,13 @@ async fn commit_batches(
         }
         let offsets = latest_offsets(batches.iter().map(|b| &b.offsets))?;
         let mut records = Vec::new();
-        let mut group = None;
+        let group = Generation::oldest(batches.iter().map(|b| &b.group))
+            .expect("at least one batch")
+            .metadata
+            .clone();
         for b in batches {
             records.extend(b.records);
-            group = Some(b.group);
         }
-        let group = group.expect("at least one batch");
         metrics::histogram!(GROUPED_RECORDS).record(records.len() as f64);
         transact(producer.clone(), group, offsets, topic.clone(), records).await?;
     }

@@ -48,10 +48,22 @@ pub const SPLIT_AT: usize = 100;
 /// come into view.
 pub const MAX_WAITING: usize = 4 * MAX_BATCH;
 
-/// The consumer group's generation when messages were taken: a part
-/// commits with the oldest generation of its messages, so a rebalance since
-/// then fences its transaction.
-pub type Generation = Arc<ConsumerGroupMetadata>;
+/// The consumer group's generation when messages were taken. A
+/// transaction commits with the generation of its oldest messages, so a
+/// rebalance since any of them was taken fences it.
+#[derive(Clone)]
+pub struct Generation {
+    pub metadata: Arc<ConsumerGroupMetadata>,
+    /// Batches the session had taken before these messages.
+    pub since: u64,
+}
+
+impl Generation {
+    /// The generation of the oldest messages among `all`.
+    pub fn oldest<'a>(all: impl IntoIterator<Item = &'a Generation>) -> Option<&'a Generation> {
+        all.into_iter().min_by_key(|g| g.since)
+    }
+}
 
 /// Messages of one or more partitions, processed and committed together.
 pub struct Part {
@@ -62,9 +74,8 @@ pub struct Part {
 /// One partition's messages that have not started yet.
 struct Waiting {
     messages: Vec<OwnedMessage>,
+    /// When the oldest of them was taken.
     group: Generation,
-    /// When the oldest of them was taken (the count of batches before it).
-    since: u64,
 }
 
 /// What every part of a session shares.
@@ -89,14 +100,17 @@ struct Queue {
 
 impl Queue {
     /// Sorts a taken batch by partition, behind the messages already waiting.
-    fn push(&mut self, batch: Vec<OwnedMessage>, group: Generation) {
+    fn push(&mut self, batch: Vec<OwnedMessage>, group: Arc<ConsumerGroupMetadata>) {
+        let group = Generation {
+            metadata: group,
+            since: self.taken,
+        };
         for (partition, messages) in by_partition(batch) {
             self.waiting
                 .entry(partition)
                 .or_insert_with(|| Waiting {
                     messages: Vec::new(),
                     group: group.clone(),
-                    since: self.taken,
                 })
                 .messages
                 .extend(messages);
@@ -137,26 +151,24 @@ impl Queue {
     /// (all idle, each with messages waiting) as one part.
     fn part_of(&mut self, partitions: &[i32]) -> Part {
         let mut messages = Vec::new();
-        let mut oldest: Option<(u64, Generation)> = None;
+        let mut groups = Vec::new();
         for &p in partitions {
             let mut w = self.waiting.remove(&p).expect("a waiting partition");
             if w.messages.len() > MAX_BATCH {
                 let rest = w.messages.split_off(MAX_BATCH);
-                let (group, since) = (w.group.clone(), w.since);
                 let left = Waiting {
                     messages: rest,
-                    group,
-                    since,
+                    group: w.group.clone(),
                 };
                 self.waiting.insert(p, left);
             }
             messages.append(&mut w.messages);
-            if oldest.as_ref().is_none_or(|(since, _)| w.since < *since) {
-                oldest = Some((w.since, w.group));
-            }
+            groups.push(w.group);
             self.busy.insert(p);
         }
-        let (_, group) = oldest.expect("at least one partition");
+        let group = Generation::oldest(&groups)
+            .expect("at least one partition")
+            .clone();
         Part { messages, group }
     }
 
@@ -330,7 +342,7 @@ mod tests {
         )
     }
 
-    fn generation() -> Generation {
+    fn generation() -> Arc<ConsumerGroupMetadata> {
         use rdkafka::consumer::{BaseConsumer, Consumer};
         let consumer: BaseConsumer = rdkafka::ClientConfig::new()
             .set("group.id", "lanes-test")
@@ -377,6 +389,20 @@ mod tests {
         assert_eq!(parts.len(), 1);
         let offsets: Vec<i64> = parts[0].1.messages.iter().map(Message::offset).collect();
         assert_eq!(offsets, vec![3, 5, 7, 9, 11, 13, 14, 15, 16, 17, 18, 19]);
+    }
+
+    #[test]
+    fn a_part_commits_with_the_generation_of_its_oldest_messages() {
+        let mut queue = Queue::default();
+        queue.push(batch(&[0, 1], 2, 0), generation());
+        assert_eq!(started(&mut queue), vec![(vec![0, 1], 2)]);
+        queue.push(batch(&[1], 1, 2), generation());
+        queue.push(batch(&[0], 1, 3), generation());
+        queue.push(batch(&[1], 1, 4), generation());
+        queue.release(&[0, 1]);
+        let parts = queue.ready();
+        assert_eq!(parts.len(), 1, "few messages start together");
+        assert_eq!(parts[0].1.group.since, 1, "taken with the second batch");
     }
 
     #[test]

@@ -27,7 +27,7 @@ use super::batch::Processor;
 use super::change::Change;
 use super::commit::Committer;
 use super::intake::{next_batch, next_message, next_offsets, with_ready};
-use super::lanes::{Generation, LaneContext, Lanes};
+use super::lanes::{LaneContext, Lanes};
 use super::route::{self, CHANGES_TOPIC};
 use crate::kafka::Topics;
 
@@ -244,7 +244,7 @@ type Records = Vec<Record>;
 /// round trips run on a blocking thread, not on an async worker.
 pub(super) async fn transact(
     producer: FutureProducer,
-    group: Generation,
+    group: Arc<rdkafka::consumer::ConsumerGroupMetadata>,
     offsets: TopicPartitionList,
     topic: String,
     records: Records,
