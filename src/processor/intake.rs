@@ -20,7 +20,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::runner::RunError;
 
-/// Most messages handled in one transaction.
+/// Most messages taken at once, and processed in one part (see
+/// [`super::lanes`]).
 pub const MAX_BATCH: usize = 500;
 
 /// Waits for the first message (or `stop`), then takes what else is ready.
@@ -37,7 +38,7 @@ pub async fn next_batch<C: ConsumerContext + 'static>(
 
 /// Waits for the next message; `None` once `stop` is cancelled. Cancel
 /// safe: a message is taken only when it is answered.
-pub async fn next_message<C: ConsumerContext + 'static>(
+async fn next_message<C: ConsumerContext + 'static>(
     consumer: &StreamConsumer<C>,
     stop: &CancellationToken,
 ) -> Option<Result<OwnedMessage, RunError>> {
@@ -62,7 +63,7 @@ pub async fn next_message<C: ConsumerContext + 'static>(
 /// [`MAX_BATCH`] messages, without waiting for more: while the previous
 /// batch was processed, the next one queued up, so batches grow with the
 /// load and a lone change is never held back.
-pub fn with_ready<C: ConsumerContext + 'static>(
+fn with_ready<C: ConsumerContext + 'static>(
     consumer: &StreamConsumer<C>,
     first: OwnedMessage,
 ) -> Vec<OwnedMessage> {

@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use super::batch::Processor;
 use super::change::Change;
 use super::commit::Committer;
-use super::intake::{next_batch, next_message, next_offsets, with_ready};
+use super::intake::{next_batch, next_offsets};
 use super::lanes::{LaneContext, Lanes};
 use super::route::{self, CHANGES_TOPIC};
 use crate::kafka::Topics;
@@ -476,12 +476,11 @@ async fn take_batches(
     lanes: &mut Lanes,
 ) -> Result<(), RunError> {
     loop {
-        // Only the wait for a message races the parts: the messages ready
-        // behind it are taken at once, so none is dropped half taken.
+        // Taking a batch is cancel safe (see [`super::intake`]).
         tokio::select! {
-            next = next_message(consumer, session), if !lanes.is_full() => {
-                let Some(first) = next else { return Ok(()) };
-                let batch = with_ready(consumer, first?);
+            taken = next_batch(consumer, session), if !lanes.is_full() => {
+                let Some(batch) = taken else { return Ok(()) };
+                let batch = batch?;
                 observe_queued("processor", &batch);
                 lanes.take(batch, group(consumer));
             }
