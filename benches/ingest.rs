@@ -222,9 +222,7 @@ async fn main() {
 
     // The webhook phase measures webhooks alone: HubSpot only, its polling
     // cursor already past the seeded contacts, so no sweep runs beside it.
-    let mut state = extsync::store::connect(&db).await.unwrap();
-    extsync::store::migrate(&mut state).await.unwrap();
-    let state = Arc::new(state);
+    let state = extsync::store::open(&db, "bench").await.unwrap();
     let cursors = extsync::ingest::cursor::CursorStore::new(state.clone());
     cursors
         .advance(

@@ -259,16 +259,15 @@ async fn salesforce_refused_credentials_pause_the_integration_and_lose_nothing()
 }
 
 /// A migrated state database of its own, and the status store on it.
-async fn status_db() -> (support::TestDb, Arc<tokio_postgres::Client>) {
+async fn status_db() -> (support::TestDb, extsync::store::Db) {
     let db = support::TestDb::create().await;
-    let mut client = db.client().await;
-    extsync::store::migrate(&mut client).await.unwrap();
-    (db, Arc::new(client))
+    let client = extsync::store::open(&db.url, "test").await.unwrap();
+    (db, client)
 }
 
 /// `(status, message, error_code, since)` of `integration` in `extsync.integration_status`.
 async fn saved_status(
-    db: &tokio_postgres::Client,
+    db: &extsync::store::Db,
     integration: &str,
 ) -> Option<(
     String,
@@ -276,12 +275,15 @@ async fn saved_status(
     Option<String>,
     chrono::DateTime<chrono::Utc>,
 )> {
-    db.query_opt(
-        "SELECT status, message, error_code, since FROM extsync.integration_status WHERE integration = $1",
-        &[&integration],
-    )
-    .await
-    .unwrap()
+    db.client()
+        .await
+        .unwrap()
+        .query_opt(
+            "SELECT status, message, error_code, since FROM extsync.integration_status WHERE integration = $1",
+            &[&integration],
+        )
+        .await
+        .unwrap()
     .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
 }
 

@@ -13,6 +13,7 @@ use extsync::ingest::cursor::CursorStore;
 use extsync::ingest::emitter::{Emitter, IDEMPOTENCY_HEADER};
 use extsync::ingest::{ChangeSource, ExternalChange};
 use extsync::kafka::Topics;
+use extsync::store::Db;
 use rdkafka::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Headers;
@@ -46,16 +47,16 @@ fn t(secs: i64) -> DateTime<Utc> {
     Utc.timestamp_opt(1_700_000_000 + secs, 0).unwrap()
 }
 
-async fn setup() -> (TestDb, TestKafka, Arc<tokio_postgres::Client>) {
+async fn setup() -> (TestDb, TestKafka, Db) {
     let db = TestDb::create().await;
+    let state = extsync::store::open(&db.url, "test").await.unwrap();
+    // Migrating twice is a no-op.
     let mut client = extsync::store::connect(&db.url).await.unwrap();
     extsync::store::migrate(&mut client).await.unwrap();
-    // Migrating twice is a no-op.
-    extsync::store::migrate(&mut client).await.unwrap();
-    (db, TestKafka::new(), Arc::new(client))
+    (db, TestKafka::new(), state)
 }
 
-fn emitter(kafka: &TestKafka, state: Arc<tokio_postgres::Client>) -> Emitter {
+fn emitter(kafka: &TestKafka, state: Db) -> Emitter {
     let producer: FutureProducer = extsync::kafka::durable_producer(kafka.config())
         .create()
         .unwrap();

@@ -239,9 +239,7 @@ async fn poller_dying_mid_sweep_resumes_from_its_cursor_without_loss_or_repeat()
     }
     org.sim.freeze_clock(None);
 
-    let mut state = extsync::store::connect(&db.url).await.unwrap();
-    extsync::store::migrate(&mut state).await.unwrap();
-    let state = Arc::new(state);
+    let state = extsync::store::open(&db.url, "test").await.unwrap();
     let integration = p.integrations.values().next().unwrap();
     let make_poller = || {
         let producer = extsync::kafka::durable_producer(kafka.config())

@@ -3,7 +3,6 @@
 
 mod support;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use extsync::processor::state::{RecordKey, RecordState, StateStore};
@@ -25,11 +24,10 @@ fn linked(external_id: &str) -> RecordState {
 }
 
 async fn store(db: &TestDb, capacity: u64) -> StateStore {
-    let mut client = db.client().await;
-    extsync::store::migrate(&mut client)
+    let client = extsync::store::open(&db.url, "test")
         .await
         .expect("migrations");
-    StateStore::new(Arc::new(client), capacity)
+    StateStore::new(client, capacity)
 }
 
 #[tokio::test]

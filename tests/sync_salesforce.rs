@@ -1051,3 +1051,88 @@ async fn on_not_found_create_makes_the_account_again_and_links_it() {
     assert_eq!(s.extsync_created().await, 2);
     s.stop().await;
 }
+
+/// Ends every session of the test's database but `db`'s own, as a
+/// PostgreSQL restart does: extsync's pooled connections, its billing
+/// writer and capture's walsender all see their connection closed.
+async fn sever_postgres_sessions(s: &Sync, db: &tokio_postgres::Client) -> i64 {
+    db.query_one(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+         WHERE datname = $1 AND pid <> pg_backend_pid()",
+        &[&s.db.name],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_postgres_connections_mid_sync_are_reopened_and_nothing_is_lost() {
+    let _slot = PIPELINE_SLOT.lock().await;
+    let s = Sync::start_stages(Stages::None).await;
+    let db = s.db.client().await;
+    let mut child = s.spawn_run();
+    for i in 1..=30i64 {
+        db.execute(
+            "INSERT INTO accounts (id, name, email, mrr) VALUES ($1, $2, $3, 10)",
+            &[&i, &format!("Co {i}"), &format!("co{i}@x.test")],
+        )
+        .await
+        .unwrap();
+    }
+    eventually(
+        "the first Accounts exist",
+        Duration::from_secs(60),
+        || async { s.accounts().await.len() >= 5 },
+    )
+    .await;
+    let severed = sever_postgres_sessions(&s, &db).await;
+    assert!(severed >= 3, "only {severed} sessions of extsync were open");
+    for i in 31..=40i64 {
+        db.execute(
+            "INSERT INTO accounts (id, name, email, mrr) VALUES ($1, $2, $3, 10)",
+            &[&i, &format!("Co {i}"), &format!("co{i}@x.test")],
+        )
+        .await
+        .unwrap();
+    }
+    eventually(
+        "all 40 Accounts exist after the connections were lost",
+        Duration::from_secs(90),
+        || async { s.accounts().await.len() >= 40 },
+    )
+    .await;
+    // Salesforce edits come back to billing once the writer reconnects.
+    let person = s.person();
+    let first = s.account_for("1").await.expect("Account 1");
+    person
+        .write(
+            "Account",
+            WriteOp::Update {
+                id: first.id.clone(),
+                fields: json!({"Email__c": "one@crm.test"})
+                    .as_object()
+                    .unwrap()
+                    .clone(),
+            },
+        )
+        .await
+        .unwrap();
+    eventually(
+        "the Salesforce edit reaches billing",
+        Duration::from_secs(60),
+        || async {
+            db.query_one("SELECT email FROM accounts WHERE id = 1", &[])
+                .await
+                .unwrap()
+                .get::<_, String>(0)
+                == "one@crm.test"
+        },
+    )
+    .await;
+    assert_eq!(s.accounts().await.len(), 40, "one Account per billing row");
+    assert_eq!(s.extsync_created().await, 40, "no Account created twice");
+    let _ = child.kill();
+    let _ = child.wait();
+    s.stop().await;
+}

@@ -65,10 +65,20 @@ impl CaptureError {
     /// (a dropped connection, a broker away).
     pub fn is_transient(&self) -> bool {
         match self {
-            CaptureError::Sql { source, .. } => source.is_closed() || source.code().is_none(),
+            CaptureError::Sql { source, .. } => {
+                source.is_closed() || source.code().is_none_or(|c| transient_state(c.code()))
+            }
             CaptureError::Replication(e) => e.is_transient(),
             CaptureError::Kafka { .. } => true,
             _ => false,
         }
     }
+}
+
+/// True for the SQLSTATEs after which connecting again may succeed: the
+/// server shutting down or starting up (class 57P), the connection failing
+/// (class 08), and the slot still held by a walsender that is ending, or
+/// by another capture process this one stands by for (55006).
+pub(super) fn transient_state(code: &str) -> bool {
+    code.starts_with("57P") || code.starts_with("08") || code == "55006"
 }

@@ -19,6 +19,8 @@ pub const OLDEST_UNACKED_SECONDS: &str = "extsync_capture_oldest_unacked_seconds
 pub const ACKED_LSN: &str = "extsync_capture_acked_lsn";
 /// Heartbeat messages written.
 pub const HEARTBEATS_TOTAL: &str = "extsync_capture_heartbeats_total";
+/// Times capture started again after a transient failure.
+pub const RESTARTS_TOTAL: &str = "extsync_capture_restarts_total";
 
 /// Registers descriptions with the recorder.
 pub fn describe() {
@@ -37,4 +39,8 @@ pub fn describe() {
     );
     metrics::describe_gauge!(ACKED_LSN, "LSN acknowledged to PostgreSQL");
     metrics::describe_counter!(HEARTBEATS_TOTAL, "Heartbeat messages written to the WAL");
+    metrics::describe_counter!(
+        RESTARTS_TOTAL,
+        "Times capture resumed from its slot after a transient failure"
+    );
 }

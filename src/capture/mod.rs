@@ -95,7 +95,7 @@ pub async fn run_until(
                 .enable_all()
                 .build()
                 .map_err(CaptureError::Runtime)
-                .and_then(|rt| rt.block_on(run_here(&pipeline, stop, until)));
+                .and_then(|rt| rt.block_on(run_resuming(&pipeline, stop, until)));
             let _ = tx.send(result);
         })
         .map_err(CaptureError::Runtime)?;
@@ -104,6 +104,45 @@ pub async fn run_until(
             "the capture thread ended without a result",
         )))
     })
+}
+
+/// The first wait before capture starts again after a transient failure;
+/// each failure in a row doubles it, up to [`RESTART_MAX`].
+const RESTART_MIN: Duration = Duration::from_millis(250);
+
+/// The longest wait between two starts; a run that lasted longer than this
+/// starts the next wait over from [`RESTART_MIN`].
+const RESTART_MAX: Duration = Duration::from_secs(30);
+
+/// Runs capture, and starts it again after a transient failure (the server
+/// restarting, a dropped connection, the broker away, the slot still held):
+/// it resumes from the slot's confirmed position, which only ever covers
+/// changes Kafka has, so nothing is lost and what Kafka may already have
+/// from after it is sent again under the same idempotency keys. Other
+/// failures end the stage: they need someone to act.
+async fn run_resuming(
+    pipeline: &Pipeline,
+    stop: CancellationToken,
+    until: Option<u64>,
+) -> Result<RunSummary, CaptureError> {
+    let mut wait = RESTART_MIN;
+    loop {
+        let started = std::time::Instant::now();
+        let e = match run_here(pipeline, stop.clone(), until).await {
+            Err(e) if e.is_transient() && !stop.is_cancelled() => e,
+            done => return done,
+        };
+        if started.elapsed() > RESTART_MAX {
+            wait = RESTART_MIN;
+        }
+        ::metrics::counter!(metrics::RESTARTS_TOTAL).increment(1);
+        tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "capture interrupted; resuming from the slot's confirmed position");
+        tokio::select! {
+            _ = stop.cancelled() => return Ok(RunSummary::default()),
+            _ = tokio::time::sleep(wait) => {}
+        }
+        wait = (wait * 2).min(RESTART_MAX);
+    }
 }
 
 async fn run_here(

@@ -56,7 +56,11 @@ pub enum WalsenderError {
 impl WalsenderError {
     /// True when reconnecting may succeed without anyone acting.
     pub fn is_transient(&self) -> bool {
-        matches!(self, WalsenderError::Io(_) | WalsenderError::Ended)
+        match self {
+            WalsenderError::Io(_) | WalsenderError::Ended => true,
+            WalsenderError::Server { code, .. } => super::error::transient_state(code),
+            WalsenderError::Auth(_) | WalsenderError::Protocol(_) => false,
+        }
     }
 
     fn protocol(what: impl Into<String>) -> Self {
@@ -597,6 +601,24 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_server_going_away_is_transient_and_a_refusal_is_not() {
+        let server = |code: &str| WalsenderError::Server {
+            code: code.into(),
+            message: String::new(),
+        };
+        // Shutting down, starting up, connection failure, slot still held.
+        for code in ["57P01", "57P02", "57P03", "08006", "55006"] {
+            assert!(server(code).is_transient(), "{code}");
+        }
+        // No such slot, no permission, bad configuration: someone must act.
+        for code in ["42704", "42501", "55000"] {
+            assert!(!server(code).is_transient(), "{code}");
+        }
+        assert!(WalsenderError::Ended.is_transient());
+        assert!(!WalsenderError::Auth("password".into()).is_transient());
     }
 
     #[test]

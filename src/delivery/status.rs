@@ -8,11 +8,10 @@
 //!                 ──writes succeed───► Active ──────┴─► StatusStore ──► extsync.integration_status
 //! ```
 
-use std::sync::Arc;
-
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use tokio_postgres::Client;
+
+use crate::store::Db;
 
 /// Whether an integration's writes flow.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,12 +52,12 @@ pub trait StatusStore: Send + Sync {
 
 /// A [`StatusStore`] in `extsync.integration_status` (one row per integration).
 pub struct PgStatusStore {
-    db: Arc<Client>,
+    db: Db,
 }
 
 impl PgStatusStore {
     /// A store on `db`, whose schema `extsync` is migrated.
-    pub fn new(db: Arc<Client>) -> Self {
+    pub fn new(db: Db) -> Self {
         PgStatusStore { db }
     }
 }
@@ -79,6 +78,8 @@ impl StatusStore for PgStatusStore {
             } => (*since, Some(message.as_str()), code.as_deref()),
         };
         self.db
+            .client()
+            .await?
             .execute(
                 "INSERT INTO extsync.integration_status AS s (integration, status, since, message, error_code)
                  VALUES ($1, $2, $3, $4, $5)

@@ -2,19 +2,16 @@
 //! and object in `extsync.poll_cursors`, advanced only after the page it
 //! covers is in Kafka.
 
-use std::sync::Arc;
-
-use tokio_postgres::Client;
-
 use crate::connectors::Cursor;
+use crate::store::Db;
 
 #[derive(Clone)]
 pub struct CursorStore {
-    db: Arc<Client>,
+    db: Db,
 }
 
 impl CursorStore {
-    pub fn new(db: Arc<Client>) -> Self {
+    pub fn new(db: Db) -> Self {
         Self { db }
     }
 
@@ -25,6 +22,8 @@ impl CursorStore {
     ) -> Result<Option<Cursor>, tokio_postgres::Error> {
         let row = self
             .db
+            .client()
+            .await?
             .query_opt(
                 "SELECT modified_at, record_id FROM extsync.poll_cursors WHERE integration = $1 AND object = $2",
                 &[&integration, &object],
@@ -44,6 +43,8 @@ impl CursorStore {
         to: &Cursor,
     ) -> Result<(), tokio_postgres::Error> {
         self.db
+            .client()
+            .await?
             .execute(
                 "INSERT INTO extsync.poll_cursors AS c (integration, object, modified_at, record_id)
                  VALUES ($1, $2, $3, $4)

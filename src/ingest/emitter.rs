@@ -16,7 +16,6 @@
 //! recording) a duplicate can occur; it carries the same idempotency key
 //! header, which the processor collapses.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -26,10 +25,10 @@ use moka::ops::compute::Op;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio::sync::{mpsc, oneshot};
-use tokio_postgres::Client;
 
 use super::event::ExternalChange;
 use crate::kafka::Topics;
+use crate::store::Db;
 
 /// Kafka header carrying [`ExternalChange::idempotency_key`].
 pub const IDEMPOTENCY_HEADER: &str = "extsync-idempotency-key";
@@ -72,7 +71,7 @@ impl Emitted {
 pub struct Emitter {
     producer: FutureProducer,
     topics: Topics,
-    state: Arc<Client>,
+    state: Db,
     recent: Cache<RecordKey, Emitted>,
     recorder: mpsc::UnboundedSender<Recording>,
 }
@@ -97,7 +96,7 @@ pub struct EmitStats {
 
 impl Emitter {
     /// Creates the emitter and starts its recorder (inside a Tokio runtime).
-    pub fn new(producer: FutureProducer, topics: Topics, state: Arc<Client>) -> Self {
+    pub fn new(producer: FutureProducer, topics: Topics, state: Db) -> Self {
         let (recorder, work) = mpsc::unbounded_channel();
         tokio::spawn(record_versions(state.clone(), work));
         Self {
@@ -204,6 +203,8 @@ impl Emitter {
             .collect();
         let rows = self
             .state
+            .client()
+            .await?
             .query(
                 "SELECT v.integration, v.object, v.record_id, v.version, v.modified_at
                    FROM extsync.external_versions v
@@ -292,7 +293,7 @@ fn key(c: &ExternalChange) -> RecordKey {
 /// Records emitted versions: everything queued is written in one statement,
 /// then the flushes queued meanwhile are answered. A failed write is logged;
 /// it costs at most duplicates, which carry their idempotency key.
-async fn record_versions(state: Arc<Client>, mut work: mpsc::UnboundedReceiver<Recording>) {
+async fn record_versions(state: Db, mut work: mpsc::UnboundedReceiver<Recording>) {
     while let Some(first) = work.recv().await {
         let mut rows = Vec::new();
         let mut flushes = Vec::new();
@@ -317,7 +318,7 @@ async fn record_versions(state: Arc<Client>, mut work: mpsc::UnboundedReceiver<R
 }
 
 async fn insert_versions(
-    state: &Client,
+    state: &Db,
     rows: &[(String, String, String, String, DateTime<Utc>)],
 ) -> Result<(), tokio_postgres::Error> {
     let integrations: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
@@ -326,6 +327,8 @@ async fn insert_versions(
     let versions: Vec<&str> = rows.iter().map(|r| r.3.as_str()).collect();
     let times: Vec<DateTime<Utc>> = rows.iter().map(|r| r.4).collect();
     state
+        .client()
+        .await?
         .execute(
             "INSERT INTO extsync.external_versions AS v (integration, object, record_id, version, modified_at)
              SELECT DISTINCT ON (integration, object, record_id) *

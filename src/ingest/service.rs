@@ -29,7 +29,7 @@ use crate::connectors::salesforce::{
 };
 use crate::connectors::{ConnectorError, WebhookEvent};
 use crate::kafka::{self, Topics};
-use crate::store;
+use crate::store::{self, Db};
 
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
@@ -68,9 +68,7 @@ impl Ingest {
 
 /// Starts ingest for every enabled integration of `pipeline`.
 pub async fn start(pipeline: &Pipeline, stop: CancellationToken) -> Result<Ingest, IngestError> {
-    let mut db = store::connect(&pipeline.postgres.url.resolve()?).await?;
-    store::migrate(&mut db).await?;
-    let db = Arc::new(db);
+    let db = store::open(&pipeline.postgres.url.resolve()?, "ingest").await?;
     let producer = kafka::durable_producer(kafka::client_config(&pipeline.kafka)?).create()?;
     let emitter = Arc::new(Emitter::new(
         producer,
@@ -177,18 +175,11 @@ async fn stream_changes(
     sf: Arc<SalesforceConnector>,
     target: Arc<IngestTarget>,
     emitter: Arc<Emitter>,
-    db: Arc<tokio_postgres::Client>,
+    db: Db,
     stop: CancellationToken,
 ) {
-    let load = db
-        .query_opt(
-            "SELECT replay_id FROM extsync.stream_positions WHERE integration = $1 AND channel = $2",
-            &[&target.id, &SALESFORCE_CHANNEL],
-        )
-        .await;
-    let from = match load {
-        Ok(Some(r)) => ReplayFrom::After(r.get::<_, i64>(0) as u64),
-        _ => ReplayFrom::Latest,
+    let Some(from) = stored_position(&db, &target.id, &stop).await else {
+        return;
     };
     let mut sub = CdcSubscriber::new(sf, SALESFORCE_CHANNEL, from);
     while !stop.is_cancelled() {
@@ -217,13 +208,55 @@ async fn stream_changes(
             tokio::time::sleep(Duration::from_secs(1)).await;
             continue;
         }
-        let _ = db
-            .execute(
+        let saved = match db.client().await {
+            Ok(c) => c.execute(
                 "INSERT INTO extsync.stream_positions (integration, channel, replay_id) VALUES ($1, $2, $3)
                  ON CONFLICT (integration, channel) DO UPDATE SET replay_id = excluded.replay_id, updated_at = now()",
                 &[&target.id, &SALESFORCE_CHANNEL, &(last as i64)],
             )
-            .await;
+            .await
+            .map(|_| ()),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = saved {
+            // The next poll's save covers this one; a restart before it
+            // takes these events again, and the emitter drops what it has.
+            tracing::warn!(integration = %target.id, error = %e, "saving the change-event stream position failed");
+        }
+    }
+}
+
+/// Where the change-event stream of `integration` resumes: after the stored
+/// replay id, or at the latest event when none is stored. Reading it is
+/// retried while the state database is away (starting from the latest event
+/// instead would skip what happened meanwhile); `None` once `stop` is
+/// cancelled.
+async fn stored_position(
+    db: &Db,
+    integration: &str,
+    stop: &CancellationToken,
+) -> Option<ReplayFrom> {
+    loop {
+        let load = async {
+            db.client()
+                .await?
+                .query_opt(
+                    "SELECT replay_id FROM extsync.stream_positions WHERE integration = $1 AND channel = $2",
+                    &[&integration, &SALESFORCE_CHANNEL],
+                )
+                .await
+        };
+        match load.await {
+            Ok(Some(r)) => return Some(ReplayFrom::After(r.get::<_, i64>(0) as u64)),
+            Ok(None) => return Some(ReplayFrom::Latest),
+            Err(e) => {
+                tracing::warn!(integration, error = %e, "reading the change-event stream position failed; trying again");
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return None,
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
     }
 }
 

@@ -32,6 +32,8 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::Value;
 use tokio_postgres::Client;
 
+use crate::store::Db;
+
 use super::change::{BillingChange, Change, RETRY_ORIGIN};
 use super::route::{self, CHANGES_TOPIC};
 use super::state::RecordKey;
@@ -103,7 +105,7 @@ impl Requeue {
 
     /// Runs a pass if one is due; a pass that fails is due again. Returns
     /// how many records were re-queued.
-    pub async fn run_if_due(&self, db: &Client) -> usize {
+    pub async fn run_if_due(&self, db: &Db) -> usize {
         if !self.due.swap(false, Ordering::AcqRel) {
             return 0;
         }
@@ -136,7 +138,8 @@ impl Requeue {
     }
 
     /// Re-queues the failed records whose awaited link (parent or own) is saved now.
-    async fn pass(&self, db: &Client) -> Result<usize, RequeueError> {
+    async fn pass(&self, db: &Db) -> Result<usize, RequeueError> {
+        let db = db.client().await?;
         let rows = db
             .query(
                 "SELECT f.integration, f.entity, f.billing_id, f.change, f.last_failed_at
@@ -161,7 +164,7 @@ impl Requeue {
         if read.is_empty() {
             return Ok(0);
         }
-        mark_requeued(db, &read).await?;
+        mark_requeued(&db, &read).await?;
         let requeued = messages.len();
         metrics::counter!(REQUEUED_TOTAL).increment(requeued as u64);
         tracing::debug!(

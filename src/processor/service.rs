@@ -23,7 +23,7 @@ use crate::delivery::billing::{BillingWriter, BillingWriterConfig};
 use crate::delivery::external::{ExternalWriter, ExternalWriterConfig, NotFoundPolicy};
 use crate::delivery::status::PgStatusStore;
 use crate::kafka::{self, Topics};
-use crate::store;
+use crate::store::{self, Db};
 
 /// Settings of the processor that pipeline files do not carry.
 #[derive(Debug, Clone)]
@@ -79,18 +79,18 @@ pub async fn processor_with(
 /// connections and the state store (cache included).
 struct Shared {
     url: String,
-    db: Arc<tokio_postgres::Client>,
-    reads: Arc<tokio_postgres::Client>,
+    db: Db,
+    reads: Db,
     state: StateStore,
 }
 
 impl Shared {
     async fn connect(pipeline: &Pipeline) -> Result<Self, ProcessError> {
         let url = pipeline.postgres.url.resolve()?;
-        let mut db = store::connect(&url).await?;
-        store::migrate(&mut db).await?;
-        let db = Arc::new(db);
-        let reads = Arc::new(store::connect(&url).await?);
+        let db = store::open(&url, "processor").await?;
+        let reads = Db::connect(&url, "processor reads")
+            .await
+            .map_err(store::StoreError::Connect)?;
         let state = StateStore::new(db.clone(), pipeline.processor.state_cache_capacity)
             .reading_from(reads.clone());
         Ok(Self {

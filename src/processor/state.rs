@@ -24,9 +24,9 @@ use chrono::{DateTime, Utc};
 use moka::future::Cache;
 use serde_json::{Map, Value};
 use tokio::sync::watch;
-use tokio_postgres::Client;
 
 use super::merge::Base;
+use crate::store::Db;
 
 /// Identity of one synced record: integration, entity, billing id.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -81,11 +81,11 @@ impl RecordState {
 /// Durable state with a bounded in-memory front.
 #[derive(Clone)]
 pub struct StateStore {
-    db: Arc<Client>,
+    db: Db,
     /// Where cache misses are read: a connection of their own keeps them
     /// from queueing behind the saves on `db`. Saved states are committed,
     /// and unsaved ones are answered from memory, so either sees the latest.
-    reads: Arc<Client>,
+    reads: Db,
     cache: Cache<RecordKey, Arc<RecordState>>,
     /// External record → billing id, for the links this process has seen.
     links: Cache<ExternalKey, String>,
@@ -129,7 +129,7 @@ struct Saving {
 type ExternalKey = (String, String, String);
 
 impl StateStore {
-    pub fn new(db: Arc<Client>, capacity: u64) -> Self {
+    pub fn new(db: Db, capacity: u64) -> Self {
         Self {
             reads: db.clone(),
             db,
@@ -162,12 +162,12 @@ impl StateStore {
     }
 
     /// Reads cache misses over `reads` instead of the saves' connection.
-    pub fn reading_from(mut self, reads: Arc<Client>) -> Self {
+    pub fn reading_from(mut self, reads: Db) -> Self {
         self.reads = reads;
         self
     }
 
-    pub fn db(&self) -> &Arc<Client> {
+    pub fn db(&self) -> &Db {
         &self.db
     }
 
@@ -199,6 +199,8 @@ impl StateStore {
                 .collect();
             let rows = self
                 .reads
+                .client()
+                .await?
                 .query(
                     "SELECT r.integration, r.entity, r.billing_id, r.external_id, r.base, r.external_image,
                             r.external_version, r.written_hash, r.billing_changed_at, r.external_changed_at, r.deleted,
@@ -268,6 +270,8 @@ impl StateStore {
         }
         let row = self
             .reads
+            .client()
+            .await?
             .query_opt(
                 "SELECT billing_id FROM extsync.records WHERE integration = $1 AND entity = $2 AND external_id = $3",
                 &[&integration, &entity, &external_id],
@@ -387,6 +391,8 @@ impl StateStore {
             .collect();
         let sent: Vec<bool> = states.iter().map(|s| s.1.create_sent).collect();
         self.db
+            .client()
+            .await?
             .execute(
                 "INSERT INTO extsync.records AS r (integration, entity, billing_id, external_id, base, external_image,
                         external_version, written_hash, billing_changed_at, external_changed_at, deleted,
@@ -427,6 +433,8 @@ impl StateStore {
             .map(|(_, b)| serde_json::to_value(b).expect("base serializes"))
             .collect();
         self.db
+            .client()
+            .await?
             .execute(
                 "INSERT INTO extsync.records AS r (integration, entity, billing_id, base, create_sent)
                  SELECT *, true FROM unnest($1::text[], $2::text[], $3::text[], $4::jsonb[])

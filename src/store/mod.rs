@@ -8,6 +8,9 @@
 
 use tokio_postgres::{Client, NoTls};
 
+mod db;
+pub use db::{Db, REOPENED_TOTAL};
+
 mod embedded {
     refinery::embed_migrations!("migrations");
 }
@@ -38,6 +41,15 @@ pub async fn connect(url: &str) -> Result<Client, StoreError> {
         }
     });
     Ok(client)
+}
+
+/// Migrates schema `extsync` over a connection of its own, then opens the
+/// shared connection that `role` (its name in `pg_stat_activity`) uses.
+pub async fn open(url: &str, role: &'static str) -> Result<Db, StoreError> {
+    let mut first = connect(url).await?;
+    migrate(&mut first).await?;
+    drop(first);
+    Db::connect(url, role).await.map_err(StoreError::Connect)
 }
 
 /// Creates schema `extsync` and applies pending migrations, one process at a time.

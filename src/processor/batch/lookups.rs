@@ -41,6 +41,8 @@ impl Processor {
         }
         if let Some(after) = &x.after {
             self.billing
+                .client()
+                .await?
                 .execute(
                     "INSERT INTO extsync.external_index (integration, entity, external_id, fields, modified_at)
                      VALUES ($1, $2, $3, $4, $5)
@@ -67,6 +69,8 @@ impl Processor {
             .collect();
         let fields = Value::Object(x.after.clone().unwrap_or_default());
         self.billing
+            .client()
+            .await?
             .execute(
                 "INSERT INTO extsync.match_reviews (integration, entity, external_id, candidates, fields)
                  VALUES ($1, $2, $3, $4, $5)
@@ -94,6 +98,8 @@ impl Processor {
         );
         let rows = self
             .billing
+            .client()
+            .await?
             .query(&sql, &[&e.integration, &e.entity])
             .await?;
         Ok(rows
@@ -118,6 +124,8 @@ impl Processor {
         self.state.settled().await;
         let rows = self
             .billing
+            .client()
+            .await?
             .query(
                 "SELECT i.external_id, i.fields FROM extsync.external_index i
                   WHERE i.integration = $1 AND i.entity = $2
@@ -161,7 +169,7 @@ impl Processor {
                 "SELECT t.{pk}::text, to_jsonb(t) FROM {} t WHERE t.{pk} = ANY($1::text[]::{sql_type}[])",
                 quoted_table(e)
             );
-            for r in self.reads.query(&sql, &[&ids]).await? {
+            for r in self.reads.client().await?.query(&sql, &[&ids]).await? {
                 let row: Value = r.get(1);
                 out.insert(
                     (table.clone(), r.get::<_, String>(0)),
@@ -182,6 +190,8 @@ impl Processor {
         }
         let row = self
             .billing
+            .client()
+            .await?
             .query_opt(
                 "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_index i
                    JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
@@ -251,6 +261,8 @@ impl Processor {
             }
             let row = self
                 .billing
+                .client()
+                .await?
                 .query_opt(
                     "SELECT external_id FROM extsync.records WHERE integration = $1 AND entity = $2 AND billing_id = $3 AND external_id IS NOT NULL",
                     &[&key.integration, &key.entity, &key.billing_id],

@@ -31,7 +31,6 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
-use tokio_postgres::Client;
 
 use super::bookkeeping::{Bookkeeping, Failure};
 use super::change::Change;
@@ -43,6 +42,7 @@ use super::sinks::{BillingSink, ExternalSink, SinkError};
 use super::state::{RecordKey, RecordState, StateStore};
 use crate::delivery::{BillingWrite, ExternalWrite, ExternalWriteOp};
 use crate::ingest::ExternalChange;
+use crate::store::Db;
 
 /// How long a child waits, in total, for its parent to be linked, unless
 /// the processor is given another wait.
@@ -80,10 +80,10 @@ pub struct Processor {
     pub mappings: Arc<Mappings>,
     pub state: StateStore,
     /// The billing database (rows, candidates) — the same as the state's.
-    pub billing: Arc<Client>,
+    pub billing: Db,
     /// The connection the billing rows of a batch are read over, beside
     /// the state's saves on `billing`.
-    pub reads: Arc<Client>,
+    pub reads: Db,
     pub external: HashMap<String, Arc<dyn ExternalSink>>,
     pub billing_sink: Arc<dyn BillingSink>,
     /// How long a child waits, in total, for its parent to be linked.
@@ -116,7 +116,9 @@ impl Processor {
     /// Saves a processed batch's bookkeeping, then re-queues the records
     /// waiting for a link that is saved now (see [`super::retry`]).
     pub async fn save(&self, bookkeeping: &Bookkeeping) -> Result<(), tokio_postgres::Error> {
-        bookkeeping.save(&self.state, &self.billing).await?;
+        bookkeeping
+            .save(&self.state, &*self.billing.client().await?)
+            .await?;
         if bookkeeping.parents_linked || bookkeeping.failures.iter().any(|f| f.waiting.is_some()) {
             self.requeue.wake();
         }
