@@ -24,6 +24,13 @@ pub enum CaptureError {
     /// The database is not ready for capture; every problem names its fix.
     #[error("capture cannot start:\n{}", .0.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
     Setup(Vec<SetupProblem>),
+    /// Another process reads the slot: a capture of this pipeline elsewhere
+    /// (this one stands by until the slot is free), or the walsender of a
+    /// connection that is ending.
+    #[error(
+        "replication slot {slot} is in use by process {pid} (another capture of this pipeline?); a slot has one reader, so this capture waits for it"
+    )]
+    SlotInUse { slot: String, pid: i32 },
     #[error("pipeline setting: {0}")]
     Config(#[from] ResolveError),
     #[error("invalid postgres.url: {0}")]
@@ -69,7 +76,7 @@ impl CaptureError {
                 source.is_closed() || source.code().is_none_or(|c| transient_state(c.code()))
             }
             CaptureError::Replication(e) => e.is_transient(),
-            CaptureError::Kafka { .. } => true,
+            CaptureError::Kafka { .. } | CaptureError::SlotInUse { .. } => true,
             _ => false,
         }
     }

@@ -205,9 +205,15 @@ pub async fn prepare(sql: &Client, s: &Settings) -> Result<Plan, CaptureError> {
             ),
         ));
     }
-    let slot = read_slot(sql, s, &role.database, &mut problems).await?;
+    let (slot, reader) = read_slot(sql, s, &role.database, &mut problems).await?;
     if !problems.is_empty() {
         return Err(CaptureError::Setup(problems));
+    }
+    if let Some(pid) = reader {
+        return Err(CaptureError::SlotInUse {
+            slot: s.slot.clone(),
+            pid,
+        });
     }
 
     publish(sql, s, &publication, &tables).await?;
@@ -441,18 +447,20 @@ impl Publication {
     }
 }
 
-/// The slot's position, when it exists; a slot of another kind or database,
-/// one in use, or no free slot to create is a problem.
+/// The slot as found: its position, when it exists, and the process
+/// reading it, when one is. A slot of another kind or database, one that
+/// lost WAL it needed, or no free slot to create is a problem.
 async fn read_slot(
     sql: &Client,
     s: &Settings,
     database: &str,
     problems: &mut Vec<SetupProblem>,
-) -> Result<Option<SlotState>, CaptureError> {
+) -> Result<(Option<SlotState>, Option<i32>), CaptureError> {
     let subject = || format!("replication slot {}", s.slot);
     let row = sql
         .query_opt(
-            "SELECT plugin::text, database::text, active_pid, confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
+            "SELECT plugin::text, database::text, active_pid, confirmed_flush_lsn::text, wal_status
+               FROM pg_replication_slots WHERE slot_name = $1",
             &[&s.slot],
         )
         .await
@@ -472,12 +480,13 @@ async fn read_slot(
                 format!("cannot be created: all {max} slots are used; drop unused ones or raise max_replication_slots and restart PostgreSQL"),
             ));
         }
-        return Ok(None);
+        return Ok((None, None));
     };
     let plugin: Option<String> = r.get(0);
     let db: Option<String> = r.get(1);
     let pid: Option<i32> = r.get(2);
     let flush: Option<String> = r.get(3);
+    let wal_status: Option<String> = r.get(4);
     if plugin.as_deref() != Some("pgoutput") || db.as_deref() != Some(database) {
         problems.push(problem(
             subject(),
@@ -488,16 +497,21 @@ async fn read_slot(
                 s.slot
             ),
         ));
-    } else if let Some(pid) = pid {
+    } else if wal_status.as_deref() == Some("lost") {
         problems.push(problem(
             subject(),
-            format!("is in use by process {pid} (another capture of this pipeline?): stop it first; a slot has one reader"),
+            format!(
+                "lost WAL it needed (it fell more than max_slot_wal_keep_size behind), so changes made since {} were not captured: drop it with SELECT pg_drop_replication_slot('{}'); and start again, which takes a new initial snapshot",
+                flush.as_deref().unwrap_or("its last position"),
+                s.slot
+            ),
         ));
     }
-    Ok(flush
+    let position = flush
         .as_deref()
         .and_then(parse_lsn)
-        .map(|confirmed_flush| SlotState { confirmed_flush }))
+        .map(|confirmed_flush| SlotState { confirmed_flush });
+    Ok((position, pid))
 }
 
 /// Creates the publication, or adds the tables it lacks.
