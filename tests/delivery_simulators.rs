@@ -11,8 +11,8 @@ mod support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use extsync::connectors::ErrorClass;
 use extsync::connectors::salesforce::SalesforceConnector;
+use extsync::connectors::{Connector, ErrorClass};
 use extsync::delivery::{
     DeliveryError, DeliveryOutcome, ExternalWrite, ExternalWriteOp, ExternalWriter,
     ExternalWriterConfig, IntegrationStatus, Interruption, NotFoundPolicy, OutcomeKind,
@@ -376,6 +376,81 @@ async fn salesforce_validation_failure_stays_with_its_record() {
         }
     }
     assert_eq!(sf_creates(&org, "Account"), 9);
+}
+
+#[tokio::test]
+async fn successive_updates_of_a_record_go_out_as_one_call_with_the_latest_values() {
+    let mut config = SalesforceSimConfig::default();
+    config.validation_rules.push(ValidationRule {
+        object: "Account".into(),
+        name: "MRR_Not_Negative".into(),
+        condition: "MRR__c < 0".into(),
+        message: "MRR cannot be negative".into(),
+        error_field: Some("MRR__c".into()),
+    });
+    let org = salesforce_support::start_with(config).await;
+    let w = writer("sf", org.connector.clone(), policy(3), None);
+    let made = w.write(&sf_accounts(2, "u")).await.unwrap();
+    let ids: Vec<String> = made
+        .iter()
+        .map(|o| o.external_id.clone().unwrap())
+        .collect();
+    let update = |n: usize, fields: Value| ExternalWrite {
+        op: ExternalWriteOp::Update {
+            external_id: ids[n].clone(),
+        },
+        fields: fields.as_object().unwrap().clone(),
+        ..write(
+            "sf",
+            "Account",
+            format!("u{n}"),
+            json!({}),
+            Some("Alguna_Id__c"),
+        )
+    };
+    // Ten edits of the first Account, interleaved with edits of the second
+    // that end in a value its validation rule refuses.
+    let mut writes = Vec::new();
+    for i in 1..=10 {
+        writes.push(update(0, json!({"MRR__c": i})));
+        if i == 5 {
+            writes.push(update(0, json!({"Name": "Renamed"})));
+            writes.push(update(1, json!({"MRR__c": 7})));
+            writes.push(update(1, json!({"MRR__c": -1})));
+        }
+    }
+    let (calls_before, seen) = (org.sim.api_usage().0, org.sim.written(0).len());
+    let out = w.write(&writes).await.unwrap();
+    assert_eq!(out.len(), writes.len(), "one outcome per write");
+    for (x, o) in writes.iter().zip(&out) {
+        let want = if x.billing_id == "u0" {
+            OutcomeKind::Updated
+        } else {
+            OutcomeKind::Failed
+        };
+        assert_eq!(o.kind, want, "{x:?}");
+    }
+    assert_eq!(
+        org.sim.api_usage().0 - calls_before,
+        1,
+        "both records' runs in one batch call"
+    );
+    let written: Vec<_> = org.sim.written(0).into_iter().skip(seen).collect();
+    assert_eq!(
+        written.len(),
+        1,
+        "one write, of the first Account: {written:?}"
+    );
+    assert_eq!(
+        Value::Object(written[0].fields.clone()),
+        json!({"MRR__c": 10, "Name": "Renamed"})
+    );
+    let second = org.connector.read("Account", &ids[1]).await.unwrap();
+    assert_eq!(
+        second.fields["MRR__c"].as_f64(),
+        Some(101.0),
+        "the refused run changed nothing"
+    );
 }
 
 #[tokio::test]

@@ -355,6 +355,105 @@ async fn a_rejected_record_is_listed_as_failed_until_it_syncs_and_counters_add_u
     s.stop().await;
 }
 
+/// extsync's writes to Salesforce of billing id `billing_id`'s Account, in order.
+async fn writes_of(s: &Sync, billing_id: &str) -> Vec<Value> {
+    let Some(account) = s.account_for(billing_id).await else {
+        return Vec::new();
+    };
+    support::simulator_writes(&s.base_url, "?object=Account")
+        .await
+        .into_iter()
+        .filter(|w| w["client"] == json!("extsync") && w["id"] == json!(account.id))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edits_of_a_row_in_one_transaction_reach_salesforce_as_one_write() {
+    let _slot = PIPELINE_SLOT.lock().await;
+    let s = Sync::start().await;
+    let db = s.db.client().await;
+    db.execute(
+        "INSERT INTO accounts (id, name, mrr) VALUES (1, 'First', 1)",
+        &[],
+    )
+    .await
+    .unwrap();
+    eventually("the Account exists", Duration::from_secs(60), || async {
+        writes_of(&s, "1").await.len() == 1
+    })
+    .await;
+    let mut edits = String::from("BEGIN;");
+    for mrr in 2..=10 {
+        edits.push_str(&format!("UPDATE accounts SET mrr = {mrr} WHERE id = 1;"));
+        if mrr == 5 {
+            edits.push_str("UPDATE accounts SET name = 'Second' WHERE id = 1;");
+        }
+    }
+    edits.push_str("COMMIT;");
+    db.batch_execute(&edits).await.unwrap();
+    eventually(
+        "the last edit is in Salesforce",
+        Duration::from_secs(60),
+        || async {
+            s.account_for("1")
+                .await
+                .is_some_and(|a| a.fields["MRR__c"].as_f64() == Some(10.0))
+        },
+    )
+    .await;
+    let writes = writes_of(&s, "1").await;
+    assert_eq!(
+        writes.len(),
+        2,
+        "the create, then one write of the ten edits: {writes:#?}"
+    );
+    assert_eq!(writes[1]["fields"]["Name"], json!("Second"));
+
+    // A run of edits whose last value Salesforce refuses fails as a whole:
+    // the rename in it is written with the next edit that passes.
+    db.batch_execute(
+        "BEGIN;
+         UPDATE accounts SET name = 'Third' WHERE id = 1;
+         UPDATE accounts SET mrr = -1 WHERE id = 1;
+         COMMIT;",
+    )
+    .await
+    .unwrap();
+    eventually(
+        "the refused run is a failed record",
+        Duration::from_secs(60),
+        || async {
+            db.query_opt(
+                "SELECT 1 FROM extsync.failed_records WHERE billing_id = '1'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .is_some()
+        },
+    )
+    .await;
+    db.execute("UPDATE accounts SET mrr = 12 WHERE id = 1", &[])
+        .await
+        .unwrap();
+    eventually(
+        "the fix and the rename are in Salesforce",
+        Duration::from_secs(60),
+        || async {
+            s.account_for("1").await.is_some_and(|a| {
+                a.fields["MRR__c"].as_f64() == Some(12.0) && a.fields["Name"] == json!("Third")
+            })
+        },
+    )
+    .await;
+    assert_eq!(
+        writes_of(&s, "1").await.len(),
+        3,
+        "nothing of the refused run was written"
+    );
+    s.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rows_become_accounts_and_edits_flow_both_ways_without_echo() {
     let _slot = PIPELINE_SLOT.lock().await;

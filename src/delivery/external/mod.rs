@@ -3,7 +3,8 @@
 //! and answers one [`DeliveryOutcome`] per write, in input order.
 //!
 //! ```text
-//!  ExternalWrite* ─► waves (one write per billing id each, input order)
+//!  ExternalWrite* ─► coalesce (successive like writes of a record: one, latest values)
+//!                 ─► waves (one write per billing id each, input order)
 //!                 ─► groups (object, op) ─► chunks ≤ max_batch ─► Connector::write_batch
 //!                        ▲        transient / rate_limit: backoff + jitter, retry_after as floor
 //!                        └─────── auth_expired: authenticate, retry once; else pause the integration
@@ -36,6 +37,7 @@
 #![allow(clippy::result_large_err)] // ConnectorError is the shared error type of every connector.
 
 mod calls;
+mod coalesce;
 mod groups;
 mod guard;
 mod pause;
@@ -227,12 +229,18 @@ impl ExternalWriter {
                 found: w.integration.clone(),
             });
         }
-        let mut outcomes: Vec<Option<DeliveryOutcome>> = vec![None; writes.len()];
-        let run = self.write_all(writes, &mut outcomes).await;
+        let folded = coalesce::coalesce(writes);
+        let sent = folded.as_ref().map_or(writes, |(sent, _)| sent.as_slice());
+        let mut sent_outcomes: Vec<Option<DeliveryOutcome>> = vec![None; sent.len()];
+        let run = self.write_all(sent, &mut sent_outcomes).await;
         if run.is_ok() && !writes.is_empty() {
             self.save_status(&IntegrationStatus::Active).await;
         }
-        let counted = groups::count_outcomes(writes, &outcomes);
+        let counted = groups::count_outcomes(sent, &sent_outcomes);
+        let outcomes = match &folded {
+            Some((_, carrier)) => carrier.iter().map(|&k| sent_outcomes[k].clone()).collect(),
+            None => sent_outcomes,
+        };
         for ((object, outcome), n) in counted {
             ::metrics::counter!(metrics::WRITES_TOTAL,
                 "integration" => self.integration.clone(),

@@ -3,6 +3,8 @@
 //! records. A failed write leaves its record's state as it was before the
 //! batch; a create refused because its record exists links to that record.
 
+use std::collections::HashSet;
+
 use chrono::Utc;
 
 use super::super::bookkeeping::{Failure, ParentWait};
@@ -18,12 +20,19 @@ use crate::delivery::{BillingWrite, DeliveryOutcome, ExternalWrite, ExternalWrit
 impl Run<'_> {
     /// Folds every delivered write's outcomes into the batch.
     pub(super) fn fold(&mut self, d: &Delivered) {
+        // Records with a failed external write in this batch: a later failed
+        // write of one keeps the state from before the first, since the
+        // writes in between were not applied either (a run of them may
+        // have gone out as one call).
+        let mut failed: HashSet<&RecordKey> = HashSet::new();
         for (i, p) in d.pending.iter().enumerate() {
             if d.waiting.contains(&i) {
                 continue;
             }
             if let (Some(x), Some(o)) = (&p.external, d.external.get(&i)) {
-                self.fold_external(p, x, o, d.adoptable.contains(&i));
+                let first_failure = o.kind == OutcomeKind::Failed && failed.insert(&p.key);
+                let keep_state = o.kind == OutcomeKind::Failed && !first_failure;
+                self.fold_external(p, x, o, d.adoptable.contains(&i), keep_state);
             }
             if let (Some(b), Some(o)) = (&p.billing, d.billing.get(&i)) {
                 self.fold_billing(p, b, o);
@@ -31,7 +40,16 @@ impl Run<'_> {
         }
     }
 
-    fn fold_external(&mut self, p: &Pending, x: &ExternalWrite, o: &DeliveryOutcome, adopt: bool) {
+    /// `keep_state`: a failure of a record whose earlier write in this
+    /// batch failed too, whose state is already the one from before that.
+    fn fold_external(
+        &mut self,
+        p: &Pending,
+        x: &ExternalWrite,
+        o: &DeliveryOutcome,
+        adopt: bool,
+        keep_state: bool,
+    ) {
         let st = self.states.entry(p.key.clone()).or_default();
         if o.kind == OutcomeKind::Failed {
             let (class, msg) = o
@@ -39,7 +57,9 @@ impl Run<'_> {
                 .clone()
                 .map(|(c, m)| (c.as_str().to_string(), m))
                 .unwrap_or(("transient".into(), "failed".into()));
-            *st = p.before.clone();
+            if !keep_state {
+                *st = p.before.clone();
+            }
             // A create refused because the record exists (a unique field
             // holds its value there) links to that record. Once the link is
             // saved, the record's latest change is re-queued and syncs with
