@@ -16,11 +16,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use extsync::capture;
-use rdkafka::admin::{AdminClient, AdminOptions};
-use rdkafka::client::DefaultClientContext;
 use tokio_util::sync::CancellationToken;
 
-use super::common::{connect, env, peak_rss_mb, with_database};
+use super::common::{clear_leftovers, connect, delete_topics, env, peak_rss_mb, with_database};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -53,8 +51,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_secs();
-    let tag = format!("bench_{}_{}", std::process::id(), secs % 100_000);
+    let tag = format!("bench_capture_{}_{}", std::process::id(), secs % 100_000);
     let admin = connect(&admin_url).await?;
+    for name in clear_leftovers(&admin, &brokers, "bench_capture_").await? {
+        eprintln!("dropped {name}, left by an earlier run that was stopped before its clean-up");
+    }
     admin
         .batch_execute(&format!("CREATE DATABASE {tag}"))
         .await?;
@@ -79,15 +80,6 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         eprintln!("note: could not delete the bench topics: {e:#}");
     }
     println!("{line}");
-    Ok(())
-}
-
-async fn delete_topics(brokers: &str, tag: &str) -> anyhow::Result<()> {
-    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()?;
-    let topic = format!("{tag}.cdc.public.bench_rows");
-    let _ = admin.delete_topics(&[&topic], &AdminOptions::new()).await?;
     Ok(())
 }
 

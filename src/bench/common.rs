@@ -1,7 +1,13 @@
 //! Shared by the `extsync bench` commands: service settings from the
-//! environment, a scratch database, peak memory.
+//! environment, a scratch database and topics (with what killed runs left
+//! of theirs), peak memory.
+
+use std::time::Duration;
 
 use anyhow::Context;
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions};
+use rdkafka::client::DefaultClientContext;
 use tokio_postgres::NoTls;
 
 /// A required setting printed by `dev/services env`.
@@ -16,6 +22,66 @@ pub async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
         .context("connecting to PostgreSQL")?;
     tokio::spawn(conn);
     Ok(client)
+}
+
+/// Deletes the topics whose names start with `tag.`.
+pub async fn delete_topics(brokers: &str, tag: &str) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()?;
+    let md = admin
+        .inner()
+        .fetch_metadata(None, Duration::from_secs(10))?;
+    let names: Vec<String> = md
+        .topics()
+        .iter()
+        .map(|t| t.name().to_string())
+        .filter(|n| n.starts_with(&format!("{tag}.")))
+        .collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    if !refs.is_empty() {
+        admin.delete_topics(&refs, &AdminOptions::new()).await?;
+    }
+    Ok(())
+}
+
+/// Drops what earlier runs of a bench left when they were killed before
+/// their clean-up: each scratch database named `<prefix>…` that nothing is
+/// connected to, the replication slots in it (which hold WAL for as long
+/// as they exist), and its topics. Returns the databases dropped.
+pub async fn clear_leftovers(
+    admin: &tokio_postgres::Client,
+    brokers: &str,
+    prefix: &str,
+) -> anyhow::Result<Vec<String>> {
+    let rows = admin
+        .query(
+            "SELECT d.datname FROM pg_database d
+              WHERE starts_with(d.datname, $1)
+                AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.datname = d.datname)
+                AND NOT EXISTS (SELECT 1 FROM pg_replication_slots s WHERE s.database = d.datname AND s.active)",
+            &[&prefix],
+        )
+        .await
+        .context("listing earlier bench databases")?;
+    let mut dropped = Vec::new();
+    for r in rows {
+        let name: String = r.get(0);
+        admin
+            .execute(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = $1 AND NOT active",
+                &[&name],
+            )
+            .await
+            .with_context(|| format!("dropping the slots of {name}"))?;
+        admin
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .await
+            .with_context(|| format!("dropping {name}"))?;
+        delete_topics(brokers, &name).await?;
+        dropped.push(name);
+    }
+    Ok(dropped)
 }
 
 /// `url` with its database replaced by `db`.

@@ -23,14 +23,14 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
 use rdkafka::ClientConfig;
-use rdkafka::admin::{AdminClient, AdminOptions};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use super::common::{connect, env, peak_rss_mb, quantile, with_database};
+use super::common::{
+    clear_leftovers, connect, delete_topics, env, peak_rss_mb, quantile, with_database,
+};
 use extsync::simulators::salesforce::{
     DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, DEMO_REFRESH_TOKEN, SalesforceSim, SalesforceSimConfig,
 };
@@ -68,6 +68,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let brokers = env("EXTSYNC_KAFKA_BROKERS")?;
     let tag = format!("bench_e2e_{}", std::process::id());
     let admin = connect(&admin_url).await?;
+    for name in clear_leftovers(&admin, &brokers, "bench_e2e_").await? {
+        eprintln!("dropped {name}, left by an earlier run that was stopped before its clean-up");
+    }
     admin
         .batch_execute(&format!("CREATE DATABASE {tag}"))
         .await?;
@@ -541,24 +544,4 @@ fn pipe(
     out.flush(Duration::from_secs(60))?;
     let secs = started.map_or(f64::INFINITY, |t| t.elapsed().as_secs_f64());
     Ok(count as f64 / secs)
-}
-
-async fn delete_topics(brokers: &str, tag: &str) -> anyhow::Result<()> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()?;
-    let md = admin
-        .inner()
-        .fetch_metadata(None, Duration::from_secs(10))?;
-    let names: Vec<String> = md
-        .topics()
-        .iter()
-        .map(|t| t.name().to_string())
-        .filter(|n| n.starts_with(&format!("{tag}.")))
-        .collect();
-    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-    if !refs.is_empty() {
-        admin.delete_topics(&refs, &AdminOptions::new()).await?;
-    }
-    Ok(())
 }
