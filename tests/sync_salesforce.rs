@@ -153,9 +153,16 @@ integrations:
 
     /// `extsync run` on this test's pipeline, as a child process.
     fn spawn_run(&self) -> std::process::Child {
+        self.spawn_run_as("")
+    }
+
+    /// `extsync run` as a child process named `instance` (its transactional
+    /// ids' suffix; the host name when empty).
+    fn spawn_run_as(&self, instance: &str) -> std::process::Child {
         std::process::Command::new(env!("CARGO_BIN_EXE_extsync"))
             .arg("run")
             .arg(&self.file)
+            .env("EXTSYNC_INSTANCE", instance)
             .env(
                 "EXTSYNC_LOG",
                 std::env::var("EXTSYNC_CHILD_LOG").unwrap_or_else(|_| "warn".into()),
@@ -861,6 +868,119 @@ async fn kill_9_mid_sync_then_restart_converges_without_duplicates() {
         .unwrap();
     assert!(status.success());
     let exit = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(exit.success(), "SIGTERM: {exit:?}");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_share_the_sync_and_one_killed_hands_its_work_to_the_other() {
+    let _slot = PIPELINE_SLOT.lock().await;
+    let s = Sync::start_stages(Stages::None).await;
+    let db = s.db.client().await;
+    let slot = extsync::capture::default_object_name(s.pipeline.name.as_str());
+    // The first process captures; the second stands by for the slot and
+    // shares the processor's partitions.
+    let mut first = s.spawn_run_as("first");
+    support::wait_streaming(&db, &slot).await;
+    let mut second = s.spawn_run_as("second");
+    let rows = |from: i64, to: i64| {
+        (from..=to)
+            .map(|i| format!("({i}, 'Co {i}', 'co{i}@x.test', 10)"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    for chunk in [(1, 10), (11, 20), (21, 30), (31, 40)] {
+        db.batch_execute(&format!(
+            "INSERT INTO accounts (id, name, email, mrr) VALUES {}",
+            rows(chunk.0, chunk.1)
+        ))
+        .await
+        .unwrap();
+    }
+    eventually(
+        "the first Accounts exist",
+        Duration::from_secs(60),
+        || async { s.accounts().await.len() >= 5 },
+    )
+    .await;
+    first.kill().expect("kill -9 the capturing process");
+    first.wait().unwrap();
+    // Both sides keep changing; the second process takes over capture and
+    // every partition.
+    db.batch_execute(&format!(
+        "INSERT INTO accounts (id, name, email, mrr) VALUES {};
+         UPDATE accounts SET name = name || ' renamed' WHERE id % 2 = 0;",
+        rows(41, 50)
+    ))
+    .await
+    .unwrap();
+    let person = s.person();
+    let edited = s.account_for("3").await.expect("Account 3 exists");
+    person
+        .write(
+            "Account",
+            WriteOp::Update {
+                id: edited.id.clone(),
+                fields: json!({"Email__c": "three@crm.test"})
+                    .as_object()
+                    .unwrap()
+                    .clone(),
+            },
+        )
+        .await
+        .unwrap();
+    let expected = |id: i64| {
+        let name = if id % 2 == 0 {
+            format!("Co {id} renamed")
+        } else {
+            format!("Co {id}")
+        };
+        let email = if id == 3 {
+            "three@crm.test".to_string()
+        } else {
+            format!("co{id}@x.test")
+        };
+        (name, email)
+    };
+    eventually(
+        "all 50 rows are in Salesforce as they are in billing",
+        Duration::from_secs(120),
+        || async {
+            let accounts = s.accounts().await;
+            (1..=50).all(|id| {
+                let (name, email) = expected(id);
+                accounts.iter().any(|a| {
+                    a.fields.get("Alguna_Id__c") == Some(&json!(id.to_string()))
+                        && a.fields["Name"] == json!(name)
+                        && a.fields["Email__c"] == json!(email)
+                })
+            })
+        },
+    )
+    .await;
+    eventually(
+        "the Salesforce edit is in billing",
+        Duration::from_secs(60),
+        || async {
+            db.query_one("SELECT email FROM accounts WHERE id = 3", &[])
+                .await
+                .unwrap()
+                .get::<_, String>(0)
+                == "three@crm.test"
+        },
+    )
+    .await;
+    assert_eq!(s.accounts().await.len(), 50, "one Account per row");
+    assert_eq!(s.extsync_created().await, 50, "no Account created twice");
+    let status = std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(second.id().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = tokio::task::spawn_blocking(move || second.wait().unwrap())
         .await
         .unwrap();
     assert!(exit.success(), "SIGTERM: {exit:?}");

@@ -114,6 +114,10 @@ const RESTART_MIN: Duration = Duration::from_millis(250);
 /// starts the next wait over from [`RESTART_MIN`].
 const RESTART_MAX: Duration = Duration::from_secs(30);
 
+/// The longest wait of a capture standing by while another process reads
+/// its slot: how soon it takes over once that process is gone.
+const STANDBY_MAX: Duration = Duration::from_secs(2);
+
 /// Runs capture, and starts it again after a transient failure (the server
 /// restarting, a dropped connection, the broker away, the slot still held):
 /// it resumes from the slot's confirmed position, which only ever covers
@@ -135,13 +139,22 @@ async fn run_resuming(
         if started.elapsed() > RESTART_MAX {
             wait = RESTART_MIN;
         }
-        ::metrics::counter!(metrics::RESTARTS_TOTAL).increment(1);
-        tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "capture interrupted; resuming from the slot's confirmed position");
+        let max = if let CaptureError::SlotInUse { .. } = e {
+            // Said once: a standby may wait for as long as the other runs.
+            if wait == RESTART_MIN {
+                tracing::warn!(error = %e, "standing by");
+            }
+            STANDBY_MAX
+        } else {
+            ::metrics::counter!(metrics::RESTARTS_TOTAL).increment(1);
+            tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "capture interrupted; resuming from the slot's confirmed position");
+            RESTART_MAX
+        };
         tokio::select! {
             _ = stop.cancelled() => return Ok(RunSummary::default()),
             _ = tokio::time::sleep(wait) => {}
         }
-        wait = (wait * 2).min(RESTART_MAX);
+        wait = (wait * 2).min(max);
     }
 }
 
