@@ -8,10 +8,13 @@
 //!  streams  ──► (per system)    ─┼─► Emitter ──► Kafka <prefix>.external.<system>
 //!  polling  ──► Poller          ─┘      └──► extsync.external_versions, extsync.poll_cursors
 //! ```
+//!
+//! Streams and pollers run in one process at a time per job ([`lease`]).
 
 pub mod cursor;
 pub mod emitter;
 pub mod event;
+pub mod lease;
 pub mod poller;
 pub mod service;
 pub mod target;

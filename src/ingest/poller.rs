@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use super::cursor::CursorStore;
 use super::emitter::{EmitError, Emitter};
 use super::event::ChangeSource;
+use super::lease::Lease;
 use super::target::IngestTarget;
 use crate::config::CronSchedule;
 use crate::connectors::record::ChangeOp;
@@ -113,20 +114,28 @@ impl Poller {
     }
 
     /// Sweeps at start, then on every `schedule` tick (or every `every`
-    /// without a schedule) until `stop`.
+    /// without a schedule) until `stop`: the ticks at which this process
+    /// holds `lease` (another process sweeps at the others).
     pub async fn run(
         self,
         schedule: Option<CronSchedule>,
         every: Duration,
+        lease: Lease,
         stop: CancellationToken,
     ) {
         let cron = schedule.map(|s| s.cron());
         loop {
-            match self.sweep().await {
-                Ok(s) => {
+            let swept = if lease.held().await {
+                Some(self.sweep().await)
+            } else {
+                None
+            };
+            match swept {
+                None => {}
+                Some(Ok(s)) => {
                     tracing::debug!(integration = %self.target.id, object = %self.object, read = s.read, emitted = s.emitted, "sweep done")
                 }
-                Err(e) => {
+                Some(Err(e)) => {
                     metrics::counter!(SWEEP_ERRORS_TOTAL, "integration" => self.target.id.clone())
                         .increment(1);
                     tracing::warn!(integration = %self.target.id, object = %self.object, error = %e, "sweep failed; retrying at the next tick");

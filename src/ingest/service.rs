@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use super::cursor::CursorStore;
 use super::emitter::{EmitError, Emitter};
 use super::event::ChangeSource;
+use super::lease::{Lease, Leases};
 use super::poller::Poller;
 use super::target::IngestTarget;
 use super::webhook::{self, Receiver};
@@ -68,7 +69,9 @@ impl Ingest {
 
 /// Starts ingest for every enabled integration of `pipeline`.
 pub async fn start(pipeline: &Pipeline, stop: CancellationToken) -> Result<Ingest, IngestError> {
-    let db = store::open(&pipeline.postgres.url.resolve()?, "ingest").await?;
+    let url = pipeline.postgres.url.resolve()?;
+    let db = store::open(&url, "ingest").await?;
+    let leases = Leases::new(&url, &pipeline.kafka.topic_prefix);
     let producer = kafka::durable_producer(kafka::client_config(&pipeline.kafka)?).create()?;
     let emitter = Arc::new(Emitter::new(
         producer,
@@ -101,7 +104,8 @@ pub async fn start(pipeline: &Pipeline, stop: CancellationToken) -> Result<Inges
                 Duration::from_secs(cfg.sweep_secs.max(1)),
                 stop.clone(),
             );
-            tasks.push(tokio::spawn(poller.run(schedule, every, stop)));
+            let lease = leases.lease(&format!("poll {id} {object}"));
+            tasks.push(tokio::spawn(poller.run(schedule, every, lease, stop)));
         }
         if integration.provider == Provider::Salesforce {
             let mut settings = SalesforceSettings::from_integration(integration)?;
@@ -112,6 +116,7 @@ pub async fn start(pipeline: &Pipeline, stop: CancellationToken) -> Result<Inges
                 target.clone(),
                 emitter.clone(),
                 db.clone(),
+                leases.lease(&format!("stream {id} {SALESFORCE_CHANNEL}")),
                 stop.clone(),
             )));
         }
@@ -171,18 +176,48 @@ pub const SALESFORCE_CHANNEL: &str = "/data/ChangeEvents";
 /// events), in batched reads, and emitted; only then is the last replay id
 /// stored. When that fails, the subscription goes back to the poll's first
 /// event, so nothing is skipped.
+///
+/// One process follows the stream at a time (`lease`); the others wait,
+/// and the one that takes over resumes after the last stored replay id.
 async fn stream_changes(
     sf: Arc<SalesforceConnector>,
     target: Arc<IngestTarget>,
     emitter: Arc<Emitter>,
     db: Db,
+    lease: Lease,
     stop: CancellationToken,
 ) {
-    let Some(from) = stored_position(&db, &target.id, &stop).await else {
+    while !stop.is_cancelled() {
+        if lease.held().await {
+            follow_changes(&sf, &target, &emitter, &db, &lease, &stop).await;
+        } else {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(LEASE_RETRY) => {}
+            }
+        }
+    }
+}
+
+/// How often a process that does not follow a change stream looks whether
+/// it is free.
+const LEASE_RETRY: Duration = Duration::from_secs(2);
+
+/// Follows the change stream from the stored replay id while this process
+/// holds `lease`, until `stop`.
+async fn follow_changes(
+    sf: &Arc<SalesforceConnector>,
+    target: &Arc<IngestTarget>,
+    emitter: &Arc<Emitter>,
+    db: &Db,
+    lease: &Lease,
+    stop: &CancellationToken,
+) {
+    let Some(from) = stored_position(db, &target.id, stop).await else {
         return;
     };
-    let mut sub = CdcSubscriber::new(sf, SALESFORCE_CHANNEL, from);
-    while !stop.is_cancelled() {
+    let mut sub = CdcSubscriber::new(sf.clone(), SALESFORCE_CHANNEL, from);
+    while !stop.is_cancelled() && lease.held().await {
         let polled = tokio::select! {
             _ = stop.cancelled() => return,
             r = sub.poll() => r,
@@ -200,7 +235,7 @@ async fn stream_changes(
         };
         let (first, last) = (first.replay_id, last.replay_id);
         let events = batch.into_iter().flat_map(|ev| ev.events).collect();
-        if let Err(e) = forward(&target, &emitter, events).await {
+        if let Err(e) = forward(target, emitter, events).await {
             // Nothing of the batch is recorded: take it again from its first event.
             tracing::warn!(integration = %target.id, error = %e, "change events not forwarded; taking them again");
             sub.resume_from(ReplayFrom::After(first.saturating_sub(1)))
