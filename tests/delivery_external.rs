@@ -727,7 +727,7 @@ async fn a_vanished_record_is_skipped_or_created_again_per_config() {
 }
 
 #[tokio::test]
-async fn writes_for_one_record_apply_in_input_order() {
+async fn successive_writes_of_a_record_fold_into_one_and_unlike_ones_keep_their_order() {
     let sys = Scripted::new(200);
     let w = writer(&sys, NotFoundPolicy::Skip);
     let made = w
@@ -741,7 +741,7 @@ async fn writes_for_one_record_apply_in_input_order() {
         made[0].external_id.clone().unwrap(),
         made[1].external_id.clone().unwrap(),
     );
-    sys.applied.lock().unwrap().clear();
+    let before = sys.calls().len();
     let out = w
         .write(&[
             update("a1", &id1, "v1"),
@@ -754,12 +754,31 @@ async fn writes_for_one_record_apply_in_input_order() {
     assert!(out.iter().all(|o| o.kind == OutcomeKind::Updated));
     assert_eq!(sys.get(&id1).unwrap()["Name"], "v3");
     assert_eq!(sys.get(&id2).unwrap()["Name"], "w1");
-    let sizes: Vec<usize> = sys.calls().iter().rev().take(3).map(|c| c.1).collect();
+    let sizes: Vec<usize> = sys.calls()[before..].iter().map(|c| c.1).collect();
     assert_eq!(
         sizes,
-        [1, 1, 2],
-        "a1 and a2 together, then a1's later writes in turn"
+        [2],
+        "a1's three updates as one, with a2's, in one call"
     );
+
+    // A delete between updates keeps them apart, in input order.
+    let before = sys.calls().len();
+    let out = w
+        .write(&[
+            update("a1", &id1, "v4"),
+            ExternalWrite {
+                op: ExternalWriteOp::Delete {
+                    external_id: id1.clone(),
+                },
+                ..update("a1", &id1, "gone")
+            },
+            update("a2", &id2, "w2"),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(out[1].kind, OutcomeKind::Deleted);
+    let sizes: Vec<usize> = sys.calls()[before..].iter().map(|c| c.1).collect();
+    assert_eq!(sizes, [2, 1], "a1's update with a2's, then a1's delete");
 }
 
 #[tokio::test]

@@ -74,6 +74,11 @@ impl Sync {
     /// Like [`Sync::start_stages`], with `entity_settings` (YAML lines at
     /// the accounts entity's indentation) added to the accounts entity.
     async fn start_with(stages: Stages, entity_settings: &str) -> Sync {
+        Self::start_on(stages, entity_settings, TestKafka::new()).await
+    }
+
+    /// Like [`Sync::start_with`], on the topics of `kafka`.
+    async fn start_on(stages: Stages, entity_settings: &str, kafka: TestKafka) -> Sync {
         support::salesforce_credentials_env();
         let _ = tracing_subscriber::fmt()
             .with_env_filter(std::env::var("EXTSYNC_LOG").unwrap_or_else(|_| "warn".into()))
@@ -81,7 +86,6 @@ impl Sync {
             .try_init();
         let db = TestDb::create().await;
         db.client().await.batch_execute(SCHEMA).await.unwrap();
-        let kafka = TestKafka::new();
         let mut config = SalesforceSimConfig::default();
         config.validation_rules.push(ValidationRule {
             object: "Account".into(),
@@ -985,6 +989,111 @@ async fn two_processes_share_the_sync_and_one_killed_hands_its_work_to_the_other
         .unwrap();
     assert!(exit.success(), "SIGTERM: {exit:?}");
     s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kafka_broker_restart_mid_sync_loses_nothing_and_creates_once() {
+    let _slot = PIPELINE_SLOT.lock().await;
+    // Declared first, dropped last: the test's topics are deleted while it runs.
+    let broker = tokio::task::spawn_blocking(support::broker::PrivateBroker::start)
+        .await
+        .unwrap();
+    let s = Sync::start_on(Stages::None, "", TestKafka::on(broker.brokers.clone())).await;
+    let db = s.db.client().await;
+    let mut child = s.spawn_run();
+    for i in 1..=20i64 {
+        db.execute(
+            "INSERT INTO accounts (id, name, email, mrr) VALUES ($1, $2, $3, 10)",
+            &[&i, &format!("Co {i}"), &format!("co{i}@x.test")],
+        )
+        .await
+        .unwrap();
+    }
+    eventually(
+        "the first Accounts exist",
+        Duration::from_secs(90),
+        || async { s.accounts().await.len() >= 5 },
+    )
+    .await;
+    let broker = tokio::task::spawn_blocking(move || {
+        let mut broker = broker;
+        broker.stop();
+        broker
+    })
+    .await
+    .unwrap();
+    // Both sides change while the broker is away.
+    for i in 21..=30i64 {
+        db.execute(
+            "INSERT INTO accounts (id, name, email, mrr) VALUES ($1, $2, $3, 10)",
+            &[&i, &format!("Co {i}"), &format!("co{i}@x.test")],
+        )
+        .await
+        .unwrap();
+    }
+    db.execute(
+        "UPDATE accounts SET name = name || ' renamed' WHERE id <= 10",
+        &[],
+    )
+    .await
+    .unwrap();
+    let first = s.account_for("1").await.expect("Account 1 exists");
+    s.person()
+        .write(
+            "Account",
+            WriteOp::Update {
+                id: first.id.clone(),
+                fields: json!({"Email__c": "one@crm.test"})
+                    .as_object()
+                    .unwrap()
+                    .clone(),
+            },
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let mut broker = tokio::task::spawn_blocking(move || {
+        let mut broker = broker;
+        broker.restart();
+        broker
+    })
+    .await
+    .unwrap();
+    eventually(
+        "both sides converge after the broker is back",
+        Duration::from_secs(120),
+        || async {
+            let accounts = s.accounts().await;
+            let email: String = db
+                .query_one("SELECT email FROM accounts WHERE id = 1", &[])
+                .await
+                .unwrap()
+                .get(0);
+            email == "one@crm.test"
+                && (1..=30).all(|id| {
+                    let name = if id <= 10 {
+                        format!("Co {id} renamed")
+                    } else {
+                        format!("Co {id}")
+                    };
+                    accounts.iter().any(|a| {
+                        a.fields.get("Alguna_Id__c") == Some(&json!(id.to_string()))
+                            && a.fields["Name"] == json!(name)
+                    })
+                })
+        },
+    )
+    .await;
+    assert_eq!(s.accounts().await.len(), 30, "one Account per row");
+    assert_eq!(s.extsync_created().await, 30, "no Account created twice");
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "extsync ran through the broker's restart"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    s.stop().await;
+    broker.stop();
 }
 
 /// POSTs to the simulator's admin surface.

@@ -3,6 +3,8 @@
 //! so tests run in parallel; a missing service fails the test loudly.
 #![allow(dead_code)]
 
+pub mod broker;
+
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
@@ -265,7 +267,12 @@ pub struct TestKafka {
 
 impl TestKafka {
     pub fn new() -> TestKafka {
-        let (prefix, brokers) = (unique("t"), brokers());
+        Self::on(brokers())
+    }
+
+    /// A topic prefix on the broker at `brokers` (a test's own broker).
+    pub fn on(brokers: String) -> TestKafka {
+        let prefix = unique("t");
         TestKafka {
             _cleanup: std::sync::Arc::new(TopicCleanup {
                 prefix: prefix.clone(),
