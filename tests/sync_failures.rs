@@ -419,9 +419,16 @@ async fn a_contact_written_before_its_account_waits_and_carries_the_accounts_id(
     .await
     .unwrap();
     assert_written_under(&mut s, "10", "1").await;
+    // Taken in one batch, the account is written first and the contact
+    // waits for nothing. Taken apart, the contact waits for an account
+    // queued behind it in its partition, fails `parent_not_linked`, and is
+    // retried once the account is linked: no other error.
+    let errors = s.events_of("sync.error", "contacts", "10");
     assert!(
-        s.events_of("sync.error", "contacts", "10").is_empty(),
-        "a parent in the same batch is not waited for"
+        errors
+            .iter()
+            .all(|e| e["error_type"] == json!("parent_not_linked")),
+        "{errors:#?}"
     );
 
     // Child first, its parent a moment later, once the pipeline is flowing:

@@ -125,6 +125,19 @@ struct Saving {
     open: std::collections::BTreeSet<u64>,
 }
 
+/// Wakes when states are remembered (or saved) in a store's scope.
+pub struct StateChanges(watch::Receiver<Saving>);
+
+impl StateChanges {
+    /// Returns at the next batch of states remembered or saved.
+    pub async fn changed(&mut self) {
+        if self.0.changed().await.is_err() {
+            // The store is gone: nothing will change any more.
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
 /// Identity of an external record: integration, entity, external id.
 type ExternalKey = (String, String, String);
 
@@ -348,6 +361,11 @@ impl StateStore {
         let _ = rx
             .wait_for(|s| s.open.first().is_none_or(|&t| t >= before))
             .await;
+    }
+
+    /// A signal of the states remembered in this store's scope from now on.
+    pub fn changes(&self) -> StateChanges {
+        StateChanges(self.saving.subscribe())
     }
 
     /// Whether `key`'s latest state is not saved yet.

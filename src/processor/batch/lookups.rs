@@ -247,34 +247,44 @@ impl Processor {
 
     /// Waits (bounded) for the parent to be linked: by this processor (its
     /// state in memory, saved or not: an earlier batch, or a part running
-    /// beside this one) or by another owner (in Postgres).
+    /// beside this one, looked at whenever a part's states are remembered)
+    /// or by another owner (in Postgres, looked at every 200 ms).
     pub(super) async fn wait_for_parent(
         &self,
         key: &RecordKey,
     ) -> Result<Option<String>, tokio_postgres::Error> {
         let deadline = tokio::time::Instant::now() + self.parent_wait;
+        let mut changes = self.state.changes();
+        let mut next_look = tokio::time::Instant::now();
         loop {
             if let Some(linked) = self.state.known(key).await
                 && let Some(ext) = &linked.external_id
             {
                 return Ok(Some(ext.clone()));
             }
-            let row = self
-                .billing
-                .client()
-                .await?
-                .query_opt(
-                    "SELECT external_id FROM extsync.records WHERE integration = $1 AND entity = $2 AND billing_id = $3 AND external_id IS NOT NULL",
-                    &[&key.integration, &key.entity, &key.billing_id],
-                )
-                .await?;
-            if let Some(r) = row {
-                return Ok(Some(r.get(0)));
+            let now = tokio::time::Instant::now();
+            if now >= next_look {
+                let row = self
+                    .billing
+                    .client()
+                    .await?
+                    .query_opt(
+                        "SELECT external_id FROM extsync.records WHERE integration = $1 AND entity = $2 AND billing_id = $3 AND external_id IS NOT NULL",
+                        &[&key.integration, &key.entity, &key.billing_id],
+                    )
+                    .await?;
+                if let Some(r) = row {
+                    return Ok(Some(r.get(0)));
+                }
+                next_look = now + Duration::from_millis(200);
             }
-            if tokio::time::Instant::now() >= deadline {
+            if now >= deadline {
                 return Ok(None);
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            tokio::select! {
+                _ = changes.changed() => {}
+                _ = tokio::time::sleep_until(next_look.min(deadline)) => {}
+            }
         }
     }
 }
