@@ -22,7 +22,7 @@ use extsync::simulators::RunningSimulator;
 use extsync::simulators::hubspot::limits::LimitsConfig;
 use extsync::simulators::hubspot::store::ChangeKind;
 use extsync::simulators::hubspot::{HubSpotConfig, HubSpotSim};
-use extsync::simulators::salesforce::{SalesforceSimConfig, ValidationRule};
+use extsync::simulators::salesforce::SalesforceSimConfig;
 use serde_json::{Value, json};
 
 fn policy(max_attempts: u32) -> RetryPolicy {
@@ -353,13 +353,7 @@ async fn salesforce_refused_refresh_is_saved_as_auth_expired_until_writes_work_a
 #[tokio::test]
 async fn salesforce_validation_failure_stays_with_its_record() {
     let mut config = SalesforceSimConfig::default();
-    config.validation_rules.push(ValidationRule {
-        object: "Account".into(),
-        name: "MRR_Not_Negative".into(),
-        condition: "MRR__c < 0".into(),
-        message: "MRR cannot be negative".into(),
-        error_field: Some("MRR__c".into()),
-    });
+    config.validation_rules.push(support::mrr_not_negative());
     let org = salesforce_support::start_with(config).await;
     let w = writer("sf", org.connector.clone(), policy(3), None);
     let mut writes = sf_accounts(10, "v");
@@ -381,13 +375,7 @@ async fn salesforce_validation_failure_stays_with_its_record() {
 #[tokio::test]
 async fn successive_updates_of_a_record_go_out_as_one_call_with_the_latest_values() {
     let mut config = SalesforceSimConfig::default();
-    config.validation_rules.push(ValidationRule {
-        object: "Account".into(),
-        name: "MRR_Not_Negative".into(),
-        condition: "MRR__c < 0".into(),
-        message: "MRR cannot be negative".into(),
-        error_field: Some("MRR__c".into()),
-    });
+    config.validation_rules.push(support::mrr_not_negative());
     let org = salesforce_support::start_with(config).await;
     let w = writer("sf", org.connector.clone(), policy(3), None);
     let made = w.write(&sf_accounts(2, "u")).await.unwrap();

@@ -13,7 +13,6 @@ use extsync::connectors::{Connector, Credentials, Cursor, RequestBudget, WriteOp
 use extsync::simulators::RunningSimulator;
 use extsync::simulators::salesforce::{
     DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, DEMO_REFRESH_TOKEN, SalesforceSim, SalesforceSimConfig,
-    ValidationRule,
 };
 use serde_json::{Value, json};
 use support::{TestDb, TestKafka, eventually};
@@ -87,13 +86,7 @@ impl Sync {
         let db = TestDb::create().await;
         db.client().await.batch_execute(SCHEMA).await.unwrap();
         let mut config = SalesforceSimConfig::default();
-        config.validation_rules.push(ValidationRule {
-            object: "Account".into(),
-            name: "MRR_Not_Negative".into(),
-            condition: "MRR__c < 0".into(),
-            message: "MRR cannot be negative".into(),
-            error_field: Some("MRR__c".into()),
-        });
+        config.validation_rules.push(support::mrr_not_negative());
         let sim = SalesforceSim::new(config).unwrap();
         let running = sim.serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let name = support::unique("s");
@@ -559,14 +552,7 @@ async fn both_sides_editing_at_once_converge_without_flip_flop() {
     let _slot = PIPELINE_SLOT.lock().await;
     let s = Sync::start().await;
     let db = s.db.client().await;
-    for i in 1..=5i64 {
-        db.execute(
-            "INSERT INTO accounts (id, name, email, mrr) VALUES ($1, $2, $3, 10)",
-            &[&i, &format!("Co {i}"), &format!("co{i}@x.test")],
-        )
-        .await
-        .unwrap();
-    }
+    insert_accounts(&db, 1..=5).await;
     eventually("all Accounts exist", Duration::from_secs(60), || async {
         let all = s.accounts().await;
         (1..=5).all(|i| {
@@ -761,13 +747,9 @@ async fn replaying_history_twice_creates_once_and_changes_nothing() {
     s.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_9_mid_sync_then_restart_converges_without_duplicates() {
-    let _slot = PIPELINE_SLOT.lock().await;
-    let s = Sync::start_stages(Stages::None).await;
-    let db = s.db.client().await;
-    let mut child = s.spawn_run();
-    for i in 1..=40i64 {
+/// Billing rows `ids`: `Co <id>`, `co<id>@x.test`, MRR 10.
+async fn insert_accounts(db: &tokio_postgres::Client, ids: std::ops::RangeInclusive<i64>) {
+    for i in ids {
         db.execute(
             "INSERT INTO accounts (id, name, email, mrr) VALUES ($1, $2, $3, 10)",
             &[&i, &format!("Co {i}"), &format!("co{i}@x.test")],
@@ -775,33 +757,64 @@ async fn kill_9_mid_sync_then_restart_converges_without_duplicates() {
         .await
         .unwrap();
     }
-    // Kill as soon as part of the work is done: some Accounts exist, others
-    // are in flight.
+}
+
+/// Waits until part of the work is done: some Accounts exist, others are
+/// in flight.
+async fn until_first_accounts(s: &Sync) {
     eventually(
         "the first Accounts exist",
-        Duration::from_secs(60),
+        Duration::from_secs(90),
         || async { s.accounts().await.len() >= 5 },
     )
     .await;
+}
+
+/// Sends SIGTERM to `child` and checks that it exits cleanly.
+async fn sigterm_exits_cleanly(child: std::process::Child) {
+    let status = std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut child = child;
+    let exit = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(exit.success(), "SIGTERM: {exit:?}");
+}
+
+/// A person in Salesforce sets the email of the Account with id `id`.
+async fn person_sets_email(s: &Sync, id: &str, email: &str) {
+    s.person()
+        .write(
+            "Account",
+            WriteOp::Update {
+                id: id.to_string(),
+                fields: json!({ "Email__c": email }).as_object().unwrap().clone(),
+            },
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_sync_then_restart_converges_without_duplicates() {
+    let _slot = PIPELINE_SLOT.lock().await;
+    let s = Sync::start_stages(Stages::None).await;
+    let db = s.db.client().await;
+    let mut child = s.spawn_run();
+    insert_accounts(&db, 1..=40).await;
+    // Kill as soon as part of the work is done: some Accounts exist, others
+    // are in flight.
+    until_first_accounts(&s).await;
     child.kill().expect("kill -9");
     child.wait().unwrap();
     // Both sides keep changing while extsync is down.
-    let person = s.person();
     for account in s.accounts().await {
         let id = account.fields["Alguna_Id__c"].as_str().unwrap().to_string();
-        person
-            .write(
-                "Account",
-                WriteOp::Update {
-                    id: account.id.clone(),
-                    fields: json!({"Email__c": format!("co{id}@crm.test")})
-                        .as_object()
-                        .unwrap()
-                        .clone(),
-                },
-            )
-            .await
-            .unwrap();
+        person_sets_email(&s, &account.id, &format!("co{id}@crm.test")).await;
     }
     let edited: Vec<i64> = s
         .accounts()
@@ -865,16 +878,7 @@ async fn kill_9_mid_sync_then_restart_converges_without_duplicates() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     assert_eq!(s.accounts().await.len(), 40, "one Account per billing row");
-    let status = std::process::Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let exit = tokio::task::spawn_blocking(move || child.wait().unwrap())
-        .await
-        .unwrap();
-    assert!(exit.success(), "SIGTERM: {exit:?}");
+    sigterm_exits_cleanly(child).await;
     s.stop().await;
 }
 
@@ -888,7 +892,7 @@ async fn two_processes_share_the_sync_and_one_killed_hands_its_work_to_the_other
     // shares the processor's partitions.
     let mut first = s.spawn_run_as("first");
     support::wait_streaming(&db, &slot).await;
-    let mut second = s.spawn_run_as("second");
+    let second = s.spawn_run_as("second");
     let rows = |from: i64, to: i64| {
         (from..=to)
             .map(|i| format!("({i}, 'Co {i}', 'co{i}@x.test', 10)"))
@@ -903,12 +907,7 @@ async fn two_processes_share_the_sync_and_one_killed_hands_its_work_to_the_other
         .await
         .unwrap();
     }
-    eventually(
-        "the first Accounts exist",
-        Duration::from_secs(60),
-        || async { s.accounts().await.len() >= 5 },
-    )
-    .await;
+    until_first_accounts(&s).await;
     first.kill().expect("kill -9 the capturing process");
     first.wait().unwrap();
     // Both sides keep changing; the second process takes over capture and
@@ -920,21 +919,8 @@ async fn two_processes_share_the_sync_and_one_killed_hands_its_work_to_the_other
     ))
     .await
     .unwrap();
-    let person = s.person();
     let edited = s.account_for("3").await.expect("Account 3 exists");
-    person
-        .write(
-            "Account",
-            WriteOp::Update {
-                id: edited.id.clone(),
-                fields: json!({"Email__c": "three@crm.test"})
-                    .as_object()
-                    .unwrap()
-                    .clone(),
-            },
-        )
-        .await
-        .unwrap();
+    person_sets_email(&s, &edited.id, "three@crm.test").await;
     let expected = |id: i64| {
         let name = if id % 2 == 0 {
             format!("Co {id} renamed")
@@ -978,16 +964,7 @@ async fn two_processes_share_the_sync_and_one_killed_hands_its_work_to_the_other
     .await;
     assert_eq!(s.accounts().await.len(), 50, "one Account per row");
     assert_eq!(s.extsync_created().await, 50, "no Account created twice");
-    let status = std::process::Command::new("kill")
-        .arg("-TERM")
-        .arg(second.id().to_string())
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let exit = tokio::task::spawn_blocking(move || second.wait().unwrap())
-        .await
-        .unwrap();
-    assert!(exit.success(), "SIGTERM: {exit:?}");
+    sigterm_exits_cleanly(second).await;
     s.stop().await;
 }
 
@@ -1001,20 +978,8 @@ async fn a_kafka_broker_restart_mid_sync_loses_nothing_and_creates_once() {
     let s = Sync::start_on(Stages::None, "", TestKafka::on(broker.brokers.clone())).await;
     let db = s.db.client().await;
     let mut child = s.spawn_run();
-    for i in 1..=20i64 {
-        db.execute(
-            "INSERT INTO accounts (id, name, email, mrr) VALUES ($1, $2, $3, 10)",
-            &[&i, &format!("Co {i}"), &format!("co{i}@x.test")],
-        )
-        .await
-        .unwrap();
-    }
-    eventually(
-        "the first Accounts exist",
-        Duration::from_secs(90),
-        || async { s.accounts().await.len() >= 5 },
-    )
-    .await;
+    insert_accounts(&db, 1..=20).await;
+    until_first_accounts(&s).await;
     let broker = tokio::task::spawn_blocking(move || {
         let mut broker = broker;
         broker.stop();
@@ -1023,14 +988,7 @@ async fn a_kafka_broker_restart_mid_sync_loses_nothing_and_creates_once() {
     .await
     .unwrap();
     // Both sides change while the broker is away.
-    for i in 21..=30i64 {
-        db.execute(
-            "INSERT INTO accounts (id, name, email, mrr) VALUES ($1, $2, $3, 10)",
-            &[&i, &format!("Co {i}"), &format!("co{i}@x.test")],
-        )
-        .await
-        .unwrap();
-    }
+    insert_accounts(&db, 21..=30).await;
     db.execute(
         "UPDATE accounts SET name = name || ' renamed' WHERE id <= 10",
         &[],
@@ -1038,19 +996,7 @@ async fn a_kafka_broker_restart_mid_sync_loses_nothing_and_creates_once() {
     .await
     .unwrap();
     let first = s.account_for("1").await.expect("Account 1 exists");
-    s.person()
-        .write(
-            "Account",
-            WriteOp::Update {
-                id: first.id.clone(),
-                fields: json!({"Email__c": "one@crm.test"})
-                    .as_object()
-                    .unwrap()
-                    .clone(),
-            },
-        )
-        .await
-        .unwrap();
+    person_sets_email(&s, &first.id, "one@crm.test").await;
     tokio::time::sleep(Duration::from_secs(5)).await;
     let mut broker = tokio::task::spawn_blocking(move || {
         let mut broker = broker;
@@ -1409,30 +1355,11 @@ async fn lost_postgres_connections_mid_sync_are_reopened_and_nothing_is_lost() {
     let s = Sync::start_stages(Stages::None).await;
     let db = s.db.client().await;
     let mut child = s.spawn_run();
-    for i in 1..=30i64 {
-        db.execute(
-            "INSERT INTO accounts (id, name, email, mrr) VALUES ($1, $2, $3, 10)",
-            &[&i, &format!("Co {i}"), &format!("co{i}@x.test")],
-        )
-        .await
-        .unwrap();
-    }
-    eventually(
-        "the first Accounts exist",
-        Duration::from_secs(60),
-        || async { s.accounts().await.len() >= 5 },
-    )
-    .await;
+    insert_accounts(&db, 1..=30).await;
+    until_first_accounts(&s).await;
     let severed = sever_postgres_sessions(&s, &db).await;
     assert!(severed >= 3, "only {severed} sessions of extsync were open");
-    for i in 31..=40i64 {
-        db.execute(
-            "INSERT INTO accounts (id, name, email, mrr) VALUES ($1, $2, $3, 10)",
-            &[&i, &format!("Co {i}"), &format!("co{i}@x.test")],
-        )
-        .await
-        .unwrap();
-    }
+    insert_accounts(&db, 31..=40).await;
     eventually(
         "all 40 Accounts exist after the connections were lost",
         Duration::from_secs(90),
@@ -1440,21 +1367,8 @@ async fn lost_postgres_connections_mid_sync_are_reopened_and_nothing_is_lost() {
     )
     .await;
     // Salesforce edits come back to billing once the writer reconnects.
-    let person = s.person();
     let first = s.account_for("1").await.expect("Account 1");
-    person
-        .write(
-            "Account",
-            WriteOp::Update {
-                id: first.id.clone(),
-                fields: json!({"Email__c": "one@crm.test"})
-                    .as_object()
-                    .unwrap()
-                    .clone(),
-            },
-        )
-        .await
-        .unwrap();
+    person_sets_email(&s, &first.id, "one@crm.test").await;
     eventually(
         "the Salesforce edit reaches billing",
         Duration::from_secs(60),

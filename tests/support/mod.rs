@@ -19,6 +19,17 @@ pub fn setting(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: {HINT}"))
 }
 
+/// A Salesforce validation rule refusing Accounts whose `MRR__c` is negative.
+pub fn mrr_not_negative() -> extsync::simulators::salesforce::ValidationRule {
+    extsync::simulators::salesforce::ValidationRule {
+        object: "Account".into(),
+        name: "MRR_Not_Negative".into(),
+        condition: "MRR__c < 0".into(),
+        message: "MRR cannot be negative".into(),
+        error_field: Some("MRR__c".into()),
+    }
+}
+
 /// Sets `TEST_SF_CLIENT_ID`, `TEST_SF_CLIENT_SECRET` and
 /// `TEST_SF_REFRESH_TOKEN` to the Salesforce simulator's demo credentials,
 /// for pipelines that read them; once per test binary.
