@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use sha2::{Digest, Sha256};
 use tokio::sync::Mutex;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 /// The locks of this process's ingest jobs, on one connection.
 #[derive(Clone)]
@@ -80,16 +80,7 @@ impl Leases {
             // Locks end with their session.
             s.held.clear();
             s.client = None;
-            let (client, conn) = tokio_postgres::connect(&self.inner.url, NoTls).await?;
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::warn!(error = %e, "ingest lease connection closed; its jobs are free for any process");
-                }
-            });
-            client
-                .batch_execute("SET application_name = 'extsync ingest leases'")
-                .await?;
-            s.client = Some(client);
+            s.client = Some(crate::store::connect_as(&self.inner.url, "ingest leases").await?);
         }
         if s.held.contains(&key) {
             return Ok(true);

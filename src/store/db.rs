@@ -31,7 +31,7 @@ impl Db {
     /// Opens the first connection; `role` names it in `pg_stat_activity`
     /// (`application_name` = `extsync <role>`) and in logs.
     pub async fn connect(url: &str, role: &'static str) -> Result<Db, tokio_postgres::Error> {
-        let client = open(url, role).await?;
+        let client = connect_as(url, role).await?;
         metrics::describe_counter!(
             REOPENED_TOTAL,
             "State database connections opened again after one closed, by role"
@@ -57,7 +57,7 @@ impl Db {
         if let Some(c) = self.open_client() {
             return Ok(c);
         }
-        let client = Arc::new(open(&self.inner.url, self.inner.role).await?);
+        let client = Arc::new(connect_as(&self.inner.url, self.inner.role).await?);
         tracing::info!(role = self.inner.role, "state database connection reopened");
         metrics::counter!(REOPENED_TOTAL, "role" => self.inner.role).increment(1);
         *self.inner.current.lock().expect("not poisoned") = client.clone();
@@ -73,8 +73,12 @@ impl Db {
 /// Counter of state database connections opened again after one closed.
 pub const REOPENED_TOTAL: &str = "extsync_state_db_reopened_total";
 
-/// Connects to `url` and drives the connection in a background task.
-async fn open(url: &str, role: &'static str) -> Result<Client, tokio_postgres::Error> {
+/// Connects to `url` as `extsync <role>` (its `application_name`, unless
+/// the URL sets one) and drives the connection in a background task.
+pub(crate) async fn connect_as(
+    url: &str,
+    role: &'static str,
+) -> Result<Client, tokio_postgres::Error> {
     let mut config: tokio_postgres::Config = url.parse()?;
     if config.get_application_name().is_none() {
         config.application_name(format!("extsync {role}"));

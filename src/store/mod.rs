@@ -6,9 +6,10 @@
 //!  ingest / processor / control plane ──► store ──► Postgres schema `extsync`
 //! ```
 
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 mod db;
+pub(crate) use db::connect_as;
 pub use db::{Db, REOPENED_TOTAL};
 
 mod embedded {
@@ -32,15 +33,9 @@ pub enum StoreError {
 
 /// Connects to `url` and drives the connection in a background task.
 pub async fn connect(url: &str) -> Result<Client, StoreError> {
-    let (client, conn) = tokio_postgres::connect(url, NoTls)
+    db::connect_as(url, "migrations")
         .await
-        .map_err(StoreError::Connect)?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::warn!(error = %e, "state database connection closed");
-        }
-    });
-    Ok(client)
+        .map_err(StoreError::Connect)
 }
 
 /// Migrates schema `extsync` over a connection of its own, then opens the
