@@ -785,6 +785,22 @@ async fn sigterm_exits_cleanly(child: std::process::Child) {
     assert!(exit.success(), "SIGTERM: {exit:?}");
 }
 
+/// Waits until billing row `id` holds `email` (a Salesforce edit came back).
+async fn until_billing_email(db: &tokio_postgres::Client, id: i64, email: &str) {
+    eventually(
+        "the Salesforce edit reaches billing",
+        Duration::from_secs(60),
+        || async {
+            db.query_one("SELECT email FROM accounts WHERE id = $1", &[&id])
+                .await
+                .unwrap()
+                .get::<_, String>(0)
+                == email
+        },
+    )
+    .await;
+}
+
 /// A person in Salesforce sets the email of the Account with id `id`.
 async fn person_sets_email(s: &Sync, id: &str, email: &str) {
     s.person()
@@ -950,18 +966,7 @@ async fn two_processes_share_the_sync_and_one_killed_hands_its_work_to_the_other
         },
     )
     .await;
-    eventually(
-        "the Salesforce edit is in billing",
-        Duration::from_secs(60),
-        || async {
-            db.query_one("SELECT email FROM accounts WHERE id = 3", &[])
-                .await
-                .unwrap()
-                .get::<_, String>(0)
-                == "three@crm.test"
-        },
-    )
-    .await;
+    until_billing_email(&db, 3, "three@crm.test").await;
     assert_eq!(s.accounts().await.len(), 50, "one Account per row");
     assert_eq!(s.extsync_created().await, 50, "no Account created twice");
     sigterm_exits_cleanly(second).await;
@@ -1369,18 +1374,7 @@ async fn lost_postgres_connections_mid_sync_are_reopened_and_nothing_is_lost() {
     // Salesforce edits come back to billing once the writer reconnects.
     let first = s.account_for("1").await.expect("Account 1");
     person_sets_email(&s, &first.id, "one@crm.test").await;
-    eventually(
-        "the Salesforce edit reaches billing",
-        Duration::from_secs(60),
-        || async {
-            db.query_one("SELECT email FROM accounts WHERE id = 1", &[])
-                .await
-                .unwrap()
-                .get::<_, String>(0)
-                == "one@crm.test"
-        },
-    )
-    .await;
+    until_billing_email(&db, 1, "one@crm.test").await;
     assert_eq!(s.accounts().await.len(), 40, "one Account per billing row");
     assert_eq!(s.extsync_created().await, 40, "no Account created twice");
     let _ = child.kill();
