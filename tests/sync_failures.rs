@@ -222,6 +222,29 @@ integrations:
     }
 
     /// Sync events of one record of type `kind` (`sync.record`, `sync.error`, …).
+    /// An account id whose changes share a partition with those of
+    /// `contact`.
+    fn account_on_the_partition_of(&self, contact: &str) -> String {
+        let topic = format!("{}.cdc.public.contacts", self.kafka.prefix);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let partitions = loop {
+            let counts = extsync::kafka::partition_counts(&self.kafka.config(), &[topic.clone()]);
+            if let Some(n) = counts.ok().and_then(|c| c.get(&topic).copied()) {
+                break n;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{topic} was not created"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        let wanted = extsync::kafka::record_partition(contact, partitions);
+        (100..)
+            .map(|id: i64| id.to_string())
+            .find(|id| extsync::kafka::record_partition(id, partitions) == wanted)
+            .expect("an id on every partition")
+    }
+
     fn events_of(&mut self, kind: &str, entity: &str, billing_id: &str) -> Vec<Value> {
         self.sync_events()
             .iter()
@@ -420,16 +443,11 @@ async fn a_contact_written_before_its_account_waits_and_carries_the_accounts_id(
     .unwrap();
     assert_written_under(&mut s, "10", "1").await;
     // Taken in one batch, the account is written first and the contact
-    // waits for nothing. Taken apart, the contact waits for an account
-    // queued behind it in its partition, fails `parent_not_linked`, and is
-    // retried once the account is linked: no other error.
+    // waits for nothing. Taken apart, the contact finds the account queued
+    // behind it and is deferred behind it, or waits for the account's part
+    // running beside: no error either way.
     let errors = s.events_of("sync.error", "contacts", "10");
-    assert!(
-        errors
-            .iter()
-            .all(|e| e["error_type"] == json!("parent_not_linked")),
-        "{errors:#?}"
-    );
+    assert!(errors.is_empty(), "{errors:#?}");
 
     // Child first, its parent a moment later, once the pipeline is flowing:
     // the child is processed on its own and waits.
@@ -449,6 +467,53 @@ async fn a_contact_written_before_its_account_waits_and_carries_the_accounts_id(
     assert_written_under(&mut s, "11", "2").await;
     eventually(
         "no contact is left listed as failed",
+        Duration::from_secs(30),
+        || async { s.failed().await.is_empty() },
+    )
+    .await;
+    assert_valid_events(s.sync_events());
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_contact_whose_account_is_queued_behind_it_is_deferred_not_failed() {
+    let _slot = PIPELINE_SLOT.lock().await;
+    let mut s = Sync::start().await;
+    let db = s.db.client().await;
+    // An account on the contact's partition: its change queues behind the
+    // contact's part, which could only wait out `PARENT_WAIT` for it.
+    let account = s.account_on_the_partition_of("30");
+    db.execute(
+        "INSERT INTO contacts (id, account_id, last_name, email) VALUES (30, $1, 'Ahead', 'ahead@x.test')",
+        &[&account.parse::<i64>().unwrap()],
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let inserted = std::time::Instant::now();
+    db.execute(
+        "INSERT INTO accounts (id, name, code) VALUES ($1, 'Behind', 'b')",
+        &[&account.parse::<i64>().unwrap()],
+    )
+    .await
+    .unwrap();
+    assert_written_under(&mut s, "30", &account).await;
+    let took = inserted.elapsed();
+    let records = s.events_of("sync.record", "contacts", "30");
+    assert!(
+        records
+            .iter()
+            .any(|e| e["reason"] == json!("awaits_parent")),
+        "the contact was deferred behind its account: {records:#?}"
+    );
+    let errors = s.events_of("sync.error", "contacts", "30");
+    assert!(errors.is_empty(), "{errors:#?}");
+    assert!(
+        took < PARENT_WAIT,
+        "the contact followed its account without waiting out the parent wait: {took:?}"
+    );
+    eventually(
+        "the deferred contact is no longer listed",
         Duration::from_secs(30),
         || async { s.failed().await.is_empty() },
     )

@@ -16,7 +16,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use tokio_postgres::Client;
 
-use super::batch::PARENT_NOT_LINKED;
+use super::batch::{AWAITING_PARENT, PARENT_NOT_LINKED};
 use super::change::BillingChange;
 use super::events::{Counts, Flow};
 use super::merge::{Parked, Resolution, Winner};
@@ -29,7 +29,8 @@ pub type Resolved = (RecordKey, Option<String>, Resolution);
 pub struct Failure {
     pub key: RecordKey,
     pub external_id: Option<String>,
-    /// `field_validation`, `parent_not_linked`, `match_review`, …
+    /// `field_validation`, `parent_not_linked`, `match_review`, …, or
+    /// `awaiting_parent` for a record deferred behind its parent (no error).
     pub error_type: String,
     /// The vendor's or the transform's message.
     pub message: String,
@@ -37,7 +38,8 @@ pub struct Failure {
     /// Fields the failed write would have set (target side names).
     pub fields: Vec<String>,
     /// For `parent_not_linked`: what to re-queue once the parent is linked;
-    /// for `already_exists`: once the record's own link is saved.
+    /// for `awaiting_parent`: at once; for `already_exists`: once the
+    /// record's own link is saved.
     pub waiting: Option<ParentWait>,
 }
 
@@ -277,8 +279,8 @@ async fn clear_synced(db: &Client, synced: &[RecordKey]) -> Result<(), tokio_pos
     Ok(())
 }
 
-/// A retry that wrote nothing ends its record's `parent_not_linked` wait,
-/// unless a newer change failed since.
+/// A retry that wrote nothing ends its record's wait (`parent_not_linked`
+/// or `awaiting_parent`), unless a newer change failed or was deferred since.
 async fn end_waits(
     db: &Client,
     waits_ended: &[(RecordKey, DateTime<Utc>)],
@@ -294,13 +296,13 @@ async fn end_waits(
         "DELETE FROM extsync.failed_records f
               USING unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[]) AS u(i, e, b, t)
               WHERE f.integration = u.i AND f.entity = u.e AND f.billing_id = u.b
-                AND f.error_type = $5 AND (f.change->>'committed_at')::timestamptz <= u.t",
+                AND f.error_type = ANY($5) AND (f.change->>'committed_at')::timestamptz <= u.t",
         &[
             &col(&|k| &k.integration),
             &col(&|k| &k.entity),
             &col(&|k| &k.billing_id),
             &at,
-            &PARENT_NOT_LINKED,
+            &[PARENT_NOT_LINKED, AWAITING_PARENT].as_slice(),
         ],
     )
     .await?;

@@ -72,6 +72,9 @@ pub enum SkipReason {
     /// A `latest_wins` conflict with a billing edit whose change is still on
     /// its way: that change settles it, with both change times.
     AwaitsBillingChange,
+    /// The parent's change is queued behind this one on its processor: the
+    /// change is retried once the parent's change is processed.
+    AwaitsParent,
 }
 
 /// The reason as it appears in events (`in_sync`, `echo`, …).

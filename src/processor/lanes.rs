@@ -20,6 +20,8 @@
 //! handled by one owner, in order. While one part waits on a vendor's API,
 //! another decides. A few ready messages are not split: their calls and
 //! queries cost about as much for half the records, and they would contend.
+//! The records of the waiting messages are kept in [`super::queued`], where
+//! a child waiting for its parent looks.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -36,6 +38,7 @@ use super::batch::{BatchError, Processor};
 use super::change::Change;
 use super::commit::Committable;
 use super::intake::{MAX_BATCH, next_offsets};
+use super::queued::{Queued, record_key};
 use super::runner::{Record, RunError, announce, decode};
 
 /// Ready messages of several partitions start as one part per partition
@@ -74,6 +77,8 @@ pub struct Part {
 /// One partition's messages that have not started yet.
 struct Waiting {
     messages: Vec<OwnedMessage>,
+    /// Each message's record, as [`Queued`] counts it.
+    keys: Vec<Option<String>>,
     /// When the oldest of them was taken.
     group: Generation,
 }
@@ -90,15 +95,29 @@ pub struct LaneContext {
 
 /// Messages taken but not started, by partition, and the partitions whose
 /// part is running.
-#[derive(Default)]
 struct Queue {
     waiting: BTreeMap<i32, Waiting>,
     busy: HashSet<i32>,
     /// Batches taken so far.
     taken: u64,
+    /// The records of the waiting messages, for children waiting for a
+    /// parent to look at.
+    queued: Arc<Queued>,
+    cdc_prefix: String,
 }
 
 impl Queue {
+    fn new(queued: Arc<Queued>, cdc_prefix: String) -> Self {
+        queued.clear();
+        Queue {
+            waiting: BTreeMap::new(),
+            busy: HashSet::new(),
+            taken: 0,
+            queued,
+            cdc_prefix,
+        }
+    }
+
     /// Sorts a taken batch by partition, behind the messages already waiting.
     fn push(&mut self, batch: Vec<OwnedMessage>, group: Arc<ConsumerGroupMetadata>) {
         let group = Generation {
@@ -106,14 +125,17 @@ impl Queue {
             since: self.taken,
         };
         for (partition, messages) in by_partition(batch) {
-            self.waiting
-                .entry(partition)
-                .or_insert_with(|| Waiting {
-                    messages: Vec::new(),
-                    group: group.clone(),
-                })
-                .messages
-                .extend(messages);
+            let keys: Vec<Option<String>> = (messages.iter())
+                .map(|m| record_key(m, &self.cdc_prefix))
+                .collect();
+            self.queued.add(partition, keys.iter().flatten());
+            let w = self.waiting.entry(partition).or_insert_with(|| Waiting {
+                messages: Vec::new(),
+                keys: Vec::new(),
+                group: group.clone(),
+            });
+            w.messages.extend(messages);
+            w.keys.extend(keys);
         }
         self.taken += 1;
     }
@@ -155,13 +177,14 @@ impl Queue {
         for &p in partitions {
             let mut w = self.waiting.remove(&p).expect("a waiting partition");
             if w.messages.len() > MAX_BATCH {
-                let rest = w.messages.split_off(MAX_BATCH);
                 let left = Waiting {
-                    messages: rest,
+                    messages: w.messages.split_off(MAX_BATCH),
+                    keys: w.keys.split_off(MAX_BATCH),
                     group: w.group.clone(),
                 };
                 self.waiting.insert(p, left);
             }
+            self.queued.remove(w.keys.iter().flatten());
             messages.append(&mut w.messages);
             groups.push(w.group);
             self.busy.insert(p);
@@ -190,10 +213,11 @@ pub struct Lanes {
 
 impl Lanes {
     pub fn new(context: LaneContext) -> Self {
+        let queue = Queue::new(context.processor.queued.clone(), context.cdc_prefix.clone());
         Lanes {
             context: Arc::new(context),
             running: JoinSet::new(),
-            queue: Queue::default(),
+            queue,
         }
     }
 
@@ -225,8 +249,10 @@ impl Lanes {
     fn start_ready(&mut self) {
         for (partitions, part) in self.queue.ready() {
             let context = self.context.clone();
-            self.running
-                .spawn(async move { (partitions, run_part(context, part).await) });
+            self.running.spawn(async move {
+                let result = run_part(context, &partitions, part).await;
+                (partitions, result)
+            });
         }
     }
 
@@ -234,6 +260,7 @@ impl Lanes {
     /// Messages still waiting are dropped: their offsets are not committed,
     /// so the next session reads them again.
     pub async fn finish(mut self) -> Result<(), RunError> {
+        self.queue.queued.clear();
         let mut first = Ok(());
         while let Some(done) = self.running.join_next().await {
             let result = done.map_or_else(|_| Err(canceled()), |(_, r)| r);
@@ -261,21 +288,29 @@ pub fn by_partition(batch: Vec<OwnedMessage>) -> Vec<(i32, Vec<OwnedMessage>)> {
     parts
 }
 
-async fn run_part(context: Arc<LaneContext>, part: Part) -> Result<(), RunError> {
-    let result = process_part(&context, part).await;
+async fn run_part(
+    context: Arc<LaneContext>,
+    partitions: &[i32],
+    part: Part,
+) -> Result<(), RunError> {
+    let result = process_part(&context, partitions, part).await;
     if result.is_err() {
         context.session.cancel();
     }
     result
 }
 
-async fn process_part(context: &LaneContext, part: Part) -> Result<(), RunError> {
+async fn process_part(
+    context: &LaneContext,
+    partitions: &[i32],
+    part: Part,
+) -> Result<(), RunError> {
     let changes: Vec<Change> = part
         .messages
         .iter()
         .filter_map(|m| decode(m, &context.cdc_prefix, &context.external_prefix))
         .collect();
-    let Some(processed) = process_retrying(context, &changes).await? else {
+    let Some(processed) = process_retrying(context, partitions, &changes).await? else {
         return Ok(());
     };
     announce(&processed.events);
@@ -306,11 +341,12 @@ async fn process_part(context: &LaneContext, part: Part) -> Result<(), RunError>
 /// first.
 async fn process_retrying(
     context: &LaneContext,
+    partitions: &[i32],
     changes: &[Change],
 ) -> Result<Option<super::batch::Processed>, RunError> {
     let mut backoff = Duration::from_millis(200);
     loop {
-        match context.processor.process_unsaved(changes).await {
+        match context.processor.process_unsaved(changes, partitions).await {
             Ok(done) => return Ok(Some(done)),
             Err(BatchError::State(e)) => return Err(e.into()),
             Err(e @ BatchError::Sink(_)) => {
@@ -358,6 +394,10 @@ mod tests {
             .collect()
     }
 
+    fn queue() -> Queue {
+        Queue::new(Arc::default(), "x.cdc.".into())
+    }
+
     fn started(queue: &mut Queue) -> Vec<(Vec<i32>, usize)> {
         (queue.ready().into_iter())
             .map(|(partitions, part)| (partitions, part.messages.len()))
@@ -366,7 +406,7 @@ mod tests {
 
     #[test]
     fn few_ready_messages_start_together_and_many_by_partition() {
-        let mut queue = Queue::default();
+        let mut queue = queue();
         queue.push(batch(&[0, 1], 4, 0), generation());
         assert_eq!(started(&mut queue), vec![(vec![0, 1], 4)]);
         queue.release(&[0, 1]);
@@ -377,7 +417,7 @@ mod tests {
 
     #[test]
     fn a_busy_partition_collects_while_another_starts() {
-        let mut queue = Queue::default();
+        let mut queue = queue();
         queue.push(batch(&[0], 3, 0), generation());
         assert_eq!(started(&mut queue), vec![(vec![0], 3)]);
         queue.push(batch(&[0, 1], 10, 3), generation());
@@ -393,7 +433,7 @@ mod tests {
 
     #[test]
     fn a_part_commits_with_the_generation_of_its_oldest_messages() {
-        let mut queue = Queue::default();
+        let mut queue = queue();
         queue.push(batch(&[0, 1], 2, 0), generation());
         assert_eq!(started(&mut queue), vec![(vec![0, 1], 2)]);
         queue.push(batch(&[1], 1, 2), generation());
@@ -407,7 +447,7 @@ mod tests {
 
     #[test]
     fn a_part_takes_at_most_a_batch_and_a_full_partition_holds_the_loop() {
-        let mut queue = Queue::default();
+        let mut queue = queue();
         queue.push(batch(&[0], 1, 0), generation());
         assert_eq!(started(&mut queue), vec![(vec![0], 1)]);
         queue.push(batch(&[0], MAX_WAITING - 1, 1), generation());

@@ -19,6 +19,7 @@ pub mod lanes;
 pub mod link;
 pub mod mapping;
 pub mod merge;
+pub mod queued;
 pub mod record;
 pub mod replay;
 pub mod retry;

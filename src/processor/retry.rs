@@ -8,10 +8,15 @@
 //! re-queued onto the repartition topic, on the record's partition (see
 //! [`crate::kafka::record_partition`]): the record's owner, which reads
 //! that partition beside the record's change topic, processes the retry.
+//! A record deferred because its parent's change was queued behind it
+//! (`awaiting_parent`, see [`super::queued`]) is re-queued at once, so its
+//! retry comes after the parent's change; the retry waits for the parent
+//! like any change, and is never deferred again.
 //!
 //! ```text
 //!  child change ──wait (bounded)──► parent_not_linked ──► failed_records (parent, change)
-//!  save: a parent linked, or a child failed ──► failed children whose parent is linked
+//!               ──parent queued behind──► awaiting_parent ─┘
+//!  save: a parent linked, or a child failed ──► failed children whose parent is linked, deferred children
 //!        ──► <prefix>.processor.changes (the child's partition, origin RETRY_ORIGIN) ──► the child's owner
 //! ```
 //!
@@ -34,6 +39,7 @@ use tokio_postgres::Client;
 
 use crate::store::Db;
 
+use super::batch::AWAITING_PARENT;
 use super::change::{BillingChange, Change, RETRY_ORIGIN};
 use super::route::{self, CHANGES_TOPIC};
 use super::state::RecordKey;
@@ -144,12 +150,12 @@ impl Requeue {
             .query(
                 "SELECT f.integration, f.entity, f.billing_id, f.change, f.last_failed_at
                    FROM extsync.failed_records f
-                   JOIN extsync.records r ON r.integration = f.integration AND r.entity = f.parent_entity
-                                         AND r.billing_id = f.parent_billing_id
+                   LEFT JOIN extsync.records r ON r.integration = f.integration AND r.entity = f.parent_entity
+                                              AND r.billing_id = f.parent_billing_id
                   WHERE f.parent_entity IS NOT NULL AND f.requeued_at IS NULL AND f.change IS NOT NULL
-                    AND r.external_id IS NOT NULL AND f.integration = ANY($2)
+                    AND (r.external_id IS NOT NULL OR f.error_type = $3) AND f.integration = ANY($2)
                   LIMIT $1",
-                &[&REQUEUE_LIMIT, &self.integrations],
+                &[&REQUEUE_LIMIT, &self.integrations, &AWAITING_PARENT],
             )
             .await?;
         if rows.len() as i64 >= REQUEUE_LIMIT {

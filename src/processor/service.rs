@@ -147,6 +147,7 @@ async fn build(
         parent_wait: options.parent_wait,
         requeue,
         primary_keys: Default::default(),
+        queued: Default::default(),
     }))
 }
 

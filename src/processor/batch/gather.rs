@@ -21,6 +21,7 @@ impl<'a> Run<'a> {
     pub(super) async fn expand(
         processor: &'a Processor,
         changes: &'a [Change],
+        holds: &'a [i32],
     ) -> Result<Run<'a>, BatchError> {
         let mappings = &processor.mappings;
         let mut work = Vec::new();
@@ -74,6 +75,7 @@ impl<'a> Run<'a> {
             unlinked_parents: HashSet::new(),
             parked_before: HashMap::new(),
             gave_up: HashSet::new(),
+            holds,
             counts: BTreeMap::new(),
             pending: Vec::new(),
             resolutions: Vec::new(),

@@ -11,6 +11,7 @@ use super::super::change::{BillingChange, Change};
 use super::super::link::{self, MatchResult};
 use super::super::mapping::EntityMap;
 use super::super::record;
+use super::super::route::billing_key;
 use super::super::state::{RecordKey, RecordState};
 use super::{Candidates, MATCH_CANDIDATES, PrimaryKey, Processor, Views, Work};
 use crate::ingest::ExternalChange;
@@ -248,19 +249,32 @@ impl Processor {
     /// Waits (bounded) for the parent to be linked: by this processor (its
     /// state in memory, saved or not: an earlier batch, or a part running
     /// beside this one, looked at whenever a part's states are remembered)
-    /// or by another owner (in Postgres, looked at every 200 ms).
+    /// or by another owner (in Postgres, looked at every 200 ms). Stops
+    /// waiting as soon as a change of the parent is queued on one of the
+    /// partitions the batch `holds`: it starts only after the batch (see
+    /// [`super::super::queued`]).
     pub(super) async fn wait_for_parent(
         &self,
         key: &RecordKey,
-    ) -> Result<Option<String>, tokio_postgres::Error> {
+        holds: &[i32],
+    ) -> Result<ParentLink, tokio_postgres::Error> {
         let deadline = tokio::time::Instant::now() + self.parent_wait;
+        let routed = (self.mappings.for_external(&key.integration, &key.entity))
+            .map(|p| billing_key(p.table.schema(), p.table.table(), &key.billing_id));
         let mut changes = self.state.changes();
+        let mut additions = self.queued.additions();
         let mut next_look = tokio::time::Instant::now();
         loop {
             if let Some(linked) = self.state.known(key).await
                 && let Some(ext) = &linked.external_id
             {
-                return Ok(Some(ext.clone()));
+                return Ok(ParentLink::Linked(ext.clone()));
+            }
+            if routed
+                .as_deref()
+                .is_some_and(|k| self.queued.waits_on(k, holds))
+            {
+                return Ok(ParentLink::Queued);
             }
             let now = tokio::time::Instant::now();
             if now >= next_look {
@@ -274,19 +288,31 @@ impl Processor {
                     )
                     .await?;
                 if let Some(r) = row {
-                    return Ok(Some(r.get(0)));
+                    return Ok(ParentLink::Linked(r.get(0)));
                 }
                 next_look = now + Duration::from_millis(200);
             }
             if now >= deadline {
-                return Ok(None);
+                return Ok(ParentLink::NotLinked);
             }
             tokio::select! {
                 _ = changes.changed() => {}
+                _ = additions.changed() => {}
                 _ = tokio::time::sleep_until(next_look.min(deadline)) => {}
             }
         }
     }
+}
+
+/// What waiting for a parent's link came to.
+#[derive(Debug, PartialEq)]
+pub(super) enum ParentLink {
+    /// Linked, to this external id.
+    Linked(String),
+    /// A change of the parent is queued behind the batch.
+    Queued,
+    /// Not linked within the wait.
+    NotLinked,
 }
 
 fn quoted_table(e: &EntityMap) -> String {

@@ -4,7 +4,9 @@
 //! batched call per phase (parents, then children waiting for their
 //! parent's new id). A child whose parent is not linked elsewhere waits for
 //! it (bounded), then fails `parent_not_linked` and is retried once the
-//! parent is linked ([`super::retry`]). Every change considered yields a
+//! parent is linked ([`super::retry`]). A child whose parent's change is
+//! queued on this processor, not started ([`super::queued`]), does not
+//! wait: it is deferred (`awaiting_parent`) and retried the same way. Every change considered yields a
 //! `sync.record` event: written, skipped (with the reason) or failed.
 //!
 //! ```text
@@ -37,6 +39,7 @@ use super::change::Change;
 use super::events::{Counts, SyncEvent};
 use super::mapping::{EntityMap, Mappings};
 use super::merge::{Parked, Resolution};
+use super::queued::Queued;
 use super::retry::Requeue;
 use super::sinks::{BillingSink, ExternalSink, SinkError};
 use super::state::{RecordKey, RecordState, StateStore};
@@ -50,6 +53,10 @@ pub const PARENT_WAIT: Duration = Duration::from_secs(10);
 /// Error type of a record whose parent was not linked within the wait; it is
 /// retried once the parent is linked.
 pub const PARENT_NOT_LINKED: &str = "parent_not_linked";
+/// Kind of a record deferred because its parent's change is queued on this
+/// processor, not started yet: no error, it is retried once the parent is
+/// linked, like a `parent_not_linked` failure.
+pub const AWAITING_PARENT: &str = "awaiting_parent";
 /// Most unlinked records considered when matching.
 pub const MATCH_CANDIDATES: i64 = 10_000;
 
@@ -93,6 +100,8 @@ pub struct Processor {
     pub requeue: Requeue,
     /// Primary keys of the billing tables, read once per table.
     pub primary_keys: dashmap::DashMap<String, PrimaryKey>,
+    /// Records whose changes the lanes hold, not started yet.
+    pub queued: Arc<Queued>,
 }
 
 /// A billing table's single primary-key column.
@@ -108,7 +117,7 @@ impl Processor {
     /// Processes `changes` (in order), saves its bookkeeping and returns
     /// the sync events to publish.
     pub async fn process(&self, changes: &[Change]) -> Result<Vec<SyncEvent>, BatchError> {
-        let done = self.process_unsaved(changes).await?;
+        let done = self.process_unsaved(changes, &[]).await?;
         self.save(&done.bookkeeping).await?;
         Ok(done.events)
     }
@@ -126,12 +135,17 @@ impl Processor {
         Ok(())
     }
 
-    /// Processes `changes` (in order). Its states are visible to the next
-    /// batch at once; its bookkeeping must be saved, with
-    /// [`Processor::save`], before its offsets commit.
-    pub async fn process_unsaved(&self, changes: &[Change]) -> Result<Processed, BatchError> {
+    /// Processes `changes` (in order), taken from the partitions the caller
+    /// `holds` (none for a caller outside the lanes). Its states are
+    /// visible to the next batch at once; its bookkeeping must be saved,
+    /// with [`Processor::save`], before its offsets commit.
+    pub async fn process_unsaved(
+        &self,
+        changes: &[Change],
+        holds: &[i32],
+    ) -> Result<Processed, BatchError> {
         let t0 = Instant::now();
-        let mut run = Run::expand(self, changes).await?;
+        let mut run = Run::expand(self, changes, holds).await?;
         run.link().await?;
         let t_link = t0.elapsed();
         run.load().await?;
@@ -223,6 +237,9 @@ struct Run<'a> {
     parked_before: HashMap<RecordKey, BTreeMap<String, Parked>>,
     /// Parents whose wait ran out in this batch: their other children fail at once.
     gave_up: HashSet<RecordKey>,
+    /// The partitions whose messages this batch holds: a parent's change
+    /// queued on one of them starts only after the batch.
+    holds: &'a [i32],
     counts: BTreeMap<EntityOf, Counts>,
     /// Writes planned so far; [`Run::deliver`] moves them into its [`deliver::Delivered`].
     pending: Vec<Pending>,

@@ -2,7 +2,9 @@
 //! record ([`decide`]), and its plan becomes a pending write, a skip or a
 //! failure. A billing change of a child waits here (bounded) for its
 //! parent's link, unless the parent is created in this same batch: then the
-//! child is planned now and takes the parent's id once it is created.
+//! child is planned now and takes the parent's id once it is created; or
+//! unless the parent's change is queued on this processor: then the child
+//! is deferred behind it.
 
 use std::borrow::Cow;
 
@@ -16,8 +18,11 @@ use super::super::events::{Flow, Outcome, SkipReason};
 use super::super::mapping::EntityMap;
 use super::super::record;
 use super::super::state::{RecordKey, RecordState};
+use super::lookups::ParentLink;
 use super::report::{record_event, review_message};
-use super::{BatchError, PARENT_NOT_LINKED, PROCESSED_TOTAL, Pending, Run, entity_of};
+use super::{
+    AWAITING_PARENT, BatchError, PARENT_NOT_LINKED, PROCESSED_TOTAL, Pending, Run, entity_of,
+};
 use crate::delivery::{BillingWrite, ExternalWrite, ExternalWriteOp};
 use crate::ingest::ExternalChange;
 
@@ -122,14 +127,17 @@ impl<'a> Run<'a> {
         // wait ran out.
         let linked = if self.states.contains_key(&parent_key) || self.gave_up.contains(&parent_key)
         {
-            None
+            ParentLink::NotLinked
         } else {
-            p.wait_for_parent(&parent_key).await?
+            // A retry is never deferred again: it waits.
+            let holds = if b.is_retry() { &[][..] } else { self.holds };
+            p.wait_for_parent(&parent_key, holds).await?
         };
-        if let Some(ext) = linked {
-            return Ok(decide(Some(ext)).into());
-        }
-        Ok(self.parent_not_linked(e, state, b, parent_key))
+        Ok(match linked {
+            ParentLink::Linked(ext) => decide(Some(ext)).into(),
+            ParentLink::Queued => self.waits_for_parent(e, state, b, parent_key, true),
+            ParentLink::NotLinked => self.waits_for_parent(e, state, b, parent_key, false),
+        })
     }
 
     /// Reads the candidates of `e` once per batch, when a record without a
@@ -166,23 +174,37 @@ impl<'a> Run<'a> {
         }
     }
 
-    /// A billing change whose parent is still not linked fails
-    /// `parent_not_linked`, keeping the change for a retry once the parent
-    /// is linked.
-    fn parent_not_linked(
+    /// A billing change whose parent is not linked: deferred while the
+    /// parent's change is `queued` behind the batch, else failed
+    /// `parent_not_linked`. Either keeps the change for a retry: a deferred
+    /// one at once (behind the parent's change), a failed one once the
+    /// parent is linked.
+    fn waits_for_parent(
         &mut self,
         e: &EntityMap,
         state: &RecordState,
         b: &BillingChange,
         parent_key: RecordKey,
+        queued: bool,
     ) -> Decided {
+        let (error_type, message) = if queued {
+            let message = format!(
+                "parent {}/{} is queued behind it; retried once the parent is processed",
+                parent_key.entity, parent_key.billing_id
+            );
+            (AWAITING_PARENT, message)
+        } else {
+            let message = format!(
+                "parent {}/{} is not linked to a {} record yet",
+                parent_key.entity, parent_key.billing_id, e.integration
+            );
+            self.gave_up.insert(parent_key.clone());
+            (PARENT_NOT_LINKED, message)
+        };
         let decision = Decision {
             plan: Plan::Failed {
-                error_type: PARENT_NOT_LINKED,
-                message: format!(
-                    "parent {}/{} is not linked to a {} record yet",
-                    parent_key.entity, parent_key.billing_id, e.integration
-                ),
+                error_type,
+                message,
             },
             state: state.clone(),
         };
@@ -192,11 +214,10 @@ impl<'a> Run<'a> {
             change.origin = None;
         }
         let parent_wait = ParentWait {
-            entity: parent_key.entity.clone(),
-            billing_id: parent_key.billing_id.clone(),
+            entity: parent_key.entity,
+            billing_id: parent_key.billing_id,
             change,
         };
-        self.gave_up.insert(parent_key);
         Decided {
             decision,
             waits_for: None,

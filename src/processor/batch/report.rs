@@ -5,10 +5,12 @@
 use chrono::{DateTime, Utc};
 
 use super::super::bookkeeping::{Bookkeeping, Failure, parked_changes, strategy_name, winner_name};
-use super::super::events::{Flow, Outcome, SyncEvent};
+use super::super::events::{Flow, Outcome, SkipReason, SyncEvent};
 use super::super::state::{RecordKey, RecordState};
 use super::deliver::Delivered;
-use super::{CONFLICTS_TOTAL, FAILURES_TOTAL, Processed, Run, dedup, entity_of_key};
+use super::{
+    AWAITING_PARENT, CONFLICTS_TOTAL, FAILURES_TOTAL, Processed, Run, dedup, entity_of_key,
+};
 
 impl Run<'_> {
     /// Events and counts of the batch's conflicts, reviews and failures.
@@ -50,6 +52,24 @@ impl Run<'_> {
             self.events.push((*seq, event));
         }
         for (seq, f) in &self.failures {
+            if f.error_type == AWAITING_PARENT {
+                // Deferred, not failed: its retry follows the parent's change.
+                self.counts
+                    .entry(entity_of_key(&f.key))
+                    .or_default()
+                    .skipped += 1;
+                let event = record_event(
+                    &f.key,
+                    f.external_id.clone(),
+                    f.flow,
+                    Outcome::Skipped,
+                    Vec::new(),
+                    now,
+                );
+                self.events
+                    .push((*seq, event.skipped(SkipReason::AwaitsParent)));
+                continue;
+            }
             self.counts.entry(entity_of_key(&f.key)).or_default().failed += 1;
             metrics::counter!(FAILURES_TOTAL, "integration" => f.key.integration.clone(), "entity" => f.key.entity.clone(), "error_type" => f.error_type.clone()).increment(1);
             let error = SyncEvent::Error {
