@@ -137,7 +137,7 @@ mod tests {
     #[test]
     fn a_key_stays_queued_while_any_of_its_messages_waits() {
         let queued = Queued::default();
-        let mut additions = queued.additions();
+        let additions = queued.additions();
         let a = "public.accounts:1".to_string();
         queued.add(3, [&a, &a]);
         assert!(additions.has_changed().unwrap());
