@@ -228,7 +228,10 @@ integrations:
         let topic = format!("{}.cdc.public.contacts", self.kafka.prefix);
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         let partitions = loop {
-            let counts = extsync::kafka::partition_counts(&self.kafka.config(), &[topic.clone()]);
+            let counts = extsync::kafka::partition_counts(
+                &self.kafka.config(),
+                std::slice::from_ref(&topic),
+            );
             if let Some(n) = counts.ok().and_then(|c| c.get(&topic).copied()) {
                 break n;
             }
