@@ -5,6 +5,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use extsync::processor::handover::Ownership;
 use extsync::processor::intake::{MAX_BATCH, next_batch};
 use rdkafka::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -25,12 +26,12 @@ async fn busy_work() {
 async fn messages_are_taken_once_and_in_order_while_other_work_races_the_wait() {
     let kafka = TestKafka::new();
     let topic = kafka.create_topic("intake", 1).await;
-    let consumer: StreamConsumer = kafka
+    let consumer: StreamConsumer<Ownership> = kafka
         .config()
         .set("group.id", support::unique("intake"))
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")
-        .create()
+        .create_with_context(Ownership::default())
         .unwrap();
     consumer.subscribe(&[&topic]).unwrap();
     // Messages arrive in small bursts while the loop takes them, so the

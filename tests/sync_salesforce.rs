@@ -270,6 +270,42 @@ integrations:
         .unwrap()
     }
 
+    /// The outcomes of the `sync.record` events published so far for
+    /// billing changes of accounts, by billing id.
+    async fn account_outcomes(&self) -> std::collections::BTreeMap<String, Vec<String>> {
+        let topic = format!("{}.sync-events", self.kafka.prefix);
+        let consumer = self
+            .kafka
+            .reader_from_start(&topic, std::time::Instant::now() + Duration::from_secs(30));
+        tokio::task::spawn_blocking(move || {
+            use rdkafka::Message;
+            use rdkafka::consumer::Consumer;
+            let mut out = std::collections::BTreeMap::<String, Vec<String>>::new();
+            while let Some(m) = consumer.poll(Duration::from_secs(2)) {
+                let ev: Value = serde_json::from_slice(m.unwrap().payload().unwrap()).unwrap();
+                if ev["type"] == json!("sync.record")
+                    && ev["entity"] == json!("accounts")
+                    && ev["flow"] == json!("to_external")
+                {
+                    let id = ev["billing_id"].as_str().unwrap().to_string();
+                    let outcome = format!(
+                        "{}{}",
+                        ev["outcome"].as_str().unwrap(),
+                        ev["reason"]
+                            .as_str()
+                            .map(|r| format!(" ({r})"))
+                            .unwrap_or_default()
+                    );
+                    out.entry(id).or_default().push(outcome);
+                }
+            }
+            consumer.unassign().unwrap();
+            out
+        })
+        .await
+        .unwrap()
+    }
+
     async fn billing_name(&self, id: i64) -> String {
         self.db
             .client()
@@ -970,6 +1006,74 @@ async fn two_processes_share_the_sync_and_one_killed_hands_its_work_to_the_other
     assert_eq!(s.accounts().await.len(), 50, "one Account per row");
     assert_eq!(s.extsync_created().await, 50, "no Account created twice");
     sigterm_exits_cleanly(second).await;
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_joining_mid_sync_takes_partitions_without_losing_a_sync_event() {
+    let _slot = PIPELINE_SLOT.lock().await;
+    let s = Sync::start_stages(Stages::None).await;
+    let db = s.db.client().await;
+    let slot = extsync::capture::default_object_name(s.pipeline.name.as_str());
+    let first = s.spawn_run_as("first");
+    support::wait_streaming(&db, &slot).await;
+    // Rows keep coming while a second process joins: the group moves half
+    // of the first process's partitions, with parts under way on them.
+    const ROWS: i64 = 400;
+    let inserting = {
+        let db = s.db.client().await;
+        tokio::spawn(async move {
+            for chunk in 0..ROWS / 10 {
+                insert_accounts(&db, chunk * 10 + 1..=chunk * 10 + 10).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    until_first_accounts(&s).await;
+    // Slow Salesforce calls keep parts under way when the group rebalances.
+    admin(&s, "/__admin/faults", json!({"latencyMs": 300})).await;
+    let second = s.spawn_run_as("second");
+    inserting.await.unwrap();
+    admin(&s, "/__admin/faults", json!({"latencyMs": 0})).await;
+    eventually(
+        "every row has its Account",
+        Duration::from_secs(120),
+        || async { s.accounts().await.len() as i64 >= ROWS },
+    )
+    .await;
+    assert_eq!(
+        s.extsync_created().await,
+        ROWS as usize,
+        "no Account created twice"
+    );
+    // Each insert is processed once, by one owner: the first process
+    // committed the parts it had started before the second took their
+    // partitions, so the second never ran them again (as `skipped`), and no
+    // creation was lost with an aborted transaction.
+    let mut outcomes = s.account_outcomes().await;
+    for _ in 0..20 {
+        if outcomes
+            .values()
+            .filter(|o| o.contains(&"created".into()))
+            .count() as i64
+            >= ROWS
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        outcomes = s.account_outcomes().await;
+    }
+    let not_once: Vec<(&String, &Vec<String>)> = (outcomes.iter())
+        .filter(|(_, o)| o.as_slice() != ["created"])
+        .collect();
+    assert_eq!(outcomes.len() as i64, ROWS, "every row has sync events");
+    assert!(
+        not_once.is_empty(),
+        "{} rows not processed exactly once: {not_once:?}",
+        not_once.len()
+    );
+    sigterm_exits_cleanly(second).await;
+    sigterm_exits_cleanly(first).await;
     s.stop().await;
 }
 

@@ -24,6 +24,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::batch::{Processed, Processor};
+use super::handover::InFlight;
 use super::lanes::Generation;
 use super::runner::{Record, RunError, transact};
 
@@ -39,6 +40,8 @@ pub struct Committable {
     /// The consumer group's generation when the batch's oldest messages
     /// were taken.
     pub group: Generation,
+    /// Held until the batch is committed (see [`super::handover`]).
+    pub in_flight: InFlight,
 }
 
 /// The processor loop's side of the committer.
@@ -92,11 +95,14 @@ async fn commit_batches(
             .expect("at least one batch")
             .metadata
             .clone();
+        let mut in_flight = Vec::with_capacity(batches.len());
         for b in batches {
             records.extend(b.records);
+            in_flight.push(b.in_flight);
         }
         metrics::histogram!(GROUPED_RECORDS).record(records.len() as f64);
         transact(producer.clone(), group, offsets, topic.clone(), records).await?;
+        drop(in_flight);
     }
     Ok(())
 }

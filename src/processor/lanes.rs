@@ -37,6 +37,7 @@ use tokio_util::sync::CancellationToken;
 use super::batch::{BatchError, Processor};
 use super::change::Change;
 use super::commit::Committable;
+use super::handover::{Handover, InFlight};
 use super::intake::{MAX_BATCH, next_offsets};
 use super::queued::{Queued, record_key};
 use super::runner::{Record, RunError, announce, decode};
@@ -89,6 +90,8 @@ pub struct LaneContext {
     pub commits: mpsc::Sender<Committable>,
     /// Cancelled when the processor stops or a part fails: the session ends.
     pub session: CancellationToken,
+    /// Counts the parts started until their batch commits, and the revokes.
+    pub handover: Arc<Handover>,
     pub cdc_prefix: String,
     pub external_prefix: String,
 }
@@ -195,6 +198,11 @@ impl Queue {
         Part { messages, group }
     }
 
+    fn drop_waiting(&mut self) {
+        self.waiting.clear();
+        self.queued.clear();
+    }
+
     fn release(&mut self, partitions: &[i32]) {
         for p in partitions {
             self.busy.remove(p);
@@ -209,12 +217,15 @@ pub struct Lanes {
     /// Each running part answers its partitions with its result.
     running: JoinSet<(Vec<i32>, Result<(), RunError>)>,
     queue: Queue,
+    /// Revokes when the waiting messages were taken.
+    revokes: u64,
 }
 
 impl Lanes {
     pub fn new(context: LaneContext) -> Self {
         let queue = Queue::new(context.processor.queued.clone(), context.cdc_prefix.clone());
         Lanes {
+            revokes: context.handover.revokes(),
             context: Arc::new(context),
             running: JoinSet::new(),
             queue,
@@ -223,6 +234,7 @@ impl Lanes {
 
     /// Queues a taken batch by partition and starts the parts that can start.
     pub fn take(&mut self, batch: Vec<OwnedMessage>, group: ConsumerGroupMetadata) {
+        self.drop_stale();
         self.queue.push(batch, Arc::new(group));
         self.start_ready();
     }
@@ -247,12 +259,25 @@ impl Lanes {
     }
 
     fn start_ready(&mut self) {
+        self.drop_stale();
         for (partitions, part) in self.queue.ready() {
             let context = self.context.clone();
+            let in_flight = context.handover.start();
             self.running.spawn(async move {
-                let result = run_part(context, &partitions, part).await;
+                let result = run_part(context, &partitions, part, in_flight).await;
                 (partitions, result)
             });
+        }
+    }
+
+    /// Drops the waiting messages once partitions were revoked since they
+    /// were taken: the group reads them again from the committed offsets
+    /// (see [`super::handover`]).
+    fn drop_stale(&mut self) {
+        let revokes = self.context.handover.revokes();
+        if revokes != self.revokes {
+            self.revokes = revokes;
+            self.queue.drop_waiting();
         }
     }
 
@@ -292,8 +317,9 @@ async fn run_part(
     context: Arc<LaneContext>,
     partitions: &[i32],
     part: Part,
+    in_flight: InFlight,
 ) -> Result<(), RunError> {
-    let result = process_part(&context, partitions, part).await;
+    let result = process_part(&context, partitions, part, in_flight).await;
     if result.is_err() {
         context.session.cancel();
     }
@@ -304,6 +330,7 @@ async fn process_part(
     context: &LaneContext,
     partitions: &[i32],
     part: Part,
+    in_flight: InFlight,
 ) -> Result<(), RunError> {
     let changes: Vec<Change> = part
         .messages
@@ -328,6 +355,7 @@ async fn process_part(
         offsets: next_offsets(&part.messages)?,
         group: part.group,
         processed,
+        in_flight,
     };
     if context.commits.send(batch).await.is_err() {
         // The committer stopped; its error ends the session.

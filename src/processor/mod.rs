@@ -14,6 +14,7 @@ pub mod change;
 pub mod commit;
 pub mod decide;
 pub mod events;
+pub mod handover;
 pub mod intake;
 pub mod lanes;
 pub mod link;

@@ -16,8 +16,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::{ClientContext, DefaultClientContext};
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::OwnedMessage;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{ClientConfig, Message, TopicPartitionList};
@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use super::batch::Processor;
 use super::change::Change;
 use super::commit::Committer;
+use super::handover::Ownership;
 use super::intake::{next_batch, next_offsets};
 use super::lanes::{LaneContext, Lanes};
 use super::route::{self, CHANGES_TOPIC};
@@ -82,24 +83,7 @@ pub enum RunError {
     State(#[from] tokio_postgres::Error),
 }
 
-/// The loops' consumer context: when partitions are assigned, records this
-/// process owned before may have been changed by another owner meanwhile,
-/// so the cached states are forgotten (unsaved ones stay until saved).
-pub struct Ownership {
-    state: Option<super::state::StateStore>,
-}
-
-impl ClientContext for Ownership {}
-
-impl ConsumerContext for Ownership {
-    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let (Some(state), Rebalance::Assign(_)) = (&self.state, rebalance) {
-            state.forget_cached();
-        }
-    }
-}
-
-type OwnerConsumer = StreamConsumer<Ownership>;
+pub(super) type OwnerConsumer = StreamConsumer<Ownership>;
 
 /// Names and client settings of one pipeline's processor.
 #[derive(Clone)]
@@ -159,6 +143,7 @@ impl RunnerConfig {
             .set("partition.assignment.strategy", "range");
         Ok(cc.create_with_context(Ownership {
             state: state.cloned(),
+            handover: Arc::default(),
         })?)
     }
 
@@ -453,6 +438,7 @@ async fn processor_session(
         processor: processor.clone(),
         commits: committer.sender(),
         session: session.clone(),
+        handover: consumer.context().handover.clone(),
         cdc_prefix: format!("{}.cdc.", cfg.topics.prefix()),
         external_prefix: format!("{}.external.", cfg.topics.prefix()),
     });

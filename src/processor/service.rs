@@ -243,6 +243,7 @@ impl Loops {
         super::runner::describe_metrics();
         super::retry::describe_metrics();
         super::commit::describe_metrics();
+        super::handover::describe_metrics();
         let (processors, mappings, state) = processors(pipeline, options).await?;
         let topics = Topics::new(&pipeline.kafka.topic_prefix);
         let mut cdc_topics: Vec<String> = pipeline
