@@ -10,7 +10,7 @@
 //! version is already known and it changes nothing.
 //!
 //! ```text
-//!  billing change (linked, a two-way field not alguna_wins) ──read back──► newer version? ──► merged with it
+//!  billing change (linked, a two-way field) ──read back──► newer version? ──► merged with it
 //! ```
 
 use std::collections::{BTreeMap, HashMap};
@@ -21,17 +21,14 @@ use chrono::Utc;
 use super::mapping::EntityMap;
 use super::sinks::{ExternalSink, SinkError};
 use super::state::{RecordKey, RecordState};
-use crate::config::Strategy;
 use crate::connectors::record::ChangeOp;
 use crate::ingest::{ChangeSource, ExternalChange};
 
 /// Whether a billing change of `entity` can conflict with an external edit:
-/// some field syncs both ways and the external side can win it.
+/// some field syncs both ways. Under `alguna_wins` too: the billing value
+/// wins, and the conflict is still recorded.
 pub fn can_conflict(entity: &EntityMap) -> bool {
-    entity
-        .fields
-        .iter()
-        .any(|f| f.to_external && f.to_alguna && f.strategy != Strategy::AlgunaWins)
+    entity.fields.iter().any(|f| f.to_external && f.to_alguna)
 }
 
 /// The external changes not seen yet of `records` (each a linked record
