@@ -245,21 +245,19 @@ integrations:
             .map(|r| (r.get(0), r.get(1), r.get(2)))
     }
 
-    /// The `sync.record` events published so far for billing id `billing_id`.
-    async fn record_events(&self, billing_id: &str) -> Vec<Value> {
+    /// The `sync.record` events published so far.
+    async fn record_events_all(&self) -> Vec<Value> {
         let topic = format!("{}.sync-events", self.kafka.prefix);
         let consumer = self
             .kafka
             .reader_from_start(&topic, std::time::Instant::now() + Duration::from_secs(30));
-        let billing_id = billing_id.to_string();
         tokio::task::spawn_blocking(move || {
             use rdkafka::Message;
             use rdkafka::consumer::Consumer;
             let mut out = Vec::new();
             while let Some(m) = consumer.poll(Duration::from_secs(2)) {
-                let m = m.unwrap();
-                let ev: Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
-                if ev["type"] == json!("sync.record") && ev["billing_id"] == json!(billing_id) {
+                let ev: Value = serde_json::from_slice(m.unwrap().payload().unwrap()).unwrap();
+                if ev["type"] == json!("sync.record") {
                     out.push(ev);
                 }
             }
@@ -270,40 +268,30 @@ integrations:
         .unwrap()
     }
 
-    /// The outcomes of the `sync.record` events published so far for
-    /// billing changes of accounts, by billing id.
+    /// The `sync.record` events published so far for billing id `billing_id`.
+    async fn record_events(&self, billing_id: &str) -> Vec<Value> {
+        let mut events = self.record_events_all().await;
+        events.retain(|ev| ev["billing_id"] == json!(billing_id));
+        events
+    }
+
+    /// The outcomes (with their reasons) of the `sync.record` events
+    /// published so far for billing changes of accounts, by billing id.
     async fn account_outcomes(&self) -> std::collections::BTreeMap<String, Vec<String>> {
-        let topic = format!("{}.sync-events", self.kafka.prefix);
-        let consumer = self
-            .kafka
-            .reader_from_start(&topic, std::time::Instant::now() + Duration::from_secs(30));
-        tokio::task::spawn_blocking(move || {
-            use rdkafka::Message;
-            use rdkafka::consumer::Consumer;
-            let mut out = std::collections::BTreeMap::<String, Vec<String>>::new();
-            while let Some(m) = consumer.poll(Duration::from_secs(2)) {
-                let ev: Value = serde_json::from_slice(m.unwrap().payload().unwrap()).unwrap();
-                if ev["type"] == json!("sync.record")
-                    && ev["entity"] == json!("accounts")
-                    && ev["flow"] == json!("to_external")
-                {
-                    let id = ev["billing_id"].as_str().unwrap().to_string();
-                    let outcome = format!(
-                        "{}{}",
-                        ev["outcome"].as_str().unwrap(),
-                        ev["reason"]
-                            .as_str()
-                            .map(|r| format!(" ({r})"))
-                            .unwrap_or_default()
-                    );
-                    out.entry(id).or_default().push(outcome);
-                }
+        let mut out = std::collections::BTreeMap::<String, Vec<String>>::new();
+        for ev in self.record_events_all().await {
+            if ev["entity"] == json!("accounts") && ev["flow"] == json!("to_external") {
+                let reason = ev["reason"].as_str().map(|r| format!(" ({r})"));
+                let outcome = format!(
+                    "{}{}",
+                    ev["outcome"].as_str().unwrap(),
+                    reason.unwrap_or_default()
+                );
+                let id = ev["billing_id"].as_str().unwrap().to_string();
+                out.entry(id).or_default().push(outcome);
             }
-            consumer.unassign().unwrap();
-            out
-        })
-        .await
-        .unwrap()
+        }
+        out
     }
 
     async fn billing_name(&self, id: i64) -> String {

@@ -39,7 +39,7 @@ use super::change::Change;
 use super::commit::Committable;
 use super::handover::{Handover, InFlight};
 use super::intake::{MAX_BATCH, next_offsets};
-use super::queued::{Queued, record_key};
+use super::queued::Queued;
 use super::runner::{Record, RunError, announce, decode};
 
 /// Ready messages of several partitions start as one part per partition
@@ -129,7 +129,7 @@ impl Queue {
         };
         for (partition, messages) in by_partition(batch) {
             let keys: Vec<Option<String>> = (messages.iter())
-                .map(|m| record_key(m, &self.cdc_prefix))
+                .map(|m| self.queued.key_of(m, &self.cdc_prefix))
                 .collect();
             self.queued.add(partition, keys.iter().flatten());
             let w = self.waiting.entry(partition).or_insert_with(|| Waiting {

@@ -100,6 +100,17 @@ impl Mappings {
         }
     }
 
+    /// `<schema>.<table>` of every entity that is another's parent.
+    pub fn parent_tables(&self) -> std::collections::HashSet<String> {
+        (self.entities.iter())
+            .filter_map(|e| {
+                let p = e.parent.as_ref()?;
+                self.for_external(&e.integration, p.entity.as_str())
+            })
+            .map(|p| format!("{}.{}", p.table.schema(), p.table.table()))
+            .collect()
+    }
+
     /// Entities captured from `schema.table`.
     pub fn for_table<'a>(
         &'a self,

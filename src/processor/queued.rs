@@ -11,7 +11,7 @@
 //!                      lanes: part starts ──(remove keys)──┘
 //! ```
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
 use rdkafka::Message;
@@ -23,22 +23,56 @@ use super::route::billing_key;
 
 /// Routing keys (`<schema>.<table>:<billing id>`, see [`billing_key`]) of
 /// the messages waiting in the lanes, with the partition they wait on (a
-/// record's changes share one) and how many wait.
+/// record's changes share one) and how many wait. Only records of parent
+/// tables are counted: no child waits for another.
 pub struct Queued {
+    /// `<schema>.<table>` of every entity that is another's parent.
+    parents: HashSet<String>,
     keys: Mutex<HashMap<String, (i32, usize)>>,
     added: watch::Sender<()>,
 }
 
 impl Default for Queued {
     fn default() -> Self {
-        Self {
-            keys: Mutex::default(),
-            added: watch::channel(()).0,
-        }
+        Self::of_parents(HashSet::new())
     }
 }
 
 impl Queued {
+    /// Counts the records of the tables in `parents`.
+    pub fn of_parents(parents: HashSet<String>) -> Self {
+        Self {
+            parents,
+            keys: Mutex::default(),
+            added: watch::channel(()).0,
+        }
+    }
+
+    /// The routing key of a message's record when it is a parent's: a
+    /// change topic's message keyed by its row's primary key, or a
+    /// repartition topic's message keyed by its record. `None` for other
+    /// records, for an external change not routed yet and for anything
+    /// unreadable (decoding reports it later).
+    pub fn key_of(&self, m: &impl Message, cdc_prefix: &str) -> Option<String> {
+        if self.parents.is_empty() {
+            return None;
+        }
+        let key = m.key()?;
+        match m.topic().strip_prefix(cdc_prefix) {
+            Some(schema_table) if self.parents.contains(schema_table) => {
+                let pk: Map<String, Value> = serde_json::from_slice(key).ok()?;
+                let (schema, table) = schema_table.split_once('.')?;
+                Some(billing_key(schema, table, &billing_id(&pk)))
+            }
+            Some(_) => None,
+            None => {
+                let routed = std::str::from_utf8(key).ok()?;
+                let (table, _) = routed.split_once(':')?;
+                self.parents.contains(table).then(|| routed.to_string())
+            }
+        }
+    }
+
     /// Counts the keys of messages that now wait on `partition`, and wakes
     /// the waiters.
     pub fn add<'a>(&self, partition: i32, keys: impl IntoIterator<Item = &'a String>) {
@@ -82,25 +116,6 @@ impl Queued {
     }
 }
 
-/// The routing key of a message's billing record: a change topic's
-/// message keyed by its row's primary key, or a repartition topic's
-/// message keyed by its record; `None` for an external change not routed
-/// yet and for anything unreadable (decoding reports it later).
-pub fn record_key(m: &impl Message, cdc_prefix: &str) -> Option<String> {
-    let key = m.key()?;
-    match m.topic().strip_prefix(cdc_prefix) {
-        Some(schema_table) => {
-            let pk: Map<String, Value> = serde_json::from_slice(key).ok()?;
-            let (schema, table) = schema_table.split_once('.')?;
-            Some(billing_key(schema, table, &billing_id(&pk)))
-        }
-        None => std::str::from_utf8(key)
-            .ok()
-            .filter(|k| !k.starts_with("ext:"))
-            .map(str::to_string),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,18 +135,20 @@ mod tests {
     }
 
     #[test]
-    fn change_topic_and_repartition_messages_name_the_same_record() {
-        let cdc = message("x.cdc.public.accounts", r#"{"id":7}"#);
-        let routed = message("x.processor.changes", "public.accounts:7");
+    fn change_topic_and_repartition_messages_name_the_same_parent_record() {
+        let queued = Queued::of_parents(HashSet::from(["public.accounts".to_string()]));
+        let key = |topic: &str, key: &str| queued.key_of(&message(topic, key), "x.cdc.");
+        let cdc = key("x.cdc.public.accounts", r#"{"id":7}"#);
+        assert_eq!(cdc.as_deref(), Some("public.accounts:7"));
+        assert_eq!(key("x.processor.changes", "public.accounts:7"), cdc);
+        assert_eq!(key("x.processor.changes", "ext:sf:accounts:001"), None);
+        assert_eq!(key("x.cdc.public.accounts", "not json"), None);
         assert_eq!(
-            record_key(&cdc, "x.cdc.").as_deref(),
-            Some("public.accounts:7")
+            key("x.cdc.public.contacts", r#"{"id":7}"#),
+            None,
+            "not a parent"
         );
-        assert_eq!(record_key(&routed, "x.cdc."), record_key(&cdc, "x.cdc."));
-        let unlinked = message("x.processor.changes", "ext:sf:accounts:001");
-        assert_eq!(record_key(&unlinked, "x.cdc."), None);
-        let unreadable = message("x.cdc.public.accounts", "not json");
-        assert_eq!(record_key(&unreadable, "x.cdc."), None);
+        assert_eq!(key("x.processor.changes", "public.contacts:7"), None);
     }
 
     #[test]

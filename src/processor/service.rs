@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::batch::{PARENT_WAIT, Processor};
 use super::mapping::Mappings;
+use super::queued::Queued;
 use super::retry::Requeue;
 use super::runner::{self, RunError, RunnerConfig};
 use super::sinks::ExternalSink;
@@ -137,6 +138,7 @@ async fn build(
         &Topics::new(&pipeline.kafka.topic_prefix),
         external.keys().cloned().collect(),
     )?;
+    let queued = Arc::new(Queued::of_parents(mappings.parent_tables()));
     Ok(Arc::new(Processor {
         mappings,
         state,
@@ -147,7 +149,7 @@ async fn build(
         parent_wait: options.parent_wait,
         requeue,
         primary_keys: Default::default(),
-        queued: Default::default(),
+        queued,
     }))
 }
 
